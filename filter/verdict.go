@@ -1,0 +1,89 @@
+package filter
+
+import (
+	"net/netip"
+)
+
+// IP protocol numbers the engine tells apart.
+const (
+	ProtoICMP   uint8 = 1
+	ProtoTCP    uint8 = 6
+	ProtoUDP    uint8 = 17
+	ProtoICMPv6 uint8 = 58
+	ProtoSCTP   uint8 = 132
+)
+
+// Flow is what a verdict depends on, read from the first packet of a
+// connection. Ports are zero for protocols without them (ICMP).
+type Flow struct {
+	Src, Dst         netip.Addr
+	SrcPort, DstPort uint16
+	Proto            uint8
+}
+
+// Decision says how one side (the source's egress or the destination's
+// ingress) of a flow was decided.
+type Decision uint8
+
+const (
+	// NotPoliced: the endpoint on this side is not a pod (external address,
+	// node, hostNetwork pod), so nothing on this side restricts the flow.
+	NotPoliced Decision = iota
+	// NotIsolated: the pod is selected by no policy for this direction.
+	NotIsolated
+	// AllowedByRule: a rule of a policy that isolates the pod allowed it;
+	// Policy, Rule and Peer name the first rule that did.
+	AllowedByRule
+	// NodeLocal: traffic from the pod's own node (kubelet probes) skips the
+	// ingress check.
+	NodeLocal
+	// DeniedIsolated: the pod is isolated for this direction and no rule of
+	// the policies that isolate it allowed the flow (default deny).
+	DeniedIsolated
+	// Malformed: the packet could not be decoded; it is denied.
+	Malformed
+)
+
+func (d Decision) String() string {
+	switch d {
+	case NotPoliced:
+		return "not-policed"
+	case NotIsolated:
+		return "not-isolated"
+	case AllowedByRule:
+		return "allowed-by-rule"
+	case NodeLocal:
+		return "node-local"
+	case DeniedIsolated:
+		return "denied-isolated"
+	case Malformed:
+		return "malformed"
+	}
+	return "unknown"
+}
+
+// Allowed reports whether the side lets the flow through.
+func (d Decision) Allowed() bool { return d <= NodeLocal }
+
+// Side is the decision of one direction together with what made it. All
+// fields are indexes into the Ruleset that produced the verdict so that a
+// decision allocates nothing; Ruleset.Describe renders them.
+type Side struct {
+	Decision Decision
+	// Pod is the index of the pod this side polices, -1 when none.
+	Pod int32
+	// Policy, Rule and Peer name the policy (Ruleset index), rule and peer
+	// index within it that allowed the flow; -1 when not AllowedByRule. Peer
+	// is -1 too when the rule has no peers (it allows every peer).
+	Policy int32
+	Rule   int16
+	Peer   int16
+}
+
+// Verdict is the decision for a flow: allowed only if the source's egress
+// and the destination's ingress both allow it.
+type Verdict struct {
+	Allow   bool
+	Egress  Side // the source pod's egress
+	Ingress Side // the destination pod's ingress
+}
