@@ -84,6 +84,10 @@ type Side struct {
 // and the destination's ingress both allow it.
 type Verdict struct {
 	Allow   bool
+	Cached  bool // answered by the flow cache
 	Egress  Side // the source pod's egress
 	Ingress Side // the destination pod's ingress
+	// Ruleset is the compiled state that decided; its Describe renders
+	// the indexes above. A pointer, so carrying it costs no allocation.
+	Ruleset *Ruleset
 }

@@ -1,0 +1,598 @@
+package filter
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/nfqpolicy/nfqpolicy/k8swatch"
+)
+
+// Directions index per-direction arrays.
+const (
+	ingress = 0
+	egress  = 1
+)
+
+var dirNames = [2]string{"ingress", "egress"}
+
+// Annotation and label that put a policy, or every policy of a namespace,
+// in audit mode: decided and reported, never enforced.
+const (
+	ModeAnnotation = "nfqpolicy.io/mode"
+	ModeLabel      = "nfqpolicy.io/mode"
+	ModeAudit      = "audit"
+)
+
+// Ruleset is a compiled, immutable view of a cluster's policies. It is safe
+// for concurrent use; a change in the cluster produces a new Ruleset.
+type Ruleset struct {
+	pods     []pod
+	nodes    []node
+	policies []policy
+	rules    []rule
+
+	addr4 map[[4]byte]endpoint
+	addr6 map[[16]byte]endpoint
+
+	podByName  map[string]int32 // "ns/name"
+	nodeByName map[string]int32
+	portNames  []string // named ports, interned; index is portRange.name
+
+	hasStaged bool
+
+	// Warnings lists what Compile skipped (an unparsable selector or CIDR
+	// that validation should have rejected), so that nothing is dropped
+	// silently.
+	Warnings []string
+}
+
+// endpoint is what an address stands for.
+type endpoint struct {
+	pod  int32 // -1: not a (policed) pod
+	node int32 // the node this address is, or the pod runs on; -1: none
+	host int32 // a hostNetwork pod on this node address, for naming; -1
+}
+
+var external = endpoint{pod: -1, node: -1, host: -1}
+
+type pod struct {
+	ns, name string
+	node     int32
+	nodeName string
+	labels   map[string]string
+	addrs    []netip.Addr
+	named    []namedPort
+	hostNet  bool
+	// enforced holds the policies and rules that police the pod per
+	// direction; audit the same with staged policies added. When no policy
+	// is staged both are the same slices.
+	enforced [2]podDir
+	audit    [2]podDir
+}
+
+type podDir struct {
+	isolators []int32 // policies selecting the pod for this direction
+	rules     []int32 // their rules, in policy then rule order
+}
+
+type namedPort struct {
+	name  int32
+	proto uint8
+	port  uint16
+}
+
+type node struct {
+	name  string
+	addrs []netip.Addr
+}
+
+type policy struct {
+	ns, name string
+	types    [2]bool
+	staged   bool
+	rules    [2][]int32
+	selected []int32
+}
+
+type rule struct {
+	policy  int32
+	dir     uint8
+	index   int16
+	anyPeer bool
+	peers   []peer
+	anyPort bool
+	ports   []portRange
+}
+
+// peer is one element of from/to: a pod set, or an ipBlock.
+type peer struct {
+	pods   *podSet
+	cidr   netip.Prefix
+	except []netip.Prefix
+	// what the peer was written as, for explanations
+	text string
+}
+
+// portRange matches one protocol and a port range, or a named port
+// (name >= 0) resolved against the destination pod.
+type portRange struct {
+	proto  uint8
+	lo, hi uint16
+	name   int32
+}
+
+// Compile builds a Ruleset from a cluster. The objects are expected to be
+// defaulted and validated (k8swatch does both); whatever still cannot be
+// compiled is skipped and listed in Ruleset.Warnings rather than failing
+// the whole cluster, because one bad object must not stop enforcement of
+// the rest. An error is returned only for a nil cluster.
+func Compile(c *k8swatch.Cluster) (*Ruleset, error) {
+	if c == nil {
+		return nil, errors.New("compile: no cluster state")
+	}
+	b := &builder{
+		rs: &Ruleset{
+			addr4:      make(map[[4]byte]endpoint),
+			addr6:      make(map[[16]byte]endpoint),
+			podByName:  make(map[string]int32),
+			nodeByName: make(map[string]int32),
+		},
+		portIDs:  make(map[string]int32),
+		nsLabels: make(map[string]labels.Set),
+		peerSets: make(map[string]*podSet),
+	}
+	b.nodes(c.Nodes)
+	b.namespaces(c.Namespaces)
+	b.pods(c.Pods)
+	b.policies(c.Policies)
+	b.perPod()
+	return b.rs, nil
+}
+
+type builder struct {
+	rs       *Ruleset
+	portIDs  map[string]int32
+	nsLabels map[string]labels.Set
+	nsAudit  map[string]bool
+	// pods of each namespace grouped by identical label sets, so a selector
+	// is evaluated once per distinct set rather than once per pod.
+	nsGroups map[string][]labelGroup
+	nsOrder  []string
+	peerSets map[string]*podSet
+}
+
+type labelGroup struct {
+	labels labels.Set
+	pods   []int32
+}
+
+func (b *builder) warn(format string, args ...any) {
+	b.rs.Warnings = append(b.rs.Warnings, fmt.Sprintf(format, args...))
+}
+
+func (b *builder) portID(name string) int32 {
+	if id, ok := b.portIDs[name]; ok {
+		return id
+	}
+	id := int32(len(b.rs.portNames))
+	b.portIDs[name] = id
+	b.rs.portNames = append(b.rs.portNames, name)
+	return id
+}
+
+func (b *builder) nodes(nodes []*corev1.Node) {
+	for _, n := range nodes {
+		if n == nil {
+			continue
+		}
+		if _, dup := b.rs.nodeByName[n.Name]; dup {
+			b.warn("node %s: listed twice; the first is used", n.Name)
+			continue
+		}
+		idx := int32(len(b.rs.nodes))
+		nd := node{name: n.Name}
+		for _, a := range n.Status.Addresses {
+			if a.Type != corev1.NodeInternalIP {
+				continue
+			}
+			ip, err := netip.ParseAddr(a.Address)
+			if err != nil {
+				b.warn("node %s: status.addresses: %q is not an IP address", n.Name, a.Address)
+				continue
+			}
+			ip = ip.Unmap()
+			nd.addrs = append(nd.addrs, ip)
+			b.rs.setAddr(ip, endpoint{pod: -1, node: idx, host: -1})
+		}
+		b.rs.nodeByName[n.Name] = idx
+		b.rs.nodes = append(b.rs.nodes, nd)
+	}
+}
+
+func (b *builder) namespaces(nss []*corev1.Namespace) {
+	b.nsAudit = make(map[string]bool)
+	for _, ns := range nss {
+		if ns == nil {
+			continue
+		}
+		set := labels.Set{}
+		for k, v := range ns.Labels {
+			set[k] = v
+		}
+		// The API server sets this label; a snapshot may lack it.
+		set[corev1.LabelMetadataName] = ns.Name
+		b.nsLabels[ns.Name] = set
+		if ns.Labels[ModeLabel] == ModeAudit {
+			b.nsAudit[ns.Name] = true
+		}
+	}
+}
+
+func (b *builder) namespaceLabels(ns string) labels.Set {
+	if set, ok := b.nsLabels[ns]; ok {
+		return set
+	}
+	set := labels.Set{corev1.LabelMetadataName: ns}
+	b.nsLabels[ns] = set
+	return set
+}
+
+func (b *builder) pods(pods []*corev1.Pod) {
+	sorted := make([]*corev1.Pod, 0, len(pods))
+	for _, p := range pods {
+		if p != nil && podActive(p) {
+			sorted = append(sorted, p)
+		}
+	}
+	// Namespace order keeps one namespace's pods contiguous, which keeps
+	// podSet windows small.
+	sort.Slice(sorted, func(i, j int) bool {
+		if sorted[i].Namespace != sorted[j].Namespace {
+			return sorted[i].Namespace < sorted[j].Namespace
+		}
+		return sorted[i].Name < sorted[j].Name
+	})
+	b.nsGroups = make(map[string][]labelGroup)
+	groupIdx := make(map[string]int)
+	for _, p := range sorted {
+		key := p.Namespace + "/" + p.Name
+		if _, dup := b.rs.podByName[key]; dup {
+			b.warn("pod %s: listed twice; the first is used", key)
+			continue
+		}
+		idx := int32(len(b.rs.pods))
+		pd := pod{ns: p.Namespace, name: p.Name, nodeName: p.Spec.NodeName, node: -1, labels: p.Labels, hostNet: p.Spec.HostNetwork}
+		if n, ok := b.rs.nodeByName[p.Spec.NodeName]; ok {
+			pd.node = n
+		}
+		for _, ctr := range p.Spec.Containers {
+			for _, cp := range ctr.Ports {
+				if cp.Name == "" || cp.ContainerPort <= 0 || cp.ContainerPort > 65535 {
+					continue
+				}
+				pd.named = append(pd.named, namedPort{name: b.portID(cp.Name), proto: protoNumber(cp.Protocol), port: uint16(cp.ContainerPort)})
+			}
+		}
+		b.rs.podByName[key] = idx
+		if p.Spec.HostNetwork {
+			// A hostNetwork pod is its node: never selected, never matched
+			// by pod selectors, its traffic is node traffic.
+			b.rs.pods = append(b.rs.pods, pd)
+			b.hostNetworkAddrs(p, idx)
+			continue
+		}
+		for _, a := range podAddrs(p) {
+			a = a.Unmap()
+			pd.addrs = append(pd.addrs, a)
+			b.rs.setAddr(a, endpoint{pod: idx, node: pd.node, host: -1})
+		}
+		b.rs.pods = append(b.rs.pods, pd)
+		if _, seen := b.nsGroups[p.Namespace]; !seen {
+			b.nsOrder = append(b.nsOrder, p.Namespace)
+		}
+		lk := p.Namespace + "\x00" + labels.Set(p.Labels).String()
+		if gi, ok := groupIdx[lk]; ok {
+			g := b.nsGroups[p.Namespace]
+			g[gi].pods = append(g[gi].pods, idx)
+			continue
+		}
+		groupIdx[lk] = len(b.nsGroups[p.Namespace])
+		b.nsGroups[p.Namespace] = append(b.nsGroups[p.Namespace], labelGroup{labels: labels.Set(p.Labels), pods: []int32{idx}})
+	}
+	// Namespaces that exist but have no pods still need to be known to
+	// namespace selectors (they select nothing, but explain lists them).
+	for ns := range b.nsLabels {
+		if _, ok := b.nsGroups[ns]; !ok {
+			b.nsGroups[ns] = nil
+			b.nsOrder = append(b.nsOrder, ns)
+		}
+	}
+	sort.Strings(b.nsOrder)
+}
+
+// hostNetworkAddrs maps a hostNetwork pod's addresses to its node, adding
+// them when the node object is missing from the snapshot.
+func (b *builder) hostNetworkAddrs(p *corev1.Pod, idx int32) {
+	var addrs []netip.Addr
+	for _, a := range podAddrs(p) {
+		addrs = append(addrs, a.Unmap())
+	}
+	if ip, err := netip.ParseAddr(p.Status.HostIP); err == nil {
+		addrs = append(addrs, ip.Unmap())
+	}
+	n := b.rs.pods[idx].node
+	for _, a := range addrs {
+		if ep, ok := b.rs.lookup(a); ok && ep.node >= 0 {
+			continue // the Node object already names this address
+		}
+		b.rs.setAddr(a, endpoint{pod: -1, node: n, host: idx})
+	}
+}
+
+func (rs *Ruleset) setAddr(a netip.Addr, ep endpoint) {
+	if a.Is4() {
+		rs.addr4[a.As4()] = ep
+	} else {
+		rs.addr6[a.As16()] = ep
+	}
+}
+
+func protoNumber(p corev1.Protocol) uint8 {
+	switch p {
+	case corev1.ProtocolUDP:
+		return ProtoUDP
+	case corev1.ProtocolSCTP:
+		return ProtoSCTP
+	default:
+		return ProtoTCP
+	}
+}
+
+func (b *builder) policies(pols []*networkingv1.NetworkPolicy) {
+	sorted := make([]*networkingv1.NetworkPolicy, 0, len(pols))
+	for _, p := range pols {
+		if p != nil {
+			sorted = append(sorted, p)
+		}
+	}
+	sort.Slice(sorted, func(i, j int) bool {
+		if sorted[i].Namespace != sorted[j].Namespace {
+			return sorted[i].Namespace < sorted[j].Namespace
+		}
+		return sorted[i].Name < sorted[j].Name
+	})
+	for _, np := range sorted {
+		b.policy(np)
+	}
+}
+
+func (b *builder) policy(np *networkingv1.NetworkPolicy) {
+	id := np.Namespace + "/" + np.Name
+	sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+	if err != nil {
+		b.warn("NetworkPolicy %s: spec.podSelector: %v; policy skipped", id, err)
+		return
+	}
+	pidx := int32(len(b.rs.policies))
+	pol := policy{ns: np.Namespace, name: np.Name}
+	pol.staged = np.Annotations[ModeAnnotation] == ModeAudit || b.nsAudit[np.Namespace]
+	if pol.staged {
+		b.rs.hasStaged = true
+	}
+	types := np.Spec.PolicyTypes
+	if len(types) == 0 {
+		types = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}
+		if len(np.Spec.Egress) > 0 {
+			types = append(types, networkingv1.PolicyTypeEgress)
+		}
+	}
+	for _, t := range types {
+		switch t {
+		case networkingv1.PolicyTypeIngress:
+			pol.types[ingress] = true
+		case networkingv1.PolicyTypeEgress:
+			pol.types[egress] = true
+		}
+	}
+	pol.selected = b.selectPods(np.Namespace, sel)
+	if pol.types[ingress] {
+		for i, r := range np.Spec.Ingress {
+			pol.rules[ingress] = append(pol.rules[ingress], b.rule(pidx, ingress, i, np, r.From, r.Ports))
+		}
+	}
+	if pol.types[egress] {
+		for i, r := range np.Spec.Egress {
+			pol.rules[egress] = append(pol.rules[egress], b.rule(pidx, egress, i, np, r.To, r.Ports))
+		}
+	}
+	b.rs.policies = append(b.rs.policies, pol)
+}
+
+// selectPods returns the pods of namespace ns whose labels match sel.
+func (b *builder) selectPods(ns string, sel labels.Selector) []int32 {
+	var out []int32
+	for _, g := range b.nsGroups[ns] {
+		if sel.Matches(g.labels) {
+			out = append(out, g.pods...)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
+
+func (b *builder) rule(pidx int32, dir uint8, index int, np *networkingv1.NetworkPolicy, peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort) int32 {
+	field := fmt.Sprintf("spec.%s[%d]", dirNames[dir], index)
+	peerField := "from"
+	if dir == egress {
+		peerField = "to"
+	}
+	r := rule{policy: pidx, dir: dir, index: int16(index), anyPeer: len(peers) == 0, anyPort: len(ports) == 0}
+	for i, pe := range peers {
+		p, err := b.peer(np.Namespace, pe)
+		if err != nil {
+			// An unusable peer matches nothing: failing closed for this
+			// peer is safer than dropping the rule's other peers.
+			b.warn("NetworkPolicy %s/%s: %s.%s[%d]: %v; peer matches nothing", np.Namespace, np.Name, field, peerField, i, err)
+			p = peer{pods: newPodSet(nil), text: "invalid peer"}
+		}
+		r.peers = append(r.peers, p)
+	}
+	for i, pp := range ports {
+		pr, err := b.port(pp)
+		if err != nil {
+			b.warn("NetworkPolicy %s/%s: %s.ports[%d]: %v; port matches nothing", np.Namespace, np.Name, field, i, err)
+			continue
+		}
+		r.ports = append(r.ports, pr)
+	}
+	if !r.anyPort && len(r.ports) == 0 {
+		// Every port entry was unusable: the rule must match nothing, not
+		// everything.
+		r.ports = append(r.ports, portRange{proto: 0, lo: 1, hi: 0, name: -1})
+	}
+	idx := int32(len(b.rs.rules))
+	b.rs.rules = append(b.rs.rules, r)
+	return idx
+}
+
+func (b *builder) peer(policyNS string, pe networkingv1.NetworkPolicyPeer) (peer, error) {
+	if pe.IPBlock != nil {
+		cidr, err := netip.ParsePrefix(pe.IPBlock.CIDR)
+		if err != nil {
+			return peer{}, fmt.Errorf("ipBlock.cidr: %w", err)
+		}
+		p := peer{cidr: cidr.Masked(), text: "ipBlock " + pe.IPBlock.CIDR}
+		for _, e := range pe.IPBlock.Except {
+			ex, err := netip.ParsePrefix(e)
+			if err != nil {
+				return peer{}, fmt.Errorf("ipBlock.except: %w", err)
+			}
+			p.except = append(p.except, ex.Masked())
+		}
+		if len(p.except) > 0 {
+			p.text += " except " + strings.Join(pe.IPBlock.Except, ",")
+		}
+		return p, nil
+	}
+	if pe.PodSelector == nil && pe.NamespaceSelector == nil {
+		return peer{}, errors.New("peer selects nothing: set podSelector, namespaceSelector or ipBlock")
+	}
+	podSel := labels.Everything()
+	podText := ""
+	if pe.PodSelector != nil {
+		s, err := metav1.LabelSelectorAsSelector(pe.PodSelector)
+		if err != nil {
+			return peer{}, fmt.Errorf("podSelector: %w", err)
+		}
+		podSel = s
+		podText = "podSelector{" + s.String() + "}"
+	}
+	var key, text string
+	var members []int32
+	if pe.NamespaceSelector == nil {
+		key = "ns=" + policyNS + "\x00" + podSel.String()
+		text = podText + " in namespace " + policyNS
+		if set, ok := b.peerSets[key]; ok {
+			return peer{pods: set, text: text}, nil
+		}
+		members = b.selectPods(policyNS, podSel)
+	} else {
+		nsSel, err := metav1.LabelSelectorAsSelector(pe.NamespaceSelector)
+		if err != nil {
+			return peer{}, fmt.Errorf("namespaceSelector: %w", err)
+		}
+		key = "nsSel=" + nsSel.String() + "\x00" + podSel.String()
+		text = "namespaceSelector{" + nsSel.String() + "}"
+		if podText != "" {
+			text += " and " + podText
+		}
+		if set, ok := b.peerSets[key]; ok {
+			return peer{pods: set, text: text}, nil
+		}
+		for _, ns := range b.nsOrder {
+			if nsSel.Matches(b.namespaceLabels(ns)) {
+				members = append(members, b.selectPods(ns, podSel)...)
+			}
+		}
+	}
+	set := newPodSet(members)
+	b.peerSets[key] = set
+	return peer{pods: set, text: text}, nil
+}
+
+func (b *builder) port(pp networkingv1.NetworkPolicyPort) (portRange, error) {
+	proto := ProtoTCP
+	if pp.Protocol != nil {
+		switch *pp.Protocol {
+		case corev1.ProtocolTCP:
+		case corev1.ProtocolUDP:
+			proto = ProtoUDP
+		case corev1.ProtocolSCTP:
+			proto = ProtoSCTP
+		default:
+			return portRange{}, fmt.Errorf("protocol %q is not TCP, UDP or SCTP", *pp.Protocol)
+		}
+	}
+	pr := portRange{proto: proto, lo: 0, hi: 65535, name: -1}
+	if pp.Port == nil {
+		return pr, nil
+	}
+	if pp.Port.Type == 1 { // intstr.String
+		if pp.EndPort != nil {
+			return portRange{}, errors.New("endPort cannot be used with a named port")
+		}
+		pr.name = b.portID(pp.Port.StrVal)
+		return pr, nil
+	}
+	port := pp.Port.IntVal
+	if port < 1 || port > 65535 {
+		return portRange{}, fmt.Errorf("port %d is outside 1-65535", port)
+	}
+	pr.lo, pr.hi = uint16(port), uint16(port)
+	if pp.EndPort != nil {
+		if *pp.EndPort < port || *pp.EndPort > 65535 {
+			return portRange{}, fmt.Errorf("endPort %d must be between port %d and 65535", *pp.EndPort, port)
+		}
+		pr.hi = uint16(*pp.EndPort)
+	}
+	return pr, nil
+}
+
+// perPod records, for every pod, which policies isolate it and which rules
+// may allow its traffic, with and without staged policies.
+func (b *builder) perPod() {
+	rs := b.rs
+	for pi := range rs.policies {
+		pol := &rs.policies[pi]
+		for _, podIdx := range pol.selected {
+			p := &rs.pods[podIdx]
+			for dir := 0; dir < 2; dir++ {
+				if !pol.types[dir] {
+					continue
+				}
+				a := &p.audit[dir]
+				a.isolators = append(a.isolators, int32(pi))
+				a.rules = append(a.rules, pol.rules[dir]...)
+				if pol.staged {
+					continue
+				}
+				e := &p.enforced[dir]
+				e.isolators = append(e.isolators, int32(pi))
+				e.rules = append(e.rules, pol.rules[dir]...)
+			}
+		}
+	}
+	if !rs.hasStaged {
+		for i := range rs.pods {
+			rs.pods[i].audit = rs.pods[i].enforced
+		}
+	}
+}

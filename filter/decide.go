@@ -1,0 +1,145 @@
+package filter
+
+import "net/netip"
+
+// lookup returns what an address stands for.
+func (rs *Ruleset) lookup(a netip.Addr) (endpoint, bool) {
+	if a.Is4() {
+		ep, ok := rs.addr4[a.As4()]
+		return ep, ok
+	}
+	if a.Is4In6() {
+		ep, ok := rs.addr4[a.Unmap().As4()]
+		return ep, ok
+	}
+	ep, ok := rs.addr6[a.As16()]
+	return ep, ok
+}
+
+func (rs *Ruleset) endpointOf(a netip.Addr) endpoint {
+	if ep, ok := rs.lookup(a); ok {
+		return ep
+	}
+	return external
+}
+
+// Decide returns the verdict for a flow with enforced policies only. It
+// does not allocate.
+func (rs *Ruleset) Decide(f Flow) Verdict {
+	return rs.decide(f, false)
+}
+
+// DecideAudit returns the verdict as it would be if every staged (audit
+// mode) policy were enforced.
+func (rs *Ruleset) DecideAudit(f Flow) Verdict {
+	return rs.decide(f, true)
+}
+
+// HasStaged reports whether any policy is in audit mode, that is whether
+// DecideAudit can differ from Decide.
+func (rs *Ruleset) HasStaged() bool { return rs.hasStaged }
+
+func (rs *Ruleset) decide(f Flow, audit bool) Verdict {
+	src := rs.endpointOf(f.Src)
+	dst := rs.endpointOf(f.Dst)
+	v := Verdict{Ruleset: rs}
+	v.Egress = rs.side(egress, src, dst, f.Src, f.Dst, dst.pod, f, audit)
+	v.Ingress = rs.side(ingress, dst, src, f.Dst, f.Src, dst.pod, f, audit)
+	v.Allow = v.Egress.Decision.Allowed() && v.Ingress.Decision.Allowed()
+	return v
+}
+
+// side decides one direction for the pod at self: its egress towards peer
+// or its ingress from peer. dstPod resolves named ports, which always name
+// the destination's container ports.
+func (rs *Ruleset) side(dir uint8, self, peer endpoint, selfAddr, peerAddr netip.Addr, dstPod int32, f Flow, audit bool) Side {
+	s := Side{Decision: NotPoliced, Pod: self.pod, Policy: -1, Rule: -1, Peer: -1}
+	if self.pod < 0 {
+		return s
+	}
+	p := &rs.pods[self.pod]
+	d := &p.enforced[dir]
+	if audit {
+		d = &p.audit[dir]
+	}
+	if len(d.isolators) == 0 {
+		s.Decision = NotIsolated
+		return s
+	}
+	if dir == ingress && peer.pod < 0 && peer.node >= 0 && peer.node == p.node {
+		s.Decision = NodeLocal
+		return s
+	}
+	for _, ri := range d.rules {
+		r := &rs.rules[ri]
+		if !r.anyPort && !rs.portsMatch(r.ports, f.Proto, f.DstPort, dstPod) {
+			continue
+		}
+		if r.anyPeer {
+			s.Decision, s.Policy, s.Rule = AllowedByRule, r.policy, r.index
+			return s
+		}
+		if pi := peerMatch(r.peers, peer.pod, peerAddr); pi >= 0 {
+			s.Decision, s.Policy, s.Rule, s.Peer = AllowedByRule, r.policy, r.index, int16(pi)
+			return s
+		}
+	}
+	s.Decision = DeniedIsolated
+	return s
+}
+
+// portsMatch reports whether any of a rule's ports admits the flow.
+func (rs *Ruleset) portsMatch(ports []portRange, proto uint8, port uint16, dstPod int32) bool {
+	for i := range ports {
+		pr := &ports[i]
+		if pr.proto != proto {
+			continue
+		}
+		if pr.name < 0 {
+			if port >= pr.lo && port <= pr.hi {
+				return true
+			}
+			continue
+		}
+		if dstPod < 0 {
+			continue // a named port never matches a destination that is not a pod
+		}
+		for _, np := range rs.pods[dstPod].named {
+			if np.name == pr.name && np.proto == proto && np.port == port {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// peerMatch returns the index of the first peer that matches, or -1. Pod
+// selectors match pods only (never nodes, hostNetwork pods or external
+// addresses); ipBlocks match any address.
+func peerMatch(peers []peer, pod int32, addr netip.Addr) int {
+	for i := range peers {
+		pe := &peers[i]
+		if pe.pods != nil {
+			if pod >= 0 && pe.pods.has(pod) {
+				return i
+			}
+			continue
+		}
+		if blockMatch(pe, addr) {
+			return i
+		}
+	}
+	return -1
+}
+
+func blockMatch(pe *peer, addr netip.Addr) bool {
+	if !pe.cidr.Contains(addr) {
+		return false
+	}
+	for _, ex := range pe.except {
+		if ex.Contains(addr) {
+			return false
+		}
+	}
+	return true
+}

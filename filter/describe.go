@@ -1,0 +1,298 @@
+package filter
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+)
+
+// PodName returns "namespace/name" of pod index i, or "" for -1.
+func (rs *Ruleset) PodName(i int32) string {
+	if i < 0 || int(i) >= len(rs.pods) {
+		return ""
+	}
+	return rs.pods[i].ns + "/" + rs.pods[i].name
+}
+
+// PodLabels returns the labels of pod index i (nil for -1). The map is
+// shared: do not modify it.
+func (rs *Ruleset) PodLabels(i int32) map[string]string {
+	if i < 0 || int(i) >= len(rs.pods) {
+		return nil
+	}
+	return rs.pods[i].labels
+}
+
+// PolicyName returns "namespace/name" of policy index i, or "" for -1.
+func (rs *Ruleset) PolicyName(i int32) string {
+	if i < 0 || int(i) >= len(rs.policies) {
+		return ""
+	}
+	return rs.policies[i].ns + "/" + rs.policies[i].name
+}
+
+// PolicyStaged reports whether policy index i is in audit mode.
+func (rs *Ruleset) PolicyStaged(i int32) bool {
+	return i >= 0 && int(i) < len(rs.policies) && rs.policies[i].staged
+}
+
+// Counts returns the number of pods, nodes, policies and rules compiled.
+func (rs *Ruleset) Counts() (pods, nodes, policies, rules int) {
+	return len(rs.pods), len(rs.nodes), len(rs.policies), len(rs.rules)
+}
+
+// LocalPodAddrs returns the addresses of the pods scheduled on node that
+// policies can select (hostNetwork pods use the node's address and are not
+// among them).
+func (rs *Ruleset) LocalPodAddrs(node string) []netip.Addr {
+	var out []netip.Addr
+	for i := range rs.pods {
+		p := &rs.pods[i]
+		if p.nodeName == node && !p.hostNet {
+			out = append(out, p.addrs...)
+		}
+	}
+	return out
+}
+
+// Isolators returns the names of the policies that isolate pod index i in
+// the given direction ("ingress" or "egress"), with staged ones when audit.
+func (rs *Ruleset) Isolators(i int32, direction string, audit bool) []string {
+	if i < 0 || int(i) >= len(rs.pods) {
+		return nil
+	}
+	dir := ingress
+	if direction == "egress" {
+		dir = egress
+	}
+	d := rs.pods[i].enforced[dir]
+	if audit {
+		d = rs.pods[i].audit[dir]
+	}
+	out := make([]string, 0, len(d.isolators))
+	for _, pi := range d.isolators {
+		out = append(out, rs.PolicyName(pi))
+	}
+	return out
+}
+
+// Describe renders a verdict's reason in one line, naming the rule that
+// allowed each side or the policies whose isolation denied it.
+func (rs *Ruleset) Describe(v Verdict) string {
+	verdict := "deny"
+	if v.Allow {
+		verdict = "allow"
+	}
+	if v.Egress.Decision == Malformed || v.Ingress.Decision == Malformed {
+		return "deny: malformed packet"
+	}
+	return verdict + ": egress: " + rs.DescribeSide(v.Egress, "egress") + "; ingress: " + rs.DescribeSide(v.Ingress, "ingress")
+}
+
+// DescribeSide renders one side of a verdict.
+func (rs *Ruleset) DescribeSide(s Side, direction string) string {
+	switch s.Decision {
+	case NotPoliced:
+		if direction == "egress" {
+			return "source is not a pod"
+		}
+		return "destination is not a pod"
+	case NotIsolated:
+		return rs.PodName(s.Pod) + " not isolated"
+	case NodeLocal:
+		return "from " + rs.PodName(s.Pod) + "'s own node"
+	case AllowedByRule:
+		return "allowed by " + rs.RuleName(s)
+	case DeniedIsolated:
+		return "default deny by isolation of " + rs.PodName(s.Pod) + " from " + strings.Join(rs.Isolators(s.Pod, direction, false), ", ")
+	case Malformed:
+		return "malformed packet"
+	}
+	return s.Decision.String()
+}
+
+// RuleName names the rule and peer of an AllowedByRule side, e.g.
+// "x/allow-web ingress[0] from[1] (namespaceSelector{team=a})".
+func (rs *Ruleset) RuleName(s Side) string {
+	if s.Policy < 0 || int(s.Policy) >= len(rs.policies) {
+		return ""
+	}
+	pol := &rs.policies[s.Policy]
+	for _, dir := range []int{ingress, egress} {
+		for _, ri := range pol.rules[dir] {
+			r := &rs.rules[ri]
+			if r.index != s.Rule || r.dir != uint8(dir) {
+				continue
+			}
+			name := fmt.Sprintf("%s/%s %s[%d]", pol.ns, pol.name, dirNames[dir], r.index)
+			if s.Peer < 0 {
+				return name + " (any peer)"
+			}
+			field := "from"
+			if dir == egress {
+				field = "to"
+			}
+			if int(s.Peer) < len(r.peers) {
+				return fmt.Sprintf("%s %s[%d] (%s)", name, field, s.Peer, r.peers[s.Peer].text)
+			}
+			return name
+		}
+	}
+	return rs.PolicyName(s.Policy)
+}
+
+// Explanation is the full reasoning for one flow: the verdict and, for
+// each side, every policy that selects the pod and what each of its rules
+// made of the flow.
+type Explanation struct {
+	Verdict string          `json:"verdict"`
+	Reason  string          `json:"reason"`
+	Flow    string          `json:"flow"`
+	Egress  SideExplanation `json:"egress"`
+	Ingress SideExplanation `json:"ingress"`
+}
+
+// SideExplanation explains one direction.
+type SideExplanation struct {
+	Pod      string              `json:"pod,omitempty"`
+	Decision string              `json:"decision"`
+	Summary  string              `json:"summary"`
+	Policies []PolicyExplanation `json:"policies,omitempty"`
+}
+
+// PolicyExplanation lists what each rule of one selecting policy did.
+type PolicyExplanation struct {
+	Policy string            `json:"policy"`
+	Staged bool              `json:"staged,omitempty"`
+	Rules  []RuleExplanation `json:"rules"`
+}
+
+// RuleExplanation says whether a rule matched and, if not, why.
+type RuleExplanation struct {
+	Rule    string `json:"rule"`
+	Matched bool   `json:"matched"`
+	Why     string `json:"why"`
+}
+
+// Explain decides f and explains the decision. The verdict is Decide's;
+// the per-rule detail runs the same port and peer matchers over the same
+// compiled rules, so the explanation cannot disagree with the agent.
+func (rs *Ruleset) Explain(f Flow) Explanation {
+	v := rs.Decide(f)
+	src := rs.endpointOf(f.Src)
+	dst := rs.endpointOf(f.Dst)
+	e := Explanation{
+		Verdict: map[bool]string{true: "allow", false: "deny"}[v.Allow],
+		Reason:  rs.Describe(v),
+		Flow:    fmt.Sprintf("%s -> %s %d/%s", rs.addrName(f.Src), rs.addrName(f.Dst), f.DstPort, ProtoName(f.Proto)),
+	}
+	e.Egress = rs.explainSide(egress, v.Egress, dst, f.Dst, dst.pod, f)
+	e.Ingress = rs.explainSide(ingress, v.Ingress, src, f.Src, dst.pod, f)
+	return e
+}
+
+func (rs *Ruleset) explainSide(dir uint8, s Side, peer endpoint, peerAddr netip.Addr, dstPod int32, f Flow) SideExplanation {
+	out := SideExplanation{Pod: rs.PodName(s.Pod), Decision: s.Decision.String(), Summary: rs.DescribeSide(s, dirNames[dir])}
+	if s.Pod < 0 {
+		return out
+	}
+	d := rs.pods[s.Pod].audit[dir]
+	for _, pi := range d.isolators {
+		pol := &rs.policies[pi]
+		pe := PolicyExplanation{Policy: rs.PolicyName(pi), Staged: pol.staged}
+		if len(pol.rules[dir]) == 0 {
+			pe.Rules = append(pe.Rules, RuleExplanation{Rule: "(none)", Why: "the policy has no " + dirNames[dir] + " rules: it only isolates"})
+		}
+		for _, ri := range pol.rules[dir] {
+			r := &rs.rules[ri]
+			re := RuleExplanation{Rule: fmt.Sprintf("%s[%d]", dirNames[dir], r.index)}
+			portOK := r.anyPort || rs.portsMatch(r.ports, f.Proto, f.DstPort, dstPod)
+			peerIdx := -1
+			if !r.anyPeer {
+				peerIdx = peerMatch(r.peers, peer.pod, peerAddr)
+			}
+			switch {
+			case !portOK:
+				re.Why = fmt.Sprintf("port %d/%s is not among %s", f.DstPort, ProtoName(f.Proto), rs.portsText(r.ports))
+			case r.anyPeer:
+				re.Matched, re.Why = true, "any peer, port matches"
+			case peerIdx >= 0:
+				re.Matched, re.Why = true, "peer "+r.peers[peerIdx].text+" matches"
+			default:
+				texts := make([]string, 0, len(r.peers))
+				for _, p := range r.peers {
+					texts = append(texts, p.text)
+				}
+				re.Why = "peer " + rs.addrName(peerAddr) + " matches none of: " + strings.Join(texts, "; ")
+			}
+			pe.Rules = append(pe.Rules, re)
+		}
+		out.Policies = append(out.Policies, pe)
+	}
+	return out
+}
+
+func (rs *Ruleset) portsText(ports []portRange) string {
+	parts := make([]string, 0, len(ports))
+	for _, p := range ports {
+		switch {
+		case p.name >= 0:
+			parts = append(parts, fmt.Sprintf("%s/%s", rs.portNames[p.name], ProtoName(p.proto)))
+		case p.lo == 0 && p.hi == 65535:
+			parts = append(parts, "any/"+ProtoName(p.proto))
+		case p.lo == p.hi:
+			parts = append(parts, fmt.Sprintf("%d/%s", p.lo, ProtoName(p.proto)))
+		case p.lo > p.hi:
+			parts = append(parts, "(unusable port)")
+		default:
+			parts = append(parts, fmt.Sprintf("%d-%d/%s", p.lo, p.hi, ProtoName(p.proto)))
+		}
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
+}
+
+// addrName names an address: the pod or node it is, or the address itself.
+func (rs *Ruleset) addrName(a netip.Addr) string {
+	ep := rs.endpointOf(a)
+	switch {
+	case ep.pod >= 0:
+		return rs.PodName(ep.pod) + " (" + a.String() + ")"
+	case ep.host >= 0:
+		return rs.PodName(ep.host) + " (hostNetwork, " + a.String() + ")"
+	case ep.node >= 0:
+		return "node/" + rs.nodes[ep.node].name + " (" + a.String() + ")"
+	}
+	return a.String()
+}
+
+// ProtoName names an IP protocol number.
+func ProtoName(p uint8) string {
+	switch p {
+	case ProtoTCP:
+		return "TCP"
+	case ProtoUDP:
+		return "UDP"
+	case ProtoSCTP:
+		return "SCTP"
+	case ProtoICMP:
+		return "ICMP"
+	case ProtoICMPv6:
+		return "ICMPv6"
+	}
+	return fmt.Sprintf("proto-%d", p)
+}
+
+// ProtoNumber parses "TCP", "UDP" or "SCTP" (any case).
+func ProtoNumber(name string) (uint8, error) {
+	switch strings.ToUpper(name) {
+	case "TCP", "":
+		return ProtoTCP, nil
+	case "UDP":
+		return ProtoUDP, nil
+	case "SCTP":
+		return ProtoSCTP, nil
+	}
+	return 0, fmt.Errorf("protocol %q is not TCP, UDP or SCTP", name)
+}

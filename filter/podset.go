@@ -1,0 +1,53 @@
+package filter
+
+import "math/bits"
+
+// podSet is a set of pod indexes. Pods are numbered in (namespace, name)
+// order, so the pods one selector picks usually sit in a narrow window of
+// the index space; the set stores only that window's bits. Membership is a
+// bounds check and a bit test.
+type podSet struct {
+	base  int32 // index of the first bit of words[0]
+	words []uint64
+	n     int // members, for Describe and tests
+}
+
+func newPodSet(members []int32) *podSet {
+	s := &podSet{n: len(members)}
+	if len(members) == 0 {
+		return s
+	}
+	lo, hi := members[0], members[0]
+	for _, m := range members {
+		lo = min(lo, m)
+		hi = max(hi, m)
+	}
+	s.base = lo &^ 63
+	s.words = make([]uint64, (hi-s.base)/64+1)
+	for _, m := range members {
+		off := m - s.base
+		s.words[off>>6] |= 1 << (uint(off) & 63)
+	}
+	return s
+}
+
+func (s *podSet) has(pod int32) bool {
+	off := pod - s.base
+	if off < 0 || int(off>>6) >= len(s.words) {
+		return false
+	}
+	return s.words[off>>6]&(1<<(uint(off)&63)) != 0
+}
+
+// members lists the set in order; used by explain and lint, not per packet.
+func (s *podSet) members() []int32 {
+	out := make([]int32, 0, s.n)
+	for wi, w := range s.words {
+		for w != 0 {
+			b := bits.TrailingZeros64(w)
+			out = append(out, s.base+int32(wi*64+b))
+			w &= w - 1
+		}
+	}
+	return out
+}
