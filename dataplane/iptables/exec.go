@@ -1,0 +1,222 @@
+package iptables
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"strings"
+)
+
+// Runner runs a command with stdin and returns its stdout; an error carries
+// the command's stderr.
+type Runner interface {
+	Run(ctx context.Context, stdin, name string, args ...string) (string, error)
+}
+
+// Exec runs commands locally. Prefix, when set, is prepended to every
+// command line: tests use {"ip", "netns", "exec", NAME} so that the
+// commands cannot run in the test process's (root) namespace by accident.
+type Exec struct {
+	Prefix []string
+}
+
+// Run implements Runner.
+func (e Exec) Run(ctx context.Context, stdin, name string, args ...string) (string, error) {
+	argv := append(append(append([]string(nil), e.Prefix...), name), args...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(errb.String())
+		if msg == "" {
+			msg = strings.TrimSpace(out.String())
+		}
+		return out.String(), fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, msg)
+	}
+	return out.String(), nil
+}
+
+// Backend picks the iptables binaries. Auto uses whatever iptables-restore
+// the system's alternatives point at; kube-proxy should use the same one.
+type Backend string
+
+// Backends.
+const (
+	Auto   Backend = ""
+	Legacy Backend = "legacy"
+	NFT    Backend = "nft"
+)
+
+// ParseBackend reads the --iptables-backend flag.
+func ParseBackend(s string) (Backend, error) {
+	switch Backend(s) {
+	case Auto, "auto":
+		return Auto, nil
+	case Legacy, NFT:
+		return Backend(s), nil
+	}
+	return Auto, fmt.Errorf("iptables backend %q: want auto, legacy or nft", s)
+}
+
+func (b Backend) binary(f Family, tool string) string {
+	base := "iptables"
+	if f == IPv6 {
+		base = "ip6tables"
+	}
+	if b == Auto || b == "auto" {
+		return base + "-" + tool
+	}
+	return base + "-" + string(b) + "-" + tool
+}
+
+// Tools lists the binaries the agent needs for backend b.
+func Tools(b Backend) []string {
+	var r []string
+	for _, f := range Families {
+		r = append(r, b.binary(f, "save"), b.binary(f, "restore"))
+	}
+	return append(r, "ipset")
+}
+
+// CheckTools reports every missing binary at once, with what to install.
+func CheckTools(b Backend) error {
+	var missing []string
+	for _, t := range Tools(b) {
+		if _, err := exec.LookPath(t); err != nil {
+			missing = append(missing, t)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("missing %s in PATH (install the iptables and ipset packages)", strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+// Tables installs and removes our rules and sets through a Runner.
+type Tables struct {
+	run     Runner
+	backend Backend
+}
+
+// New returns Tables running commands with r and the binaries of b.
+func New(r Runner, b Backend) *Tables { return &Tables{run: r, backend: b} }
+
+func (t *Tables) save(ctx context.Context, f Family) (string, error) {
+	out, err := t.run.Run(ctx, "", t.backend.binary(f, "save"), "-t", "filter")
+	if err != nil {
+		return "", fmt.Errorf("read %s filter table: %w", f, err)
+	}
+	return out, nil
+}
+
+func (t *Tables) restore(ctx context.Context, f Family, input string) error {
+	// -w: wait for the xtables lock instead of failing when kube-proxy
+	// holds it (legacy backend; nft ignores it).
+	if _, err := t.run.Run(ctx, input, t.backend.binary(f, "restore"), "-w", "5", "--noflush"); err != nil {
+		return fmt.Errorf("%s iptables-restore: %w", f, err)
+	}
+	return nil
+}
+
+// Install creates our sets if missing and (re)installs our chains and
+// jumps for both families. It is idempotent: run it at every start and
+// periodically to repair rules someone else flushed.
+func (t *Tables) Install(ctx context.Context, c Config) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	var sets strings.Builder
+	for _, f := range Families {
+		sets.WriteString(RenderSetCreate(f))
+	}
+	if err := t.ipsetRestore(ctx, sets.String()); err != nil {
+		return err
+	}
+	for _, f := range Families {
+		save, err := t.save(ctx, f)
+		if err != nil {
+			return err
+		}
+		if err := t.restore(ctx, f, RenderInstall(c, f, save)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SyncSets makes the sets hold exactly addrs (both families).
+func (t *Tables) SyncSets(ctx context.Context, addrs []netip.Addr) error {
+	var b strings.Builder
+	for _, f := range Families {
+		b.WriteString(RenderSetSync(f, addrs))
+	}
+	return t.ipsetRestore(ctx, b.String())
+}
+
+func (t *Tables) ipsetRestore(ctx context.Context, input string) error {
+	if _, err := t.run.Run(ctx, input, "ipset", "restore"); err != nil {
+		return fmt.Errorf("ipset restore: %w", err)
+	}
+	return nil
+}
+
+// Cleanup removes every jump to our chains, our chains (both families) and
+// then our sets. Nothing of ours left is not an error, so it is
+// idempotent. It tries everything and reports all failures.
+func (t *Tables) Cleanup(ctx context.Context) error {
+	var errs []error
+	for _, f := range Families {
+		save, err := t.save(ctx, f)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if in := RenderCleanup(save); in != "" {
+			if err := t.restore(ctx, f, in); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	list, err := t.run.Run(ctx, "", "ipset", "list", "-n")
+	if err != nil {
+		errs = append(errs, fmt.Errorf("list ipsets: %w", err))
+	} else {
+		for _, s := range ourSets(list) {
+			if _, err := t.run.Run(ctx, "", "ipset", "destroy", s); err != nil {
+				errs = append(errs, fmt.Errorf("destroy ipset %s: %w", s, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Leftovers lists what of ours is still installed (chains, jumps, sets),
+// one item per line-like string; empty after a successful Cleanup.
+func (t *Tables) Leftovers(ctx context.Context) ([]string, error) {
+	var r []string
+	for _, f := range Families {
+		save, err := t.save(ctx, f)
+		if err != nil {
+			return nil, err
+		}
+		s := parseSave(save)
+		for _, ch := range s.ours {
+			r = append(r, f.String()+" chain "+ch)
+		}
+		for _, j := range s.jumpRules {
+			r = append(r, f.String()+" rule "+j)
+		}
+	}
+	list, err := t.run.Run(ctx, "", "ipset", "list", "-n")
+	if err != nil {
+		return nil, fmt.Errorf("list ipsets: %w", err)
+	}
+	for _, s := range ourSets(list) {
+		r = append(r, "ipset "+s)
+	}
+	return r, nil
+}

@@ -1,0 +1,117 @@
+package iptables
+
+import (
+	"context"
+	"net/netip"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/nfqpolicy/nfqpolicy/dataplane/internal/nstest"
+)
+
+// rulesOnly drops comments and counters from iptables-save output so two
+// saves can be compared.
+func rulesOnly(save string) string {
+	counters := regexp.MustCompile(`\[\d+:\d+\]`)
+	var b strings.Builder
+	for line := range strings.Lines(save) {
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		b.WriteString(counters.ReplaceAllString(line, "[]"))
+	}
+	return b.String()
+}
+
+// TestInstallCleanupInNamespace installs our rules next to someone else's
+// inside a fresh namespace, twice (idempotence), checks the foreign rules
+// keep their place, then cleans up twice and checks nothing of ours and
+// everything of theirs remains.
+func TestInstallCleanupInNamespace(t *testing.T) {
+	for _, b := range []Backend{NFT, Legacy} {
+		t.Run(string(b), func(t *testing.T) {
+			nstest.Require(t, Tools(b)...)
+			nstest.Sweep(t)
+			ns := nstest.New(t, "ipt-"+string(b))
+			ctx := context.Background()
+			ipt := "iptables-" + string(b)
+			ip6t := "ip6tables-" + string(b)
+			// Someone else's rules, before and after ours.
+			ns.Run(ipt, "-N", "KUBE-FORWARD")
+			ns.Run(ipt, "-A", "FORWARD", "-j", "KUBE-FORWARD")
+			ns.Run(ipt, "-A", "KUBE-FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
+			ns.Run(ip6t, "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT")
+
+			tb := New(Exec{Prefix: ns.Prefix()}, b)
+			c := Config{Marks: DefaultMarks, QueueBase: 100, Queues: 2, Deny: Reject}
+			if err := tb.Install(ctx, c); err != nil {
+				t.Fatalf("install: %v", err)
+			}
+			if err := tb.SyncSets(ctx, []netip.Addr{netip.MustParseAddr("10.1.0.2"), netip.MustParseAddr("fd00:1::2")}); err != nil {
+				t.Fatalf("sync sets: %v", err)
+			}
+			first4 := rulesOnly(ns.Run(ipt+"-save", "-t", "filter"))
+			first6 := rulesOnly(ns.Run(ip6t+"-save", "-t", "filter"))
+			if err := tb.Install(ctx, c); err != nil {
+				t.Fatalf("second install: %v", err)
+			}
+			if got := rulesOnly(ns.Run(ipt+"-save", "-t", "filter")); got != first4 {
+				t.Errorf("second install changed the IPv4 table:\n--- first\n%s--- second\n%s", first4, got)
+			}
+			if got := rulesOnly(ns.Run(ip6t+"-save", "-t", "filter")); got != first6 {
+				t.Errorf("second install changed the IPv6 table:\n--- first\n%s--- second\n%s", first6, got)
+			}
+			t.Logf("installed IPv4 filter table:\n%s", first4)
+			for _, want := range []string{
+				"-A FORWARD -m comment --comment nfqpolicy -j NFQPOLICY-FORWARD\n-A FORWARD -j KUBE-FORWARD\n",
+				"-A INPUT -m comment --comment nfqpolicy -j NFQPOLICY-INPUT\n",
+				"--queue-balance 100:101",
+				"-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\n",
+			} {
+				if !strings.Contains(first4, want) {
+					t.Errorf("IPv4 table lacks %q", want)
+				}
+			}
+			if !strings.Contains(first6, "-A INPUT -m comment --comment nfqpolicy -j NFQPOLICY-INPUT\n-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT\n") {
+				t.Errorf("IPv6 INPUT is not [our jump, their rule]:\n%s", first6)
+			}
+			if got := ns.Run("ipset", "list", "NFQPOLICY-LOCAL4"); !strings.Contains(got, "10.1.0.2") {
+				t.Errorf("set NFQPOLICY-LOCAL4 lacks 10.1.0.2:\n%s", got)
+			}
+			if got := ns.Run("ipset", "list", "NFQPOLICY-LOCAL6"); !strings.Contains(got, "fd00:1::2") {
+				t.Errorf("set NFQPOLICY-LOCAL6 lacks fd00:1::2:\n%s", got)
+			}
+			// A resync replaces the set's contents.
+			if err := tb.SyncSets(ctx, []netip.Addr{netip.MustParseAddr("10.1.0.3")}); err != nil {
+				t.Fatalf("resync sets: %v", err)
+			}
+			if got := ns.Run("ipset", "list", "NFQPOLICY-LOCAL4"); strings.Contains(got, "10.1.0.2") || !strings.Contains(got, "10.1.0.3") {
+				t.Errorf("after resync NFQPOLICY-LOCAL4 is:\n%s", got)
+			}
+
+			for i := range 2 {
+				if err := tb.Cleanup(ctx); err != nil {
+					t.Fatalf("cleanup #%d: %v", i+1, err)
+				}
+			}
+			left, err := tb.Leftovers(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(left) != 0 {
+				t.Errorf("after cleanup: %v", left)
+			}
+			all := ns.Run(ipt+"-save") + ns.Run(ip6t+"-save") + ns.Run("ipset", "list", "-n")
+			if strings.Contains(all, "NFQPOLICY") {
+				t.Errorf("NFQPOLICY still present after cleanup:\n%s", all)
+			}
+			if got := rulesOnly(ns.Run(ipt+"-save", "-t", "filter")); !strings.Contains(got, "-A FORWARD -j KUBE-FORWARD\n-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\n") {
+				t.Errorf("cleanup touched foreign IPv4 rules:\n%s", got)
+			}
+			if got := rulesOnly(ns.Run(ip6t+"-save", "-t", "filter")); !strings.Contains(got, "-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT\n") {
+				t.Errorf("cleanup touched foreign IPv6 rules:\n%s", got)
+			}
+		})
+	}
+}
