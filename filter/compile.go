@@ -248,7 +248,7 @@ func (b *builder) namespaceLabels(ns string) labels.Set {
 func (b *builder) pods(pods []*corev1.Pod) {
 	sorted := make([]*corev1.Pod, 0, len(pods))
 	for _, p := range pods {
-		if p != nil && podActive(p) {
+		if p != nil && k8swatch.PodActive(p) {
 			sorted = append(sorted, p)
 		}
 	}
@@ -289,7 +289,7 @@ func (b *builder) pods(pods []*corev1.Pod) {
 			b.hostNetworkAddrs(p, idx)
 			continue
 		}
-		for _, a := range podAddrs(p) {
+		for _, a := range k8swatch.PodAddrs(p) {
 			a = a.Unmap()
 			pd.addrs = append(pd.addrs, a)
 			b.rs.setAddr(a, endpoint{pod: idx, node: pd.node, host: -1})
@@ -322,7 +322,7 @@ func (b *builder) pods(pods []*corev1.Pod) {
 // them when the node object is missing from the snapshot.
 func (b *builder) hostNetworkAddrs(p *corev1.Pod, idx int32) {
 	var addrs []netip.Addr
-	for _, a := range podAddrs(p) {
+	for _, a := range k8swatch.PodAddrs(p) {
 		addrs = append(addrs, a.Unmap())
 	}
 	if ip, err := netip.ParseAddr(p.Status.HostIP); err == nil {
