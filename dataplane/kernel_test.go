@@ -1,0 +1,490 @@
+package dataplane_test
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+
+	"github.com/nfqpolicy/nfqpolicy/dataplane"
+	"github.com/nfqpolicy/nfqpolicy/dataplane/internal/nstest"
+	"github.com/nfqpolicy/nfqpolicy/dataplane/iptables"
+	"github.com/nfqpolicy/nfqpolicy/filter"
+)
+
+// Addresses of the test topology: two "pods", each in its own namespace,
+// routed through a "node" namespace that runs the rules and the readers.
+var (
+	podA4, podB4 = netip.MustParseAddr("10.99.1.2"), netip.MustParseAddr("10.99.2.2")
+	podA6, podB6 = netip.MustParseAddr("fd99:1::2"), netip.MustParseAddr("fd99:2::2")
+)
+
+const (
+	portAllowed  = 8080 // the test decider allows TCP to this port
+	portAllowed2 = 8082
+	portDenied   = 8081 // and denies everything else
+	queueBase    = 100
+)
+
+// portDecider is the policy of these tests: TCP to the allowed ports, and
+// nothing else. The dataplane is what is under test; the real engine is
+// exercised by the agent's tests.
+type portDecider struct{ calls atomic.Int64 }
+
+func (d *portDecider) Decide(f filter.Flow) filter.Verdict {
+	d.calls.Add(1)
+	allow := f.Proto == filter.ProtoTCP && (f.DstPort == portAllowed || f.DstPort == portAllowed2)
+	dec := filter.DeniedIsolated
+	if allow {
+		dec = filter.AllowedByRule
+	}
+	return filter.Verdict{Allow: allow, Ingress: filter.Side{Decision: dec, Pod: -1, Policy: -1, Rule: -1, Peer: -1}}
+}
+
+type topo struct {
+	node, a, b *nstest.Namespace
+	tables     *iptables.Tables
+	nodeFD     int
+	decider    *portDecider
+}
+
+func setup(t *testing.T) *topo {
+	nstest.Require(t, iptables.Tools(iptables.Auto)...)
+	nstest.Sweep(t)
+	node := nstest.New(t, "node")
+	a := nstest.New(t, "a")
+	b := nstest.New(t, "b")
+	node.Run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+	node.Run("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+	for i, p := range []struct {
+		ns     *nstest.Namespace
+		v4, v6 netip.Addr
+	}{{a, podA4, podA6}, {b, podB4, podB6}} {
+		host, peer := fmt.Sprintf("veth%d", i), "eth0"
+		node.Run("ip", "link", "add", host, "type", "veth", "peer", "name", peer, "netns", p.ns.Name)
+		gw4 := netip.AddrFrom4([4]byte{10, 99, byte(i + 1), 1})
+		gw6 := netip.MustParseAddr(fmt.Sprintf("fd99:%d::1", i+1))
+		node.Run("ip", "addr", "add", gw4.String()+"/24", "dev", host)
+		node.Run("ip", "addr", "add", gw6.String()+"/64", "dev", host, "nodad")
+		node.Run("ip", "link", "set", host, "up")
+		p.ns.Run("ip", "addr", "add", p.v4.String()+"/24", "dev", peer)
+		p.ns.Run("ip", "addr", "add", p.v6.String()+"/64", "dev", peer, "nodad")
+		p.ns.Run("ip", "link", "set", peer, "up")
+		p.ns.Run("ip", "route", "add", "default", "via", gw4.String())
+		p.ns.Run("ip", "-6", "route", "add", "default", "via", gw6.String())
+	}
+	f, err := os.Open(node.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	tp := &topo{node: node, a: a, b: b, nodeFD: int(f.Fd()), decider: &portDecider{},
+		tables: iptables.New(iptables.Exec{Prefix: node.Prefix()}, iptables.Auto)}
+	return tp
+}
+
+func (tp *topo) install(t *testing.T, c iptables.Config) {
+	t.Helper()
+	ctx := context.Background()
+	if err := tp.tables.Install(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	if err := tp.tables.SyncSets(ctx, []netip.Addr{podA4, podB4, podA6, podB6}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (tp *topo) readers(t *testing.T, c iptables.Config) []*dataplane.Reader {
+	t.Helper()
+	var rs []*dataplane.Reader
+	for q := range c.Queues {
+		r, err := dataplane.Open(context.Background(), dataplane.ReaderConfig{
+			Queue:     c.QueueBase + q,
+			FailOpen:  c.FailOpen,
+			AllowMark: c.Marks.Allow, DenyMark: c.Marks.Deny, MarkMask: c.Marks.Mask,
+			NetNS:      tp.nodeFD,
+			Decider:    tp.decider,
+			NewDecoder: func() dataplane.Decoder { return filter.NewDecoder() },
+			Log:        zerolog.New(io.Discard),
+		})
+		if err != nil {
+			t.Fatalf("open reader %d: %v", c.QueueBase+q, err)
+		}
+		rs = append(rs, r)
+	}
+	t.Cleanup(func() {
+		for _, r := range rs {
+			r.Close()
+		}
+	})
+	return rs
+}
+
+func sum(rs []*dataplane.Reader) dataplane.CounterValues {
+	var v dataplane.CounterValues
+	for _, r := range rs {
+		v = v.Add(r.Counters().Values())
+	}
+	return v
+}
+
+// queued is how many packets the node's queues have carried (per netns).
+func (tp *topo) queued(t *testing.T) uint64 {
+	t.Helper()
+	st, err := dataplane.ParseQueueStats(strings.NewReader(tp.node.Run("cat", dataplane.ProcQueuePath)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for _, s := range st {
+		n += uint64(s.IDSequence)
+	}
+	return n
+}
+
+// serve runs an echo server in pod b on port, closed when t ends.
+func (tp *topo) serve(t *testing.T, network string, addr netip.Addr, port int) {
+	t.Helper()
+	var ln net.Listener
+	err := tp.b.Do(func() error {
+		var err error
+		ln, err = net.Listen(network, netip.AddrPortFrom(addr, uint16(port)).String())
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+}
+
+// dial connects from pod a.
+func (tp *topo) dial(addr netip.Addr, port int, timeout time.Duration) (net.Conn, error) {
+	var c net.Conn
+	err := tp.a.Do(func() error {
+		var err error
+		c, err = net.DialTimeout("tcp", netip.AddrPortFrom(addr, uint16(port)).String(), timeout)
+		return err
+	})
+	return c, err
+}
+
+// echo sends msg and expects it back within a second.
+func echo(c net.Conn, msg string) error {
+	c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write([]byte(msg)); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return fmt.Errorf("read echo: %w", err)
+	}
+	if string(buf) != msg {
+		return fmt.Errorf("echo %q, want %q", buf, msg)
+	}
+	return nil
+}
+
+var baseConfig = iptables.Config{Marks: iptables.DefaultMarks, QueueBase: queueBase, Queues: 2, Deny: iptables.Drop}
+
+// TestVerdictsAndFastPath: allowed connections work both families, denied
+// ones time out (drop) or are refused at once (reject), and after the first
+// packet an allowed connection never reaches the queue again.
+func TestVerdictsAndFastPath(t *testing.T) {
+	tp := setup(t)
+	tp.install(t, baseConfig)
+	rs := tp.readers(t, baseConfig)
+	for _, addr := range []netip.Addr{podB4, podB6} {
+		tp.serve(t, "tcp", addr, portAllowed)
+		tp.serve(t, "tcp", addr, portDenied)
+	}
+
+	for _, addr := range []netip.Addr{podB4, podB6} {
+		t.Run("allow "+addr.String(), func(t *testing.T) {
+			before := tp.queued(t)
+			c, err := tp.dial(addr, portAllowed, 2*time.Second)
+			if err != nil {
+				t.Fatalf("allowed connect failed: %v", err)
+			}
+			defer c.Close()
+			for i := range 100 {
+				if err := echo(c, "ping "+strconv.Itoa(i)); err != nil {
+					t.Fatalf("round trip %d: %v", i, err)
+				}
+			}
+			delta := tp.queued(t) - before
+			t.Logf("%s: connect + 100 round trips: %d packet(s) queued", addr, delta)
+			if delta != 1 {
+				t.Errorf("queued %d packets for one connection, want exactly 1 (the SYN): fast path broken", delta)
+			}
+			ct := tp.node.Run("conntrack", "-L", "-p", "tcp", "--dport", strconv.Itoa(portAllowed), "-f", map[bool]string{true: "ipv4", false: "ipv6"}[addr.Is4()])
+			if !strings.Contains(ct, "mark=65536") {
+				t.Errorf("conntrack entry lacks the allow connmark 0x10000:\n%s", ct)
+			}
+		})
+		t.Run("drop "+addr.String(), func(t *testing.T) {
+			before := sum(rs).Denied
+			start := time.Now()
+			c, err := tp.dial(addr, portDenied, time.Second)
+			if err == nil {
+				c.Close()
+				t.Fatal("denied connect succeeded")
+			}
+			var ne net.Error
+			if !errors.As(err, &ne) || !ne.Timeout() {
+				t.Fatalf("denied connect with drop: %v, want a timeout", err)
+			}
+			t.Logf("drop: connect failed after %v: %v", time.Since(start).Round(time.Millisecond), err)
+			if got := sum(rs).Denied - before; got < 1 {
+				t.Errorf("denied counter moved by %d", got)
+			}
+		})
+	}
+
+	rejecting := baseConfig
+	rejecting.Deny = iptables.Reject
+	tp.install(t, rejecting)
+	for _, addr := range []netip.Addr{podB4, podB6} {
+		t.Run("reject "+addr.String(), func(t *testing.T) {
+			start := time.Now()
+			c, err := tp.dial(addr, portDenied, 3*time.Second)
+			took := time.Since(start)
+			if err == nil {
+				c.Close()
+				t.Fatal("denied connect succeeded")
+			}
+			if !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Fatalf("denied connect with reject: %v, want ECONNREFUSED", err)
+			}
+			t.Logf("reject: refused after %v", took.Round(time.Microsecond))
+			if took > 500*time.Millisecond {
+				t.Errorf("reject took %v, want well under the drop timeout", took)
+			}
+		})
+	}
+	t.Logf("counters: %+v", sum(rs))
+	if v := sum(rs); v.Malformed != 0 || v.VerdictErrors != 0 || v.RecvErrors != 0 || v.Requeued != 0 {
+		t.Errorf("unexpected error counters: %+v", v)
+	}
+}
+
+// TestRestart: with the readers gone an established connection keeps
+// flowing (its connmark is accepted in the kernel), new connections fail
+// closed (or pass with fail-open), and new readers pick up again.
+func TestRestart(t *testing.T) {
+	tp := setup(t)
+	tp.install(t, baseConfig)
+	tp.serve(t, "tcp", podB4, portAllowed)
+	tp.serve(t, "tcp", podB4, portAllowed2)
+
+	rs := tp.readers(t, baseConfig)
+	c, err := tp.dial(podB4, portAllowed, 2*time.Second)
+	if err != nil {
+		t.Fatalf("allowed connect: %v", err)
+	}
+	defer c.Close()
+	if err := echo(c, "before"); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rs {
+		if err := r.Close(); err != nil {
+			t.Fatalf("close reader: %v", err)
+		}
+	}
+	if n := len(strings.TrimSpace(tp.node.Run("cat", dataplane.ProcQueuePath))); n != 0 {
+		t.Fatalf("queues still bound after Close")
+	}
+	for i := range 20 {
+		if err := echo(c, "agent down "+strconv.Itoa(i)); err != nil {
+			t.Fatalf("established connection broke while the agent was down: %v", err)
+		}
+	}
+	t.Log("established connection: 20 round trips with no agent")
+	if c2, err := tp.dial(podB4, portAllowed2, time.Second); err == nil {
+		c2.Close()
+		t.Fatal("new connection succeeded with no agent and no fail-open")
+	} else {
+		t.Logf("new connection with no agent (fail-closed): %v", err)
+	}
+
+	rs = tp.readers(t, baseConfig)
+	tp.install(t, baseConfig) // what a restarted agent does
+	if err := echo(c, "after restart"); err != nil {
+		t.Fatalf("established connection broke across restart: %v", err)
+	}
+	c3, err := tp.dial(podB4, portAllowed2, 2*time.Second)
+	if err != nil {
+		t.Fatalf("new connection after restart: %v", err)
+	}
+	c3.Close()
+	for _, r := range rs {
+		r.Close()
+	}
+
+	open := baseConfig
+	open.FailOpen = true
+	tp.install(t, open)
+	c4, err := tp.dial(podB4, portAllowed2, 2*time.Second)
+	if err != nil {
+		t.Fatalf("fail-open: new connection with no agent failed: %v", err)
+	}
+	c4.Close()
+	t.Log("fail-open: new connection with no agent passed")
+}
+
+// TestMalformed sends raw packets the decoder cannot read: they are denied
+// (counted, dropped by the deny rule) and the reader lives on.
+func TestMalformed(t *testing.T) {
+	tp := setup(t)
+	tp.install(t, baseConfig)
+	rs := tp.readers(t, baseConfig)
+	tp.serve(t, "tcp", podB4, portAllowed)
+
+	// IPv6 SYN to an allowed port behind a 128-byte destination options
+	// header: conntrack tracks it as NEW, but the 128-byte copy range ends
+	// inside the extension header, so the decoder cannot find the ports.
+	before := tp.queued(t)
+	deny6Before := denyCount(t, tp, "ip6tables")
+	pkt6 := synBehindDestOpts(t, podA6, podB6, portAllowed)
+	if err := tp.a.Do(func() error { return sendRaw(unix.AF_INET6, podB6, pkt6) }); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return sum(rs).Malformed >= 1 }, "malformed counter")
+	if d := tp.queued(t) - before; d != 1 {
+		t.Errorf("queued %d packets, want 1", d)
+	}
+	if got := denyCount(t, tp, "ip6tables") - deny6Before; got != 1 {
+		t.Errorf("ip6tables NFQPOLICY-DENY counted %d packets, want 1", got)
+	}
+	t.Logf("IPv6 SYN behind 128-byte dest options: queued, malformed, denied; counters %+v", sum(rs))
+
+	// IPv4 SYN whose TCP header is cut short (10 of 20 bytes): conntrack
+	// calls it INVALID, not NEW, so it never reaches the queue.
+	before = tp.queued(t)
+	pkt4 := truncatedTCP4(podA4, podB4, portAllowed)
+	if err := tp.a.Do(func() error { return sendRaw(unix.AF_INET, podB4, pkt4) }); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	t.Logf("IPv4 truncated TCP header: %d packet(s) queued (conntrack state INVALID is not NEW)", tp.queued(t)-before)
+	if d := tp.queued(t) - before; d != 0 {
+		t.Errorf("truncated IPv4 TCP was queued %d times; expected conntrack to mark it INVALID", d)
+	}
+
+	// The reader is alive and still decides.
+	c, err := tp.dial(podB4, portAllowed, 2*time.Second)
+	if err != nil {
+		t.Fatalf("connect after malformed packets: %v", err)
+	}
+	c.Close()
+	if v := sum(rs); v.RecvErrors != 0 || v.VerdictErrors != 0 {
+		t.Errorf("error counters: %+v", v)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
+
+// denyCount is the packet counter of the first rule in NFQPOLICY-DENY.
+func denyCount(t *testing.T, tp *topo, bin string) uint64 {
+	t.Helper()
+	out := tp.node.Run(bin, "-L", iptables.ChainDeny, "-v", "-x", "-n")
+	var total uint64
+	for _, line := range strings.Split(out, "\n")[2:] {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		n, err := strconv.ParseUint(f[0], 10, 64)
+		if err != nil {
+			t.Fatalf("parse %q: %v", line, err)
+		}
+		total += n
+	}
+	return total
+}
+
+func sendRaw(family int, dst netip.Addr, pkt []byte) error {
+	fd, err := unix.Socket(family, unix.SOCK_RAW, unix.IPPROTO_RAW)
+	if err != nil {
+		return fmt.Errorf("raw socket: %w", err)
+	}
+	defer unix.Close(fd)
+	var sa unix.Sockaddr
+	if dst.Is4() {
+		sa = &unix.SockaddrInet4{Addr: dst.As4()}
+	} else {
+		sa = &unix.SockaddrInet6{Addr: dst.As16()}
+	}
+	if err := unix.Sendto(fd, pkt, 0, sa); err != nil {
+		return fmt.Errorf("sendto %s: %w", dst, err)
+	}
+	return nil
+}
+
+func synBehindDestOpts(t *testing.T, src, dst netip.Addr, port uint16) []byte {
+	t.Helper()
+	ip := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolTCP, SrcIP: src.AsSlice(), DstIP: dst.AsSlice()}
+	tcp := &layers.TCP{SrcPort: 40000, DstPort: layers.TCPPort(port), Seq: 1, SYN: true, Window: 65535}
+	if err := tcp.SetNetworkLayerForChecksum(ip); err != nil {
+		t.Fatal(err)
+	}
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{ComputeChecksums: true, FixLengths: true}, tcp); err != nil {
+		t.Fatal(err)
+	}
+	seg := buf.Bytes()
+	// Destination options: next header TCP, length 15 (=128 bytes), one
+	// PadN option filling the rest.
+	opts := make([]byte, 128)
+	opts[0], opts[1], opts[2], opts[3] = byte(layers.IPProtocolTCP), 15, 1, 124
+	hdr := make([]byte, 40)
+	hdr[0] = 6 << 4
+	binary.BigEndian.PutUint16(hdr[4:], uint16(len(opts)+len(seg)))
+	hdr[6], hdr[7] = byte(layers.IPProtocolIPv6Destination), 64
+	copy(hdr[8:24], src.AsSlice())
+	copy(hdr[24:40], dst.AsSlice())
+	return append(append(hdr, opts...), seg...)
+}
+
+func truncatedTCP4(src, dst netip.Addr, port uint16) []byte {
+	hdr := make([]byte, 20)
+	hdr[0], hdr[8], hdr[9] = 0x45, 64, byte(layers.IPProtocolTCP)
+	binary.BigEndian.PutUint16(hdr[2:], 30)
+	copy(hdr[12:16], src.AsSlice())
+	copy(hdr[16:20], dst.AsSlice())
+	tcp := make([]byte, 10)
+	binary.BigEndian.PutUint16(tcp[0:], 40001)
+	binary.BigEndian.PutUint16(tcp[2:], port)
+	return append(hdr, tcp...)
+}
