@@ -14,7 +14,7 @@ import (
 type QueueStats struct {
 	Queue    uint16 `json:"queue"`
 	PortID   uint32 `json:"portid"`
-	Waiting  uint32 `json:"waiting"`  // packets queued now, awaiting a verdict
+	Waiting  uint32 `json:"waiting"` // packets queued now, awaiting a verdict
 	CopyMode uint8  `json:"copy_mode"`
 	CopyLen  uint32 `json:"copy_range"`
 	// Dropped: the queue was full (without fail-open); UserDropped: the
