@@ -2,6 +2,7 @@ package k8swatch
 
 import (
 	"fmt"
+	"reflect"
 	"strconv"
 	"strings"
 
@@ -113,11 +114,12 @@ func describe(e *field.Error) string {
 }
 
 func quoteValue(v any) string {
-	switch v := v.(type) {
-	case string:
-		return strconv.Quote(v)
-	case fmt.Stringer:
-		return strconv.Quote(v.String())
+	if s, ok := v.(fmt.Stringer); ok {
+		return strconv.Quote(s.String())
+	}
+	// Named string types (operators, protocols) are quoted like strings.
+	if rv := reflect.ValueOf(v); rv.Kind() == reflect.String {
+		return strconv.Quote(rv.String())
 	}
 	return fmt.Sprint(v)
 }

@@ -150,10 +150,9 @@ type head struct {
 	Kind       string            `json:"kind"`
 	Items      []json.RawMessage `json:"items"`
 	Objects    []json.RawMessage `json:"objects"`
-	Metadata   struct {
-		Name      string `json:"name"`
-		Namespace string `json:"namespace"`
-	} `json:"metadata"`
+	// Metadata is read apart (see objectName) so that a type error in it
+	// is reported by the typed decoder, with its path.
+	Metadata json.RawMessage `json:"metadata"`
 }
 
 func (b *builder) document(d Document) {
@@ -329,18 +328,23 @@ func objectKey(obj any) string {
 }
 
 func objectName(h head) string {
-	if h.Kind == "" || h.Metadata.Name == "" {
+	var md struct {
+		Name      any `json:"name"`
+		Namespace any `json:"namespace"`
+	}
+	if h.Kind == "" || json.Unmarshal(h.Metadata, &md) != nil {
 		return ""
 	}
+	name, _ := md.Name.(string)
+	ns, _ := md.Namespace.(string)
 	switch h.Kind {
 	case kindPod, kindNetworkPolicy:
-		ns := h.Metadata.Namespace
 		if ns == "" {
 			ns = metav1.NamespaceDefault
 		}
-		return h.Kind + " " + ns + "/" + h.Metadata.Name
+		return h.Kind + " " + ns + "/" + name
 	}
-	return h.Kind + " " + h.Metadata.Name
+	return h.Kind + " " + name
 }
 
 func jsonErrorMsg(err error) string {

@@ -153,7 +153,8 @@ func splitJSON(b []byte) ([][]byte, bool) {
 
 func yamlErrorMsg(err error, firstLine int) string {
 	msg := strings.TrimPrefix(err.Error(), "yaml: ")
-	// yaml reports lines relative to the document; make them file lines.
+	// yaml reports lines relative to the document and, for most parser
+	// errors, counting from 0; make them lines of the file.
 	var te *yaml.TypeError
 	if errors.As(err, &te) {
 		msg = strings.Join(te.Errors, "; ")
@@ -162,7 +163,7 @@ func yamlErrorMsg(err error, firstLine int) string {
 		rest := msg[len("line "):]
 		if i := strings.IndexByte(rest, ':'); i > 0 {
 			if n, err := strconv.Atoi(rest[:i]); err == nil {
-				msg = fmt.Sprintf("line %d:%s", n+firstLine-1, rest[i+1:])
+				msg = fmt.Sprintf("line %d:%s", n+firstLine, rest[i+1:])
 			}
 		}
 	}
