@@ -1,0 +1,348 @@
+package k8swatch
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+)
+
+// InformerOptions tunes the informer source. The zero value is usable.
+type InformerOptions struct {
+	// Quiet is how long the source waits after the last event before it
+	// rebuilds the Cluster, so that a burst (a rollout, a node draining)
+	// costs one recompilation instead of thousands. Default 150ms.
+	Quiet time.Duration
+	// MaxDelay bounds how long a change can wait for a rebuild while events
+	// keep arriving. Default 1s.
+	MaxDelay time.Duration
+	// Resync is client-go's periodic resync. Zero (the default) disables it:
+	// the watch is authoritative and a resync would only cost rebuilds.
+	Resync time.Duration
+}
+
+func (o InformerOptions) withDefaults() InformerOptions {
+	if o.Quiet <= 0 {
+		o.Quiet = 150 * time.Millisecond
+	}
+	if o.MaxDelay <= 0 {
+		o.MaxDelay = time.Second
+	}
+	if o.MaxDelay < o.Quiet {
+		o.MaxDelay = o.Quiet
+	}
+	return o
+}
+
+// InformerSource follows the API server with client-go shared informers for
+// Pods, Namespaces, NetworkPolicies and Nodes and publishes an immutable
+// Cluster after every (coalesced) change. It implements Source.
+type InformerSource struct {
+	opts    InformerOptions
+	log     zerolog.Logger
+	factory informers.SharedInformerFactory
+
+	namespaces, nodes, pods, policies cache.SharedIndexInformer
+
+	cur     atomic.Pointer[Cluster]
+	dirty   chan struct{} // an event arrived since the last rebuild
+	changed chan struct{}
+
+	rebuilds  atomic.Uint64
+	connected atomic.Bool
+	errMu     sync.Mutex
+	lastErr   error
+
+	started atomic.Bool
+
+	// invalid remembers, per policy key, the resourceVersion that failed
+	// validation so that each bad version is logged once, not on every
+	// rebuild. Only the rebuild goroutine touches it.
+	invalid map[string]string
+}
+
+var _ Source = (*InformerSource)(nil)
+
+// NewInformerSource returns a source that watches the API server cfg points
+// at. Nothing is contacted until Run.
+func NewInformerSource(cfg *rest.Config, opts InformerOptions, log zerolog.Logger) (*InformerSource, error) {
+	if cfg == nil {
+		return nil, errors.New("informer source: nil rest config")
+	}
+	cfg = rest.CopyConfig(cfg)
+	if cfg.UserAgent == "" {
+		cfg.UserAgent = "nfqpolicy"
+	}
+	// Protobuf halves the decode cost of large pod lists; the types we read
+	// are all built in, so the server always supports it.
+	cfg.ContentType = "application/vnd.kubernetes.protobuf"
+	cfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+	s := &InformerSource{}
+	// The transport sees every request, including the relists client-go
+	// retries with backoff, so it is where reachability is observed.
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper {
+		return roundTripperFunc(func(req *http.Request) (*http.Response, error) {
+			resp, err := rt.RoundTrip(req)
+			if err != nil {
+				if req.Context().Err() == nil {
+					s.setDisconnected(fmt.Errorf("%s %s: %w", req.Method, req.URL.Path, err))
+				}
+				return resp, err
+			}
+			s.setConnected()
+			return resp, nil
+		})
+	})
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("informer source: client for %s: %w", cfg.Host, err)
+	}
+	return newInformerSource(s, client, opts, log)
+}
+
+// NewInformerSourceForClient is NewInformerSource for an existing client
+// (tests use client-go's fake clientset). Connected reports true once the
+// caches have synced, since there is no transport to observe.
+func NewInformerSourceForClient(client kubernetes.Interface, opts InformerOptions, log zerolog.Logger) (*InformerSource, error) {
+	if client == nil {
+		return nil, errors.New("informer source: nil client")
+	}
+	return newInformerSource(&InformerSource{}, client, opts, log)
+}
+
+func newInformerSource(s *InformerSource, client kubernetes.Interface, opts InformerOptions, log zerolog.Logger) (*InformerSource, error) {
+	s.opts = opts.withDefaults()
+	s.log = log.With().Str("component", "k8swatch").Logger()
+	s.dirty = make(chan struct{}, 1)
+	s.changed = make(chan struct{}, 1)
+	s.invalid = map[string]string{}
+	s.factory = informers.NewSharedInformerFactoryWithOptions(client, s.opts.Resync,
+		informers.WithTransform(stripObject))
+	s.namespaces = s.factory.Core().V1().Namespaces().Informer()
+	s.nodes = s.factory.Core().V1().Nodes().Informer()
+	s.pods = s.factory.Core().V1().Pods().Informer()
+	s.policies = s.factory.Networking().V1().NetworkPolicies().Informer()
+	for _, inf := range s.informers() {
+		if err := inf.SetWatchErrorHandlerWithContext(s.watchError); err != nil {
+			return nil, fmt.Errorf("informer source: %w", err)
+		}
+		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc: func(any) { s.markDirty() },
+			UpdateFunc: func(oldObj, newObj any) {
+				if !sameStripped(oldObj, newObj) {
+					s.markDirty()
+				}
+			},
+			DeleteFunc: func(any) { s.markDirty() },
+		}); err != nil {
+			return nil, fmt.Errorf("informer source: %w", err)
+		}
+	}
+	return s, nil
+}
+
+func (s *InformerSource) informers() []cache.SharedIndexInformer {
+	return []cache.SharedIndexInformer{s.namespaces, s.nodes, s.pods, s.policies}
+}
+
+// Run starts the informers and publishes Clusters until ctx is done. It
+// does not return when the API server is unreachable: client-go retries with
+// backoff and the last published Cluster stays current meanwhile.
+func (s *InformerSource) Run(ctx context.Context) error {
+	if !s.started.CompareAndSwap(false, true) {
+		return errors.New("informer source: Run called twice")
+	}
+	s.factory.Start(ctx.Done())
+	defer s.factory.Shutdown()
+
+	start := time.Now()
+	synced := make([]cache.InformerSynced, 0, 4)
+	for _, inf := range s.informers() {
+		synced = append(synced, inf.HasSynced)
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		return nil // ctx ended before the first sync; nothing to report
+	}
+	// Events seen during the initial list are all in the first rebuild.
+	select {
+	case <-s.dirty:
+	default:
+	}
+	s.connected.Store(true) // a sync proves a working connection, even with no transport to watch
+	s.rebuild()
+	c := s.cur.Load()
+	s.log.Info().Dur("sync", time.Since(start)).Int("namespaces", len(c.Namespaces)).
+		Int("nodes", len(c.Nodes)).Int("pods", len(c.Pods)).Int("policies", len(c.Policies)).
+		Msg("informer caches synced")
+
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.dirty:
+		}
+		if !s.coalesce(ctx) {
+			return nil
+		}
+		s.rebuild()
+	}
+}
+
+// coalesce waits until no event has arrived for Quiet, or MaxDelay has
+// passed since the first one. It returns false when ctx ends.
+func (s *InformerSource) coalesce(ctx context.Context) bool {
+	deadline := time.Now().Add(s.opts.MaxDelay)
+	timer := time.NewTimer(s.opts.Quiet)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-timer.C:
+			return true
+		case <-s.dirty:
+			wait := min(s.opts.Quiet, time.Until(deadline))
+			if wait <= 0 {
+				return true
+			}
+			timer.Reset(wait)
+		}
+	}
+}
+
+func (s *InformerSource) markDirty() {
+	select {
+	case s.dirty <- struct{}{}:
+	default:
+	}
+}
+
+// rebuild reads every cache and publishes a new Cluster, sorted by
+// namespace and name so that equal states compile identically.
+func (s *InformerSource) rebuild() {
+	c := &Cluster{
+		Namespaces: listAs[*corev1.Namespace](s.namespaces),
+		Nodes:      listAs[*corev1.Node](s.nodes),
+		Pods:       listAs[*corev1.Pod](s.pods),
+	}
+	all := listAs[*networkingv1.NetworkPolicy](s.policies)
+	c.Policies = make([]*networkingv1.NetworkPolicy, 0, len(all))
+	seen := make(map[string]bool, len(s.invalid))
+	for _, p := range all {
+		key := p.Namespace + "/" + p.Name
+		if err := validateInformerPolicy(p); err != nil {
+			seen[key] = true
+			if s.invalid[key] != p.ResourceVersion {
+				s.invalid[key] = p.ResourceVersion
+				s.log.Warn().Str("policy", key).Str("resourceVersion", p.ResourceVersion).
+					Err(err).Msg("ignoring invalid NetworkPolicy")
+			}
+			continue
+		}
+		c.Policies = append(c.Policies, p)
+	}
+	for key := range s.invalid {
+		if !seen[key] {
+			delete(s.invalid, key) // fixed or deleted: log again if it breaks again
+		}
+	}
+	s.cur.Store(c)
+	s.rebuilds.Add(1)
+	select {
+	case s.changed <- struct{}{}:
+	default:
+	}
+}
+
+func listAs[T metav1.Object](inf cache.SharedIndexInformer) []T {
+	items := inf.GetStore().List()
+	out := make([]T, 0, len(items))
+	for _, it := range items {
+		if o, ok := it.(T); ok {
+			out = append(out, o)
+		}
+	}
+	slices.SortFunc(out, func(a, b T) int {
+		return cmp.Or(cmp.Compare(a.GetNamespace(), b.GetNamespace()), cmp.Compare(a.GetName(), b.GetName()))
+	})
+	return out
+}
+
+// Current returns the last published Cluster; ok is false until every
+// informer has completed its first list.
+func (s *InformerSource) Current() (*Cluster, bool) {
+	c := s.cur.Load()
+	return c, c != nil
+}
+
+// Changed receives a value after each publication; sends never block, so
+// several publications may be reported once.
+func (s *InformerSource) Changed() <-chan struct{} { return s.changed }
+
+// Rebuilds counts published Clusters (the first sync included).
+func (s *InformerSource) Rebuilds() uint64 { return s.rebuilds.Load() }
+
+// Connected reports whether the last request to the API server got an
+// answer. It is false before the first answer.
+func (s *InformerSource) Connected() bool { return s.connected.Load() }
+
+// LastError is the last error seen talking to the API server (nil if none);
+// it is kept after reconnecting so that metrics and logs can show it.
+func (s *InformerSource) LastError() error {
+	s.errMu.Lock()
+	defer s.errMu.Unlock()
+	return s.lastErr
+}
+
+func (s *InformerSource) setConnected() {
+	if s.connected.CompareAndSwap(false, true) && s.LastError() != nil {
+		s.log.Info().Msg("API server reachable again")
+	}
+}
+
+func (s *InformerSource) setDisconnected(err error) {
+	s.errMu.Lock()
+	s.lastErr = err
+	s.errMu.Unlock()
+	if s.connected.CompareAndSwap(true, false) {
+		s.log.Warn().Err(err).Msg("lost the API server; keeping the last state while client-go retries")
+	}
+}
+
+// watchError replaces client-go's default handler, which logs through klog
+// in its own format; ours keeps every line JSON.
+func (s *InformerSource) watchError(_ context.Context, r *cache.Reflector, err error) {
+	switch {
+	case err == nil, errors.Is(err, io.EOF), apierrors.IsResourceExpired(err), apierrors.IsGone(err):
+		return // normal watch turnover: the reflector relists or rewatches
+	}
+	s.errMu.Lock()
+	s.lastErr = err
+	s.errMu.Unlock()
+	ev := s.log.Warn()
+	if apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err) {
+		// RBAC is wrong: this will not heal by itself, say so loudly.
+		ev = s.log.Error()
+	}
+	ev.Str("reflector", r.TypeDescription()).Err(err).Msg("watch failed; client-go retries with backoff")
+}
+
+type roundTripperFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
