@@ -2,12 +2,117 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
+	"strings"
+
+	"github.com/nfqpolicy/nfqpolicy/filter"
+	"github.com/nfqpolicy/nfqpolicy/k8swatch"
+	"github.com/nfqpolicy/nfqpolicy/probe"
 )
 
-// cmdExplain is not written yet; its owner replaces this file.
 func cmdExplain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fmt.Fprintln(stderr, "nfqpolicy explain: not implemented yet")
-	return 2
+	fs := flag.NewFlagSet("explain", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var snaps flagList
+	fs.Var(&snaps, "snapshot", "snapshot file (kubectl YAML/JSON or a scenario); repeatable")
+	agent := fs.String("agent", "", "ask a running agent's debug socket instead of reading a snapshot")
+	from := fs.String("from", "", "source: ns/pod, node/NAME or an IP address")
+	to := fs.String("to", "", "destination: ns/pod, node/NAME or an IP address")
+	portFlag := fs.String("port", "80/TCP", "destination port as 80/TCP")
+	family := fs.Int("family", 4, "address family for pod and node endpoints: 4 or 6")
+	out := fs.String("o", "text", "output: text or json")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: nfqpolicy explain (--snapshot FILE | --agent SOCKET) --from X --to Y [--port 80/TCP] [--family 4|6] [-o text|json]\n\nExplains the verdict for one flow: which policies select the source and\nthe destination, and which rule and peer matched or why none did.")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *from == "" || *to == "" {
+		fmt.Fprintln(stderr, "nfqpolicy explain: --from and --to are required")
+		return 2
+	}
+	if *out != "text" && *out != "json" {
+		fmt.Fprintf(stderr, "nfqpolicy explain: -o %q: want text or json\n", *out)
+		return 2
+	}
+	pt, err := parsePort(*portFlag)
+	if err != nil {
+		fmt.Fprintf(stderr, "nfqpolicy explain: %v\n", err)
+		return 2
+	}
+	if *agent != "" {
+		return explainAgent(*agent, *from, *to, pt, *family, *out, stdout, stderr)
+	}
+	c, rs, err := loadSnapshot(snaps)
+	if err != nil {
+		printLoadError(stderr, err)
+		return 2
+	}
+	e, err := explainFlow(c, rs, *from, *to, pt, *family)
+	if err != nil {
+		fmt.Fprintf(stderr, "nfqpolicy explain: %v\n", err)
+		return 2
+	}
+	if *out == "json" {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(e); err != nil {
+			fmt.Fprintf(stderr, "nfqpolicy explain: %v\n", err)
+			return 2
+		}
+		return 0
+	}
+	writeExplanation(stdout, e)
+	return 0
+}
+
+// explainFlow resolves the endpoints, builds and decodes the flow's first
+// packet and explains the verdict on the decoded flow.
+func explainFlow(c *k8swatch.Cluster, rs *filter.Ruleset, from, to string, pt portSpec, family int) (filter.Explanation, error) {
+	ix := k8swatch.NewIndex(c)
+	src, err := ix.Resolve(from, family)
+	if err != nil {
+		return filter.Explanation{}, fmt.Errorf("--from: %w", err)
+	}
+	dst, err := ix.Resolve(to, family)
+	if err != nil {
+		return filter.Explanation{}, fmt.Errorf("--to: %w", err)
+	}
+	f, err := probe.NewPath(rs, 0).Flow(src.Addr, dst.Addr, pt.port, pt.proto)
+	if err != nil {
+		return filter.Explanation{}, err
+	}
+	return rs.Explain(f), nil
+}
+
+func writeExplanation(w io.Writer, e filter.Explanation) {
+	fmt.Fprintf(w, "flow:    %s\nverdict: %s\n", e.Flow, strings.ToUpper(e.Verdict))
+	for _, s := range []struct {
+		name string
+		side filter.SideExplanation
+	}{{"egress", e.Egress}, {"ingress", e.Ingress}} {
+		fmt.Fprintf(w, "\n%s", s.name)
+		if s.side.Pod != "" {
+			fmt.Fprintf(w, " of %s", s.side.Pod)
+		}
+		fmt.Fprintf(w, ": %s\n", s.side.Summary)
+		for _, p := range s.side.Policies {
+			staged := ""
+			if p.Staged {
+				staged = " (staged: audit mode, not enforced)"
+			}
+			fmt.Fprintf(w, "  policy %s%s\n", p.Policy, staged)
+			for _, r := range p.Rules {
+				mark := "no match"
+				if r.Matched {
+					mark = "MATCH"
+				}
+				fmt.Fprintf(w, "    %-12s %-8s %s\n", r.Rule, mark, r.Why)
+			}
+		}
+	}
 }

@@ -2,12 +2,88 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"path/filepath"
+
+	"github.com/nfqpolicy/nfqpolicy/k8swatch"
+	"github.com/nfqpolicy/nfqpolicy/probe"
+	"github.com/nfqpolicy/nfqpolicy/scenario"
 )
 
-// cmdTest is not written yet; its owner replaces this file.
 func cmdTest(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fmt.Fprintln(stderr, "nfqpolicy test: not implemented yet")
-	return 2
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	asJSON := fs.Bool("json", false, "print one JSON object per probe")
+	staged := fs.Bool("staged", false, "enforce staged (audit-mode) policies too, to check a rollout offline")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: nfqpolicy test [--json] [--staged] PATH...\n\nRuns reachability scenario files (or directories of them) through the\nagent's decode, cache and verdict path. Exit status: 0 all pass, 1 a\nmismatch, 2 bad input.")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return 2
+	}
+	scs, err := scenario.LoadAll(fs.Args()...)
+	if err != nil {
+		printLoadError(stderr, err)
+		return 2
+	}
+	enc := json.NewEncoder(stdout)
+	passed, failed := 0, 0
+	for _, sc := range scs {
+		if ctx.Err() != nil {
+			return 2
+		}
+		res, err := probe.Scenario(sc, probe.Options{Staged: *staged})
+		if err != nil {
+			fmt.Fprintf(stderr, "nfqpolicy test: %v\n", err)
+			return 2
+		}
+		for _, r := range res {
+			if r.Pass() {
+				passed++
+			} else {
+				failed++
+			}
+			switch {
+			case *asJSON:
+				if err := enc.Encode(r); err != nil {
+					fmt.Fprintf(stderr, "nfqpolicy test: %v\n", err)
+					return 2
+				}
+			case !r.Pass():
+				fmt.Fprintf(stdout, "MISMATCH %s:%d %s: %s -> %s %d/%s IPv%d: expected %s, got %s: %s\n",
+					filepath.Base(r.File), r.Line, r.Scenario, r.From, r.To, r.Port, r.Protocol, r.Family, r.Expect, r.Got, r.Reason)
+			}
+		}
+	}
+	summary := stdout
+	if *asJSON {
+		summary = stderr // keep stdout one JSON object per line
+	}
+	fmt.Fprintf(summary, "%d passed, %d failed\n", passed, failed)
+	if failed > 0 {
+		return 1
+	}
+	return 0
+}
+
+// printLoadError prints every problem of a validation error on its own
+// line, so that one bad object does not hide the others.
+func printLoadError(w io.Writer, err error) {
+	var ve *k8swatch.ValidationError
+	if errors.As(err, &ve) {
+		for _, e := range ve.Errors {
+			fmt.Fprintf(w, "error: %v\n", e)
+		}
+		return
+	}
+	fmt.Fprintf(w, "error: %v\n", err)
 }
