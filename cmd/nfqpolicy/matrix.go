@@ -134,4 +134,3 @@ func cmdMatrix(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	return 0
 }
-
