@@ -104,7 +104,13 @@ type Reader struct {
 	allowOpt, denyOpt nfqueue.VerdictOption
 	// consecutiveErrs throttles a socket that keeps failing.
 	consecutiveErrs int
+	// ruleset, when the Decider can tell, names the Ruleset in force, so
+	// that a malformed verdict carries one like every other verdict.
+	ruleset func() *filter.Ruleset
 }
+
+// rulesetter is implemented by *filter.Engine.
+type rulesetter interface{ Ruleset() *filter.Ruleset }
 
 // Open binds queue cfg.Queue and starts answering its packets until ctx is
 // done or Close is called. It fails when the queue cannot be bound: no
@@ -150,6 +156,9 @@ func Open(ctx context.Context, cfg ReaderConfig) (*Reader, error) {
 		debug:    cfg.Log.GetLevel() <= zerolog.DebugLevel,
 		allowOpt: nfqueue.WithMark(cfg.AllowMark),
 		denyOpt:  nfqueue.WithMark(cfg.DenyMark),
+	}
+	if rsr, ok := cfg.Decider.(rulesetter); ok {
+		r.ruleset = rsr.Ruleset
 	}
 	if err := nf.RegisterWithErrorFunc(rctx, r.handle, r.onError); err != nil {
 		cancel()
@@ -209,6 +218,9 @@ func (r *Reader) handle(a nfqueue.Attribute) int {
 	if err != nil {
 		// A packet we cannot read is denied, never guessed at.
 		v = malformed
+		if r.ruleset != nil {
+			v.Ruleset = r.ruleset()
+		}
 		f = filter.Flow{}
 		r.counters.Malformed.Add(1)
 	} else {

@@ -2,12 +2,186 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"os"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/nfqpolicy/nfqpolicy/dataplane"
+	"github.com/nfqpolicy/nfqpolicy/dataplane/agent"
+	"github.com/nfqpolicy/nfqpolicy/dataplane/iptables"
+	"github.com/nfqpolicy/nfqpolicy/k8swatch"
 )
 
-// cmdRun is not written yet; its owner replaces this file.
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(s string) error { *l = append(*l, s); return nil }
+
+// runFlags are the flags of `nfqpolicy run`, parsed into an agent.Config.
+type runFlags struct {
+	nodeName    string
+	snapshots   stringList
+	poll        time.Duration
+	kubeconfig  string
+	queues      uint
+	queueNum    uint
+	queueLen    uint
+	failOpen    bool
+	denyAction  string
+	markBits    string
+	established string
+	cacheSize   int
+	logLevel    string
+	healthAddr  string
+	backend     string
+	resync      time.Duration
+}
+
+func newRunFlags(stderr io.Writer) (*flag.FlagSet, *runFlags) {
+	f := &runFlags{}
+	fs := flag.NewFlagSet("nfqpolicy run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name as the cluster knows it (default $NODE_NAME)")
+	fs.Var(&f.snapshots, "snapshot", "read the cluster state from this file or directory instead of the API server (repeatable)")
+	fs.DurationVar(&f.poll, "snapshot-poll", time.Second, "how often snapshot files are checked for changes")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig for the API server (default: in-cluster, then $KUBECONFIG)")
+	fs.UintVar(&f.queues, "queues", uint(runtime.NumCPU()), "number of NFQUEUE queues (one reader goroutine each; >1 uses --queue-balance)")
+	fs.UintVar(&f.queueNum, "queue-num", 100, "first NFQUEUE queue number")
+	fs.UintVar(&f.queueLen, "queue-len", dataplane.DefaultMaxQueueLen, "kernel-side length of each queue")
+	fs.BoolVar(&f.failOpen, "fail-open", false, "let new flows through while no agent listens or a queue is full (default: they are dropped)")
+	fs.StringVar(&f.denyAction, "deny-action", "drop", "what a denied flow gets: drop, or reject (TCP reset / ICMP port unreachable)")
+	fs.StringVar(&f.markBits, "mark-bits", iptables.DefaultMarks.String(), "packet/connmark bits we own, ALLOW,DENY/MASK (must avoid kube-proxy's 0x4000 and 0x8000)")
+	fs.StringVar(&f.established, "established", "keep", "on policy change, established flows: keep, or recheck (re-decide and cut the now-denied)")
+	fs.IntVar(&f.cacheSize, "cache-size", 65536, "flow verdict cache entries (0 disables the cache)")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error (debug logs every verdict)")
+	fs.StringVar(&f.healthAddr, "health-addr", "127.0.0.1:9901", "serve /healthz, /readyz and /debug/counters here (empty: off)")
+	fs.StringVar(&f.backend, "iptables-backend", "auto", "iptables binaries: auto (the system's iptables-restore), legacy or nft; use kube-proxy's")
+	fs.DurationVar(&f.resync, "resync", time.Minute, "re-install rules and sets this often to repair what others flushed (0: never)")
+	return fs, f
+}
+
+// config validates the flags and turns them into an agent configuration.
+func (f *runFlags) config(log zerolog.Logger) (agent.Config, error) {
+	var errs []error
+	if f.nodeName == "" {
+		errs = append(errs, errors.New("--node-name (or NODE_NAME) is required"))
+	}
+	if f.queues < 1 || f.queues > 1024 {
+		errs = append(errs, fmt.Errorf("--queues %d: want 1..1024", f.queues))
+	}
+	if f.queueNum > 65535 || f.queueNum+f.queues-1 > 65535 {
+		errs = append(errs, fmt.Errorf("--queue-num %d with --queues %d: queue numbers end at 65535", f.queueNum, f.queues))
+	}
+	if f.queueLen < 1 || f.queueLen > 1<<20 {
+		errs = append(errs, fmt.Errorf("--queue-len %d: want 1..1048576", f.queueLen))
+	}
+	if f.cacheSize < 0 {
+		errs = append(errs, fmt.Errorf("--cache-size %d: must not be negative", f.cacheSize))
+	}
+	if f.resync < 0 {
+		errs = append(errs, fmt.Errorf("--resync %v: must not be negative", f.resync))
+	}
+	deny, err := iptables.ParseDenyAction(f.denyAction)
+	errs = append(errs, err)
+	marks, err := iptables.ParseMarks(f.markBits)
+	errs = append(errs, err)
+	est, err := agent.ParseEstablished(f.established)
+	errs = append(errs, err)
+	backend, err := iptables.ParseBackend(f.backend)
+	errs = append(errs, err)
+	if err := errors.Join(errs...); err != nil {
+		return agent.Config{}, err
+	}
+	return agent.Config{
+		NodeName: f.nodeName,
+		Rules: iptables.Config{
+			Marks:     marks,
+			QueueBase: uint16(f.queueNum),
+			Queues:    uint16(f.queues),
+			FailOpen:  f.failOpen,
+			Deny:      deny,
+		},
+		Backend:        backend,
+		CacheSize:      f.cacheSize,
+		MaxQueueLen:    uint32(f.queueLen),
+		Established:    est,
+		ResyncInterval: f.resync,
+		HealthAddr:     f.healthAddr,
+		Log:            log,
+	}, nil
+}
+
+// runLogger returns the JSON logger every command of the agent logs with.
+func runLogger(w io.Writer, level string) (zerolog.Logger, error) {
+	lvl, err := zerolog.ParseLevel(level)
+	if err != nil || level == "" {
+		return zerolog.Nop(), fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
+}
+
+// cmdRun is the node agent. It exits 0 when ctx is cancelled (SIGTERM,
+// SIGINT), leaving the rules installed (see package agent for why), 1 when
+// it fails while running, and 2 for bad flags or a host it cannot run on.
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fmt.Fprintln(stderr, "nfqpolicy run: not implemented yet")
-	return 2
+	fs, f := newRunFlags(stderr)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "nfqpolicy run: unexpected arguments %q\n", fs.Args())
+		return 2
+	}
+	log, err := runLogger(stderr, f.logLevel)
+	if err != nil {
+		fmt.Fprintf(stderr, "nfqpolicy run: %v\n", err)
+		return 2
+	}
+	log = log.With().Str("component", "agent").Logger()
+	cfg, err := f.config(log)
+	if err != nil {
+		log.Error().Err(err).Msg("bad flags")
+		return 2
+	}
+	if err := agent.Preflight(cfg.Backend); err != nil {
+		log.Error().Err(err).Msg("cannot run on this host")
+		return 2
+	}
+	var src k8swatch.Source
+	if len(f.snapshots) > 0 {
+		src = k8swatch.NewSnapshotSource(f.snapshots, f.poll, log)
+	} else {
+		rc, err := k8swatch.RESTConfig(f.kubeconfig)
+		if err != nil {
+			log.Error().Err(err).Msg("no cluster state: pass --snapshot or give access to the API server")
+			return 2
+		}
+		is, err := k8swatch.NewInformerSource(rc, k8swatch.InformerOptions{}, log)
+		if err != nil {
+			log.Error().Err(err).Msg("API server source")
+			return 2
+		}
+		src = is
+	}
+	a, err := agent.New(cfg, src)
+	if err != nil {
+		log.Error().Err(err).Msg("bad configuration")
+		return 2
+	}
+	if err := a.Run(ctx); err != nil {
+		log.Error().Err(err).Msg("agent failed")
+		return 1
+	}
+	return 0
 }
