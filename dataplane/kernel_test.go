@@ -27,8 +27,7 @@ import (
 	"github.com/nfqpolicy/nfqpolicy/filter"
 )
 
-// Addresses of the test topology: two "pods", each in its own namespace,
-// routed through a "node" namespace that runs the rules and the readers.
+// Addresses of the test topology (nstest.Routed).
 var (
 	podA4, podB4 = netip.MustParseAddr("10.99.1.2"), netip.MustParseAddr("10.99.2.2")
 	podA6, podB6 = netip.MustParseAddr("fd99:1::2"), netip.MustParseAddr("fd99:2::2")
@@ -66,36 +65,17 @@ type topo struct {
 func setup(t *testing.T) *topo {
 	nstest.Require(t, iptables.Tools(iptables.Auto)...)
 	nstest.Sweep(t)
-	node := nstest.New(t, "node")
-	a := nstest.New(t, "a")
-	b := nstest.New(t, "b")
-	node.Run("sysctl", "-qw", "net.ipv4.ip_forward=1")
-	node.Run("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
-	for i, p := range []struct {
-		ns     *nstest.Namespace
-		v4, v6 netip.Addr
-	}{{a, podA4, podA6}, {b, podB4, podB6}} {
-		host, peer := fmt.Sprintf("veth%d", i), "eth0"
-		node.Run("ip", "link", "add", host, "type", "veth", "peer", "name", peer, "netns", p.ns.Name)
-		gw4 := netip.AddrFrom4([4]byte{10, 99, byte(i + 1), 1})
-		gw6 := netip.MustParseAddr(fmt.Sprintf("fd99:%d::1", i+1))
-		node.Run("ip", "addr", "add", gw4.String()+"/24", "dev", host)
-		node.Run("ip", "addr", "add", gw6.String()+"/64", "dev", host, "nodad")
-		node.Run("ip", "link", "set", host, "up")
-		p.ns.Run("ip", "addr", "add", p.v4.String()+"/24", "dev", peer)
-		p.ns.Run("ip", "addr", "add", p.v6.String()+"/64", "dev", peer, "nodad")
-		p.ns.Run("ip", "link", "set", peer, "up")
-		p.ns.Run("ip", "route", "add", "default", "via", gw4.String())
-		p.ns.Run("ip", "-6", "route", "add", "default", "via", gw6.String())
+	r := nstest.NewRouted(t)
+	if r.A4 != podA4 || r.B4 != podB4 || r.A6 != podA6 || r.B6 != podB6 {
+		t.Fatal("topology addresses changed")
 	}
-	f, err := os.Open(node.Path())
+	f, err := os.Open(r.Node.Path())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.Close() })
-	tp := &topo{node: node, a: a, b: b, nodeFD: int(f.Fd()), decider: &portDecider{},
-		tables: iptables.New(iptables.Exec{Prefix: node.Prefix()}, iptables.Auto)}
-	return tp
+	return &topo{node: r.Node, a: r.A, b: r.B, nodeFD: int(f.Fd()), decider: &portDecider{},
+		tables: iptables.New(iptables.Exec{Prefix: r.Node.Prefix()}, iptables.Auto)}
 }
 
 func (tp *topo) install(t *testing.T, c iptables.Config) {
@@ -157,56 +137,15 @@ func (tp *topo) queued(t *testing.T) uint64 {
 	return n
 }
 
-// serve runs an echo server in pod b on port, closed when t ends.
-func (tp *topo) serve(t *testing.T, network string, addr netip.Addr, port int) {
-	t.Helper()
-	var ln net.Listener
-	err := tp.b.Do(func() error {
-		var err error
-		ln, err = net.Listen(network, netip.AddrPortFrom(addr, uint16(port)).String())
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
+func (tp *topo) serve(t *testing.T, _ string, addr netip.Addr, port int) {
+	tp.b.ServeEcho(t, addr, uint16(port))
 }
 
-// dial connects from pod a.
 func (tp *topo) dial(addr netip.Addr, port int, timeout time.Duration) (net.Conn, error) {
-	var c net.Conn
-	err := tp.a.Do(func() error {
-		var err error
-		c, err = net.DialTimeout("tcp", netip.AddrPortFrom(addr, uint16(port)).String(), timeout)
-		return err
-	})
-	return c, err
+	return tp.a.Dial(addr, uint16(port), timeout)
 }
 
-// echo sends msg and expects it back within a second.
-func echo(c net.Conn, msg string) error {
-	c.SetDeadline(time.Now().Add(time.Second))
-	if _, err := c.Write([]byte(msg)); err != nil {
-		return fmt.Errorf("write: %w", err)
-	}
-	buf := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, buf); err != nil {
-		return fmt.Errorf("read echo: %w", err)
-	}
-	if string(buf) != msg {
-		return fmt.Errorf("echo %q, want %q", buf, msg)
-	}
-	return nil
-}
+var echo = nstest.Echo
 
 var baseConfig = iptables.Config{Marks: iptables.DefaultMarks, QueueBase: queueBase, Queues: 2, Deny: iptables.Drop}
 
