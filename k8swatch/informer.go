@@ -71,10 +71,9 @@ type InformerSource struct {
 
 	started atomic.Bool
 
-	// invalid remembers, per policy key, the resourceVersion that failed
-	// validation so that each bad version is logged once, not on every
-	// rebuild. Only the rebuild goroutine touches it.
-	invalid map[string]string
+	// validated caches, per policy "ns/name", the validation result of the
+	// version last seen. Only the rebuild goroutine touches it.
+	validated map[string]policyCheck
 }
 
 var _ Source = (*InformerSource)(nil)
@@ -131,7 +130,7 @@ func newInformerSource(s *InformerSource, client kubernetes.Interface, opts Info
 	s.log = log.With().Str("component", "k8swatch").Logger()
 	s.dirty = make(chan struct{}, 1)
 	s.changed = make(chan struct{}, 1)
-	s.invalid = map[string]string{}
+	s.validated = map[string]policyCheck{}
 	s.factory = informers.NewSharedInformerFactoryWithOptions(client, s.opts.Resync,
 		informers.WithTransform(stripObject))
 	s.namespaces = s.factory.Core().V1().Namespaces().Informer()
@@ -243,23 +242,28 @@ func (s *InformerSource) rebuild() {
 	}
 	all := listAs[*networkingv1.NetworkPolicy](s.policies)
 	c.Policies = make([]*networkingv1.NetworkPolicy, 0, len(all))
-	seen := make(map[string]bool, len(s.invalid))
+	seen := make(map[string]bool, len(all))
 	for _, p := range all {
 		key := p.Namespace + "/" + p.Name
-		if err := validateInformerPolicy(p); err != nil {
-			seen[key] = true
-			if s.invalid[key] != p.ResourceVersion {
-				s.invalid[key] = p.ResourceVersion
+		seen[key] = true
+		v, ok := s.validated[key]
+		if !ok || v.resourceVersion != p.ResourceVersion {
+			// Validate each version once: rebuilds are frequent, policy
+			// changes are not, and a bad version is logged once.
+			v = policyCheck{resourceVersion: p.ResourceVersion, err: validateInformerPolicy(p)}
+			s.validated[key] = v
+			if v.err != nil {
 				s.log.Warn().Str("policy", key).Str("resourceVersion", p.ResourceVersion).
-					Err(err).Msg("ignoring invalid NetworkPolicy")
+					Err(v.err).Msg("ignoring invalid NetworkPolicy")
 			}
-			continue
 		}
-		c.Policies = append(c.Policies, p)
+		if v.err == nil {
+			c.Policies = append(c.Policies, p)
+		}
 	}
-	for key := range s.invalid {
+	for key := range s.validated {
 		if !seen[key] {
-			delete(s.invalid, key) // fixed or deleted: log again if it breaks again
+			delete(s.validated, key)
 		}
 	}
 	s.cur.Store(c)
@@ -268,6 +272,11 @@ func (s *InformerSource) rebuild() {
 	case s.changed <- struct{}{}:
 	default:
 	}
+}
+
+type policyCheck struct {
+	resourceVersion string
+	err             error
 }
 
 func listAs[T metav1.Object](inf cache.SharedIndexInformer) []T {

@@ -5,12 +5,18 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 )
 
-// The informer source applies the same defaults and validation as the file
-// loader so that both sources hand the compiler identical objects. Objects
-// from the API server are already API-defaulted and validated; this guards
-// against servers older than our client and keeps one code path.
+// The informer source applies the file loader's defaults and policy
+// validation so that both sources hand the compiler the same objects.
+// Objects from the API server are already defaulted and validated, so this
+// mostly guards against servers that validate less than we rely on (older
+// versions, or a server with validation bugs).
 
-func defaultInformerPod(p *corev1.Pod)                           {}
-func defaultInformerNamespace(ns *corev1.Namespace)              {}
-func defaultInformerPolicy(p *networkingv1.NetworkPolicy)        {}
-func validateInformerPolicy(p *networkingv1.NetworkPolicy) error { return nil }
+func defaultInformerPod(p *corev1.Pod)              { DefaultPod(p) }
+func defaultInformerNamespace(ns *corev1.Namespace) { DefaultNamespace(ns) }
+func defaultInformerPolicy(p *networkingv1.NetworkPolicy) {
+	DefaultPolicy(p)
+}
+
+func validateInformerPolicy(p *networkingv1.NetworkPolicy) error {
+	return asError(ValidatePolicy(p))
+}

@@ -1,6 +1,7 @@
 package k8swatch
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -98,15 +100,20 @@ func TestStripPod(t *testing.T) {
 }
 
 func TestStripOthers(t *testing.T) {
-	meta := metav1.ObjectMeta{
-		Name: "n", ResourceVersion: "3", Labels: map[string]string{"k": "v"},
-		Annotations:   map[string]string{"a": "b", "nfqpolicy.io/x": "y"},
-		ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "m"}},
+	meta := func(ns string) metav1.ObjectMeta {
+		return metav1.ObjectMeta{
+			Name: "n", Namespace: ns, ResourceVersion: "3", Labels: map[string]string{"k": "v"},
+			Annotations:   map[string]string{"a": "b", "nfqpolicy.io/x": "y"},
+			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "m"}},
+		}
 	}
-	keptMeta := metav1.ObjectMeta{
-		Name: "n", ResourceVersion: "3", Labels: map[string]string{"k": "v"},
-		Annotations: map[string]string{"nfqpolicy.io/x": "y"},
+	keptMeta := func(ns string, labels map[string]string) metav1.ObjectMeta {
+		return metav1.ObjectMeta{
+			Name: "n", Namespace: ns, ResourceVersion: "3", Labels: labels,
+			Annotations: map[string]string{"nfqpolicy.io/x": "y"},
+		}
 	}
+	kv := map[string]string{"k": "v"}
 	tcp := corev1.ProtocolTCP
 	spec := networkingv1.NetworkPolicySpec{
 		PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}},
@@ -118,23 +125,30 @@ func TestStripOthers(t *testing.T) {
 		in, out any
 	}{{
 		name: "node keeps only addresses",
-		in: &corev1.Node{ObjectMeta: meta,
+		in: &corev1.Node{ObjectMeta: meta(""),
 			Spec: corev1.NodeSpec{PodCIDR: "10.0.0.0/24"},
 			Status: corev1.NodeStatus{
 				Addresses:  []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.1.10"}},
 				Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady}},
 				Images:     []corev1.ContainerImage{{Names: []string{"big"}}},
 			}},
-		out: &corev1.Node{ObjectMeta: keptMeta,
+		out: &corev1.Node{ObjectMeta: keptMeta("", kv),
 			Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.1.10"}}}},
 	}, {
-		name: "namespace keeps metadata only",
-		in:   &corev1.Namespace{ObjectMeta: meta, Spec: corev1.NamespaceSpec{Finalizers: []corev1.FinalizerName{"kubernetes"}}, Status: corev1.NamespaceStatus{Phase: corev1.NamespaceActive}},
-		out:  &corev1.Namespace{ObjectMeta: keptMeta},
+		name: "namespace keeps metadata only, defaulted",
+		in:   &corev1.Namespace{ObjectMeta: meta(""), Spec: corev1.NamespaceSpec{Finalizers: []corev1.FinalizerName{"kubernetes"}}, Status: corev1.NamespaceStatus{Phase: corev1.NamespaceActive}},
+		out:  &corev1.Namespace{ObjectMeta: keptMeta("", map[string]string{"k": "v", "kubernetes.io/metadata.name": "n"})},
 	}, {
 		name: "policy keeps its spec",
-		in:   &networkingv1.NetworkPolicy{ObjectMeta: meta, Spec: spec},
-		out:  &networkingv1.NetworkPolicy{ObjectMeta: keptMeta, Spec: spec},
+		in:   &networkingv1.NetworkPolicy{ObjectMeta: meta("db"), Spec: spec},
+		out:  &networkingv1.NetworkPolicy{ObjectMeta: keptMeta("db", kv), Spec: spec},
+	}, {
+		name: "policy gets the API defaults",
+		in: &networkingv1.NetworkPolicy{ObjectMeta: meta("db"), Spec: networkingv1.NetworkPolicySpec{
+			Egress: []networkingv1.NetworkPolicyEgressRule{{Ports: []networkingv1.NetworkPolicyPort{{}}}}}},
+		out: &networkingv1.NetworkPolicy{ObjectMeta: keptMeta("db", kv), Spec: networkingv1.NetworkPolicySpec{
+			Egress:      []networkingv1.NetworkPolicyEgressRule{{Ports: []networkingv1.NetworkPolicyPort{{Protocol: &tcp}}}},
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress}}},
 	}, {
 		name: "tombstone passes through",
 		in:   cache.DeletedFinalStateUnknown{Key: "a/b"},
@@ -425,4 +439,67 @@ func diffJSON(t *testing.T, want, got any) string {
 		return ""
 	}
 	return "want:\n" + string(w) + "\ngot:\n" + string(g)
+}
+
+// TestInformerDropsInvalidPolicy: a policy the API server would reject (a
+// fake clientset validates nothing) is left out and logged once per
+// version, however many rebuilds follow.
+func TestInformerDropsInvalidPolicy(t *testing.T) {
+	bad := &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "bad", Namespace: "ns", ResourceVersion: "1"},
+		Spec: networkingv1.NetworkPolicySpec{Ingress: []networkingv1.NetworkPolicyIngressRule{{
+			From: []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: "10.0.0.0/33"}}}}}},
+	}
+	good := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "good", Namespace: "ns"}}
+	client := fake.NewSimpleClientset(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns"}}, bad, good) //nolint:staticcheck // see the storm test
+	var logs informerLogBuffer
+	src, err := NewInformerSourceForClient(client, InformerOptions{Quiet: 10 * time.Millisecond}, zerolog.New(&logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go src.Run(ctx) //nolint:errcheck // returns nil on cancel
+	c := waitFor(t, src, 5*time.Second, func(*Cluster) bool { return true })
+	if got := names(c.Policies); len(got) != 1 || got[0] != "good" {
+		t.Fatalf("policies = %v, want [good]", got)
+	}
+	for i := range 3 { // more rebuilds must not log again
+		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprint("x", i)}}
+		if _, err := client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, src, 5*time.Second, func(c *Cluster) bool { return len(c.Namespaces) == i+2 })
+	}
+	if n := strings.Count(logs.String(), "ignoring invalid NetworkPolicy"); n != 1 {
+		t.Fatalf("invalid policy logged %d times, want once; logs:\n%s", n, logs.String())
+	}
+	if !strings.Contains(logs.String(), `"policy":"ns/bad"`) || !strings.Contains(logs.String(), "spec.ingress[0].from[0].ipBlock.cidr") {
+		t.Fatalf("log does not name the policy and field:\n%s", logs.String())
+	}
+	fixed := bad.DeepCopy()
+	fixed.ResourceVersion = "2"
+	fixed.Spec.Ingress[0].From[0].IPBlock.CIDR = "10.0.0.0/8"
+	if _, err := client.NetworkingV1().NetworkPolicies("ns").Update(ctx, fixed, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, src, 5*time.Second, func(c *Cluster) bool { return len(c.Policies) == 2 })
+}
+
+// informerLogBuffer is a bytes.Buffer safe for the logger's goroutine and the test.
+type informerLogBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *informerLogBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *informerLogBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

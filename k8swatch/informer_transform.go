@@ -1,6 +1,7 @@
 package k8swatch
 
 import (
+	"maps"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -96,6 +97,8 @@ func stripNamespace(ns *corev1.Namespace) *corev1.Namespace {
 		TypeMeta:   ns.TypeMeta,
 		ObjectMeta: stripMeta(&ns.ObjectMeta),
 	}
+	// Defaulting may add a label: give it a map of its own.
+	out.Labels = maps.Clone(out.Labels)
 	defaultInformerNamespace(out)
 	return out
 }
@@ -104,7 +107,7 @@ func stripPolicy(p *networkingv1.NetworkPolicy) *networkingv1.NetworkPolicy {
 	out := &networkingv1.NetworkPolicy{
 		TypeMeta:   p.TypeMeta,
 		ObjectMeta: stripMeta(&p.ObjectMeta),
-		Spec:       p.Spec,
+		Spec:       *p.Spec.DeepCopy(), // defaulting writes into the port lists
 	}
 	defaultInformerPolicy(out)
 	return out
