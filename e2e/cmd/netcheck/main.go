@@ -1,0 +1,164 @@
+// Command netcheck runs reachability scenarios against the real kernel: it
+// builds a cluster of network namespaces per scenario topology, starts an
+// `nfqpolicy run` agent in every node namespace, sends every probe as real
+// TCP, UDP or SCTP traffic and reports the probes whose kernel verdict
+// differs from the scenario's expectation.
+//
+//	go run ./e2e/cmd/netcheck [--json] PATH...
+//
+// Exit status: 0 every probe passed, 1 at least one mismatch, 2 bad input
+// or an environment that cannot run the check (not root, no ip command,
+// the agent does not build).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/nfqpolicy/nfqpolicy/e2e"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("netcheck", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	asJSON := fs.Bool("json", false, "print the report as one JSON document")
+	agent := fs.String("agent", "", "nfqpolicy binary to start in every node (default: build ./cmd/nfqpolicy)")
+	noAgent := fs.Bool("no-agent", false, "start no agent: every probe must then be allowed (tests the topology itself)")
+	timeout := fs.Duration("timeout", time.Second, "time one probe attempt waits for a connection or reply")
+	attempts := fs.Int("attempts", 3, "tries of a probe expected to be allowed before it counts as denied")
+	parallel := fs.Int("parallel", 256, "probes in flight")
+	quiet := fs.Bool("quiet", false, "no progress log on stderr")
+	all := fs.Bool("all", false, "print every probe's verdict, not only the mismatches")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: netcheck [flags] PATH...\n\nRuns reachability scenario files (or directories of them) against the kernel.\n\nflags:")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return 2
+	}
+	log := zerolog.New(stderr).With().Timestamp().Logger()
+	if *quiet {
+		log = zerolog.Nop()
+	}
+	scenarios, err := e2e.LoadScenarios(fs.Args()...)
+	if err != nil {
+		fmt.Fprintf(stderr, "netcheck: %v\n", err)
+		return 2
+	}
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(stderr, "netcheck: must run as root (it creates network namespaces)")
+		return 2
+	}
+	opts := e2e.Options{Timeout: *timeout, Attempts: *attempts, Parallel: *parallel, Log: log}
+	if !*noAgent {
+		opts.Agent = *agent
+		if opts.Agent == "" {
+			dir, err := os.MkdirTemp("", "netcheck-")
+			if err != nil {
+				fmt.Fprintf(stderr, "netcheck: %v\n", err)
+				return 2
+			}
+			defer os.RemoveAll(dir)
+			if opts.Agent, err = e2e.BuildAgent(ctx, "", dir); err != nil {
+				fmt.Fprintf(stderr, "netcheck: %v\n", err)
+				return 2
+			}
+		}
+	}
+	rep, err := e2e.Run(ctx, scenarios, opts)
+	var inErr *e2e.InputError
+	if errors.As(err, &inErr) {
+		fmt.Fprintf(stderr, "netcheck: %v\n", err)
+		return 2
+	}
+	if rep == nil {
+		rep = &e2e.Report{}
+	}
+	if *asJSON {
+		writeJSON(stdout, rep, err)
+	} else {
+		for _, r := range rep.Results {
+			switch {
+			case !r.Pass():
+				fmt.Fprintln(stdout, e2e.FormatMismatch(r))
+			case *all:
+				fmt.Fprintf(stdout, "%s: probes[%d] %s\n", r.Scenario, r.Index, e2e.FormatVerdict(r))
+			}
+		}
+		fmt.Fprintf(stdout, "%d passed, %d failed\n", rep.Passed, rep.Failed)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "netcheck: run stopped: %v\n", err)
+		return 2
+	}
+	if rep.Failed > 0 {
+		return 1
+	}
+	return 0
+}
+
+type jsonMismatch struct {
+	Scenario string `json:"scenario"`
+	File     string `json:"file"`
+	Probe    int    `json:"probe"`
+	From     string `json:"from"`
+	To       string `json:"to"`
+	Port     int    `json:"port"`
+	Protocol string `json:"protocol"`
+	Family   int    `json:"family"`
+	Expect   string `json:"expect"`
+	Got      string `json:"got"`
+	Detail   string `json:"detail,omitempty"`
+	Attempts int    `json:"attempts"`
+}
+
+func writeJSON(w io.Writer, rep *e2e.Report, runErr error) {
+	out := struct {
+		Passed     int            `json:"passed"`
+		Failed     int            `json:"failed"`
+		Topologies int            `json:"topologies"`
+		Seconds    float64        `json:"seconds"`
+		Error      string         `json:"error,omitempty"`
+		Mismatches []jsonMismatch `json:"mismatches"`
+	}{Passed: rep.Passed, Failed: rep.Failed, Topologies: rep.Topologies, Seconds: rep.Elapsed.Seconds(), Mismatches: []jsonMismatch{}}
+	if runErr != nil {
+		out.Error = runErr.Error()
+	}
+	for _, r := range rep.Results {
+		if r.Pass() {
+			continue
+		}
+		p := r.Probe
+		out.Mismatches = append(out.Mismatches, jsonMismatch{
+			Scenario: r.Scenario, File: r.File, Probe: r.Index, From: p.From, To: p.To, Port: p.Port,
+			Protocol: p.Protocol, Family: p.Family, Expect: p.Expect, Got: r.Got, Detail: r.Detail, Attempts: r.Attempts,
+		})
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(out)
+}

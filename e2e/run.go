@@ -1,0 +1,359 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// Options configure a kernel run.
+type Options struct {
+	// Agent is the nfqpolicy binary started in every node namespace. Empty
+	// runs without any agent: then every probe must be allowed, which tests
+	// the topology and the probes themselves.
+	Agent string
+	// Timeout bounds one probe attempt; a denied probe costs one Timeout.
+	// Default 1s.
+	Timeout time.Duration
+	// Attempts is how often a probe that is expected to be allowed is tried
+	// before it counts as denied. Default 3.
+	Attempts int
+	// Parallel bounds the probes in flight. Default 256.
+	Parallel int
+	// Log receives progress (JSON lines); the zero Logger discards.
+	Log zerolog.Logger
+	// OnResult, when set, is called with every result as soon as it is
+	// known (from several goroutines, serialised by Run).
+	OnResult func(Result)
+
+	// beforeProbes, for tests, runs once per topology after it is built
+	// and before any probe is sent.
+	beforeProbes func(*topology) error
+}
+
+func (o Options) withDefaults() Options {
+	if o.Timeout <= 0 {
+		o.Timeout = time.Second
+	}
+	if o.Attempts <= 0 {
+		o.Attempts = 3
+	}
+	if o.Parallel <= 0 {
+		o.Parallel = 256
+	}
+	return o
+}
+
+// Result is the kernel's verdict for one probe.
+type Result struct {
+	Scenario string
+	File     string
+	Index    int // of the probe in its scenario
+	Probe    Probe
+	// Got is allow, deny, or error when the harness could not send the
+	// probe (Detail says why).
+	Got      string
+	Detail   string
+	Attempts int
+	Elapsed  time.Duration
+
+	order int // of the scenario in the run
+}
+
+// Pass reports whether the kernel agreed with the scenario.
+func (r Result) Pass() bool { return r.Got == r.Probe.Expect }
+
+// Report is the outcome of a run.
+type Report struct {
+	Results        []Result
+	Passed, Failed int
+	Topologies     int
+	Elapsed        time.Duration
+}
+
+// InputError is returned for scenarios that cannot be run at all (an
+// endpoint that names nothing, addresses that collide); nothing was built.
+type InputError struct{ Err error }
+
+func (e *InputError) Error() string { return e.Err.Error() }
+func (e *InputError) Unwrap() error { return e.Err }
+
+// prepared is a scenario with its endpoints resolved against its plan.
+type prepared struct {
+	order  int
+	s      *Scenario
+	pl     *plan
+	ends   [][2]endpoint // per probe: from, to
+	extern []netip.Addr
+}
+
+func prepare(s *Scenario) (*prepared, error) {
+	pl, err := planCluster(s.Cluster)
+	if err != nil {
+		return nil, fmt.Errorf("scenario %s: %w", s.Name, err)
+	}
+	r := newResolver(s.Cluster, pl)
+	p := &prepared{s: s, pl: pl}
+	for i, pr := range s.Probes {
+		from, err := r.resolve(pr.From, pr.Family)
+		if err != nil {
+			return nil, fmt.Errorf("scenario %s: probes[%d]: from: %w", s.Name, i, err)
+		}
+		to, err := r.resolve(pr.To, pr.Family)
+		if err != nil {
+			return nil, fmt.Errorf("scenario %s: probes[%d]: to: %w", s.Name, i, err)
+		}
+		if from.addr == to.addr {
+			return nil, fmt.Errorf("scenario %s: probes[%d]: source and destination are the same address %s", s.Name, i, from.addr)
+		}
+		p.ends = append(p.ends, [2]endpoint{from, to})
+		for _, e := range []endpoint{from, to} {
+			if e.place.kind == placeExt {
+				p.extern = appendUnique(p.extern, e.addr)
+			}
+		}
+	}
+	return p, nil
+}
+
+// group is scenarios that share one topology.
+type group struct {
+	pl        *plan
+	scenarios []*prepared
+	externals []netip.Addr
+	servers   []serverKey
+}
+
+func groupScenarios(ps []*prepared) []*group {
+	var out []*group
+	byFP := map[string]*group{}
+	for _, p := range ps {
+		fp := p.pl.fingerprint()
+		g, ok := byFP[fp]
+		if !ok {
+			g = &group{pl: p.pl}
+			byFP[fp] = g
+			out = append(out, g)
+		}
+		g.scenarios = append(g.scenarios, p)
+		for _, a := range p.extern {
+			g.externals = appendUnique(g.externals, a)
+		}
+	}
+	for _, g := range out {
+		sortAddrs(g.externals)
+		seen := map[serverKey]bool{}
+		for _, p := range g.scenarios {
+			for i, pr := range p.s.Probes {
+				if pr.Protocol == "SCTP" {
+					continue
+				}
+				k := serverKey{place: p.ends[i][1].place, addr: p.ends[i][1].addr, port: pr.Port, proto: pr.Protocol}
+				if !seen[k] {
+					seen[k] = true
+					g.servers = append(g.servers, k)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// Run builds the topologies the scenarios need, sends every probe, tears
+// everything down and reports each probe's kernel verdict. It returns an
+// *InputError, before building anything, when a scenario cannot be run.
+func Run(ctx context.Context, scenarios []*Scenario, opts Options) (*Report, error) {
+	opts = opts.withDefaults()
+	start := time.Now()
+	var ps []*prepared
+	for i, s := range scenarios {
+		p, err := prepare(s)
+		if err != nil {
+			return nil, &InputError{Err: err}
+		}
+		p.order = i
+		ps = append(ps, p)
+	}
+	if deleted, err := SweepStale(); err != nil {
+		opts.Log.Warn().Err(err).Msg("sweeping stale namespaces")
+	} else if len(deleted) > 0 {
+		opts.Log.Info().Strs("namespaces", deleted).Msg("deleted namespaces of dead runs")
+	}
+	groups := groupScenarios(ps)
+	rep := &Report{Topologies: len(groups)}
+	var mu sync.Mutex
+	emit := func(r Result) {
+		mu.Lock()
+		defer mu.Unlock()
+		rep.Results = append(rep.Results, r)
+		if r.Pass() {
+			rep.Passed++
+		} else {
+			rep.Failed++
+		}
+		if opts.OnResult != nil {
+			opts.OnResult(r)
+		}
+	}
+	for gi, g := range groups {
+		prefix := fmt.Sprintf("%s%d-g%d-", NamePrefix, os.Getpid(), gi)
+		if err := runGroup(ctx, prefix, g, opts, emit); err != nil {
+			return rep, err
+		}
+	}
+	sort.SliceStable(rep.Results, func(i, j int) bool {
+		a, b := rep.Results[i], rep.Results[j]
+		if a.order != b.order {
+			return a.order < b.order
+		}
+		return a.Index < b.Index
+	})
+	rep.Elapsed = time.Since(start)
+	return rep, nil
+}
+
+func runGroup(ctx context.Context, prefix string, g *group, opts Options, emit func(Result)) (err error) {
+	log := opts.Log.With().Str("topology", prefix).Logger()
+	t0 := time.Now()
+	t, err := buildTopology(ctx, prefix, g.pl, g.externals)
+	if err != nil {
+		return fmt.Errorf("build topology: %w", err)
+	}
+	defer func() {
+		if cerr := t.close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("tear down topology: %w", cerr))
+		}
+	}()
+	srv, err := startServers(t, g.servers)
+	if err != nil {
+		return err
+	}
+	defer srv.close()
+	pr := newProber(t, srv, g.servers, opts.Timeout)
+	log.Info().Int("nodes", len(g.pl.Nodes)).Int("pods", len(g.pl.Pods)).Int("externals", len(g.externals)).
+		Int("servers", len(g.servers)).Int("scenarios", len(g.scenarios)).Dur("took", time.Since(t0)).Msg("topology built")
+
+	warmUp(ctx, pr, g, opts.Parallel)
+	log.Debug().Dur("took", time.Since(t0)).Msg("neighbours resolved")
+	if opts.beforeProbes != nil {
+		if err := opts.beforeProbes(t); err != nil {
+			return err
+		}
+	}
+	var agents *agentSet
+	if opts.Agent != "" {
+		agents, err = startAgents(ctx, opts.Agent, prefix, t, pr, g.scenarios[0].s, log)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if aerr := agents.stop(); aerr != nil {
+				err = errors.Join(err, aerr)
+			}
+		}()
+	}
+	for i, p := range g.scenarios {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if agents != nil && i > 0 {
+			if err := agents.load(ctx, p.s); err != nil {
+				return fmt.Errorf("scenario %s: %w", p.s.Name, err)
+			}
+		}
+		t1 := time.Now()
+		runProbes(ctx, pr, p, opts, emit)
+		log.Info().Str("scenario", p.s.Name).Int("probes", len(p.s.Probes)).Dur("took", time.Since(t1)).Msg("scenario probed")
+		if agents != nil {
+			if err := agents.alive(); err != nil {
+				return fmt.Errorf("scenario %s: %w", p.s.Name, err)
+			}
+		}
+	}
+	return ctx.Err()
+}
+
+// runProbes sends the probes of one scenario, opts.Parallel at a time. A
+// probe that is expected to be allowed gets up to opts.Attempts tries (a
+// lost first packet is not a verdict); one expected to be denied gets one,
+// since an allowed first try already decides it.
+func runProbes(ctx context.Context, pr *prober, p *prepared, opts Options, emit func(Result)) {
+	sem := make(chan struct{}, opts.Parallel)
+	var wg sync.WaitGroup
+	for i, probe := range p.s.Probes {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			wg.Wait()
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			t0 := time.Now()
+			attempts := 1
+			if probe.Expect == "allow" {
+				attempts = opts.Attempts
+			}
+			var o outcome
+			n := 0
+			for n < attempts {
+				n++
+				o = pr.once(ctx, p.ends[i][0], p.ends[i][1], probe.Port, probe.Protocol)
+				if o.allowed || ctx.Err() != nil {
+					break
+				}
+			}
+			r := Result{order: p.order, Scenario: p.s.Name, File: p.s.File, Index: i, Probe: probe, Attempts: n, Elapsed: time.Since(t0), Detail: o.detail}
+			switch {
+			case o.err != nil:
+				r.Got, r.Detail = "error", o.err.Error()
+			case o.allowed:
+				r.Got = "allow"
+			default:
+				r.Got = "deny"
+			}
+			emit(r)
+		}()
+	}
+	wg.Wait()
+}
+
+// warmUp sends one TCP SYN between every pair of addresses the group's
+// probes use, before anything polices the topology, so that ARP and NDP
+// have resolved every hop when the measured probes start: hundreds of
+// probes towards an unresolved neighbour overflow the queue of packets
+// waiting for it, and a dropped first packet looks like a denial. Whatever answers
+// (a listener, a reset) resolves both directions; the outcome is ignored.
+func warmUp(ctx context.Context, pr *prober, g *group, parallel int) {
+	type pair struct{ from, to endpoint }
+	seen := map[pair]bool{}
+	var pairs []pair
+	for _, p := range g.scenarios {
+		for _, e := range p.ends {
+			k := pair{e[0], e[1]}
+			if !seen[k] {
+				seen[k] = true
+				pairs = append(pairs, k)
+			}
+		}
+	}
+	sem := make(chan struct{}, parallel)
+	var wg sync.WaitGroup
+	for _, k := range pairs {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			_ = pr.once(ctx, k.from, k.to, 9, "TCP")
+		}()
+	}
+	wg.Wait()
+}
