@@ -117,11 +117,11 @@ func TestProbesSeeDropAndReject(t *testing.T) {
 	}
 	cases := []rule{
 		{"TCP", 80, "allow", "connected"},
-		{"TCP", 81, "deny", "timeout"},  // DROP
-		{"TCP", 82, "deny", "refused"},  // REJECT with a TCP reset
-		{"UDP", 80, "allow", "echoed"},  //
-		{"UDP", 81, "deny", "refused"},  // REJECT, ICMP port unreachable
-		{"UDP", 82, "deny", "timeout"},  // DROP
+		{"TCP", 81, "deny", "timeout"}, // DROP
+		{"TCP", 82, "deny", "refused"}, // REJECT with a TCP reset
+		{"UDP", 80, "allow", "echoed"}, //
+		{"UDP", 81, "deny", "refused"}, // REJECT, ICMP port unreachable
+		{"UDP", 82, "deny", "timeout"}, // DROP
 		{"SCTP", 80, "allow", "INIT arrived"},
 		{"SCTP", 81, "deny", "timeout"}, // DROP
 	}
