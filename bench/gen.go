@@ -77,7 +77,7 @@ func Generate(namespaces, pods, policies, flows int, seed uint64) *Workload {
 						{From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"tier": tiers[rnd.IntN(3)]}}}}, Ports: port(8080, &tcp)},
 						{From: []networkingv1.NetworkPolicyPeer{{
 							NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": teams[rnd.IntN(len(teams))]}},
-							PodSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "tier", Operator: metav1.LabelSelectorOpIn, Values: []string{tiers[rnd.IntN(3)]}}}},
+							PodSelector:       &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "tier", Operator: metav1.LabelSelectorOpIn, Values: []string{tiers[rnd.IntN(3)]}}}},
 						}}, Ports: []networkingv1.NetworkPolicyPort{{Port: &named, Protocol: &tcp}}},
 						{From: []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: "192.168.0.0/16", Except: []string{"192.168.1.0/24"}}}},
 							Ports: []networkingv1.NetworkPolicyPort{{Port: &p30000, EndPort: &end, Protocol: &tcp}}},
