@@ -1,0 +1,68 @@
+# nfqpolicy — build, test, benchmark, demo.
+# `make demo` and `make test` are the two commands a fresh Debian machine
+# needs; both install what they need (as root) first.
+
+GO       ?= go
+BIN      := bin/nfqpolicy
+PKGS     := ./...
+DEBS     := iptables ipset conntrack socat tshark iproute2 etcd-server
+APISERVER_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/nfqpolicy
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+.PHONY: all build deps test test-unit test-integration bench bench-dataplane lint demo apiserver clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/nfqpolicy
+
+# Debian packages the kernel and integration tests use. Installed only when
+# missing, and only when we are root (CI is); otherwise the tests that need
+# them say so loudly and skip.
+deps:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "WARNING: not root, cannot install:$$missing"; fi; \
+	fi
+	@# etcd-server's package starts a system etcd; the tests run their own.
+	@-command -v systemctl >/dev/null 2>&1 && systemctl disable --now etcd >/dev/null 2>&1 || true
+
+# The kube-apiserver for the integration tests is built from the Go module
+# proxy once (about 10 minutes on two cores) and cached outside the tree.
+apiserver:
+	@NFQPOLICY_CACHE=$(APISERVER_CACHE) sh tools/kube-apiserver/build.sh
+
+test: deps build apiserver
+	$(GO) vet $(PKGS)
+	NFQPOLICY_REQUIRE_APISERVER=1 KUBE_APISERVER=$$(NFQPOLICY_CACHE=$(APISERVER_CACHE) sh tools/kube-apiserver/build.sh) \
+	  $(GO) test -count=1 -timeout 40m $(PKGS)
+
+test-unit:
+	$(GO) test -count=1 -short $(PKGS)
+
+test-integration: deps apiserver
+	NFQPOLICY_REQUIRE_APISERVER=1 KUBE_APISERVER=$$(NFQPOLICY_CACHE=$(APISERVER_CACHE) sh tools/kube-apiserver/build.sh) \
+	  $(GO) test -count=1 -timeout 30m -run 'Integration|FullStack' $(PKGS)
+
+bench: build
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./bench | tee bench/last-bench.txt
+	$(GO) run ./bench/cmd/report bench/last-bench.txt
+	@echo "--- nfqpolicy test over the public corpus (target: <= 3 s)"
+	@/usr/bin/time -f "nfqpolicy test public corpus: %e s wall, %M KiB max RSS" ./$(BIN) test testdata/conformance/public | tail -1
+
+bench-dataplane: deps build
+	$(GO) run ./bench/dataplane
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+	$(GO) run $(STATICCHECK) $(PKGS)
+
+demo: deps build
+	$(GO) run ./e2e/cmd/demo --nfqpolicy $(BIN)
+
+clean:
+	rm -rf bin
