@@ -260,4 +260,3 @@ func resourceFor(mapper meta.RESTMapper, dyn dynamic.Interface, u *unstructured.
 	}
 	return dyn.Resource(m.Resource), nil
 }
-
