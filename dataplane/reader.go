@@ -98,10 +98,7 @@ type Reader struct {
 	cancel   context.CancelFunc
 	debug    bool
 
-	// Verdict options for packets carrying no mark bits at all, the common
-	// case, built once so that answering them allocates only inside
-	// go-nfqueue.
-	allowOpt, denyOpt nfqueue.VerdictOption
+	send sender
 	// consecutiveErrs throttles a socket that keeps failing.
 	consecutiveErrs int
 	// ruleset, when the Decider can tell, names the Ruleset in force, so
@@ -148,14 +145,13 @@ func Open(ctx context.Context, cfg ReaderConfig) (*Reader, error) {
 	}
 	rctx, cancel := context.WithCancel(ctx)
 	r := &Reader{
-		cfg:      cfg,
-		nf:       nf,
-		dec:      cfg.NewDecoder(),
-		ctx:      rctx,
-		cancel:   cancel,
-		debug:    cfg.Log.GetLevel() <= zerolog.DebugLevel,
-		allowOpt: nfqueue.WithMark(cfg.AllowMark),
-		denyOpt:  nfqueue.WithMark(cfg.DenyMark),
+		cfg:    cfg,
+		nf:     nf,
+		dec:    cfg.NewDecoder(),
+		ctx:    rctx,
+		cancel: cancel,
+		debug:  cfg.Log.GetLevel() <= zerolog.DebugLevel,
+		send:   newNFSender(nf, cfg.AllowMark, cfg.DenyMark),
 	}
 	if rsr, ok := cfg.Decider.(rulesetter); ok {
 		r.ruleset = rsr.Ruleset
@@ -185,6 +181,43 @@ func (r *Reader) Queue() uint16 { return r.cfg.Queue }
 
 // Counters returns the reader's live counters.
 func (r *Reader) Counters() *Counters { return &r.counters }
+
+// sender issues verdicts; an interface so that tests can see them.
+type sender interface {
+	// repeat re-injects the packet at the top of its hook with the mark.
+	repeat(id, mark uint32) error
+	// final settles the packet (NfAccept or NfDrop) without re-injection.
+	final(id uint32, verdict int) error
+}
+
+// nfSender sends verdicts on the queue's socket.
+type nfSender struct {
+	nf                  *nfqueue.Nfqueue
+	allowMark, denyMark uint32
+	// Options for packets that carried no other mark bits, the common
+	// case, built once so that answering them allocates only inside
+	// go-nfqueue.
+	allowOpt, denyOpt nfqueue.VerdictOption
+}
+
+func newNFSender(nf *nfqueue.Nfqueue, allow, deny uint32) *nfSender {
+	return &nfSender{nf: nf, allowMark: allow, denyMark: deny, allowOpt: nfqueue.WithMark(allow), denyOpt: nfqueue.WithMark(deny)}
+}
+
+func (s *nfSender) repeat(id, mark uint32) error {
+	var opt nfqueue.VerdictOption
+	switch mark {
+	case s.allowMark:
+		opt = s.allowOpt
+	case s.denyMark:
+		opt = s.denyOpt
+	default:
+		opt = nfqueue.WithMark(mark)
+	}
+	return s.nf.SetVerdictWithOption(id, nfqueue.NfRepeat, opt)
+}
+
+func (s *nfSender) final(id uint32, verdict int) error { return s.nf.SetVerdict(id, verdict) }
 
 // malformed is the verdict for a packet that could not be decoded.
 var malformed = filter.Verdict{
@@ -236,24 +269,17 @@ func (r *Reader) handle(a nfqueue.Attribute) int {
 		if v.Allow && ours == r.cfg.AllowMark {
 			verdict = nfqueue.NfAccept
 		}
-		if err := r.nf.SetVerdict(id, verdict); err != nil {
+		if err := r.send.final(id, verdict); err != nil {
 			r.counters.VerdictErrors.Add(1)
 		}
 	} else {
-		opt := r.denyOpt
+		m := r.cfg.DenyMark
 		if v.Allow {
-			opt = r.allowOpt
+			m = r.cfg.AllowMark
 		}
-		if pktMark != 0 {
-			// Keep other people's bits (kube-proxy's 0x4000 masquerade
-			// request must survive, or SNAT breaks).
-			m := r.cfg.DenyMark
-			if v.Allow {
-				m = r.cfg.AllowMark
-			}
-			opt = nfqueue.WithMark(pktMark&^r.cfg.MarkMask | m)
-		}
-		if err := r.nf.SetVerdictWithOption(id, nfqueue.NfRepeat, opt); err != nil {
+		// Keep other people's bits (kube-proxy's 0x4000 masquerade request
+		// must survive, or SNAT breaks).
+		if err := r.send.repeat(id, pktMark|m); err != nil {
 			r.counters.VerdictErrors.Add(1)
 		}
 	}

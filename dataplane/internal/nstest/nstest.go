@@ -85,6 +85,11 @@ func New(t testing.TB, suffix string) *Namespace {
 		}
 	})
 	ns.Run("ip", "link", "set", "lo", "up")
+	// No duplicate address detection: a link-local address still in DAD
+	// delays the first IPv6 exchange by a second (the first SYN is lost),
+	// which would pass for a dataplane fault.
+	ns.Run("sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0")
+	ns.Run("sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0")
 	return ns
 }
 
