@@ -11,7 +11,7 @@ import (
 	apivalidation "k8s.io/apimachinery/pkg/api/validation"
 	metav1validation "k8s.io/apimachinery/pkg/apis/meta/v1/validation"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/apimachinery/pkg/util/validation"
+	utilvalidation "k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 )
 
@@ -79,18 +79,18 @@ func validatePolicyPort(obj string, port *networkingv1.NetworkPolicyPort, path *
 			add(path.Child("endPort"), "may not be specified when `port` is not specified")
 		}
 	case port.Port.Type == intstr.Int:
-		if msgs := validation.IsValidPortNum(int(port.Port.IntVal)); len(msgs) > 0 {
+		if msgs := utilvalidation.IsValidPortNum(int(port.Port.IntVal)); len(msgs) > 0 {
 			add(path.Child("port"), "invalid value %d: %s", port.Port.IntVal, strings.Join(msgs, "; "))
 		}
 		if port.EndPort != nil {
-			if msgs := validation.IsValidPortNum(int(*port.EndPort)); len(msgs) > 0 {
+			if msgs := utilvalidation.IsValidPortNum(int(*port.EndPort)); len(msgs) > 0 {
 				add(path.Child("endPort"), "invalid value %d: %s", *port.EndPort, strings.Join(msgs, "; "))
 			} else if *port.EndPort < port.Port.IntVal {
 				add(path.Child("endPort"), "invalid value %d: must be greater than or equal to `port` (%d)", *port.EndPort, port.Port.IntVal)
 			}
 		}
 	default:
-		if msgs := validation.IsValidPortName(port.Port.StrVal); len(msgs) > 0 {
+		if msgs := utilvalidation.IsValidPortName(port.Port.StrVal); len(msgs) > 0 {
 			add(path.Child("port"), "invalid port name %q: %s", port.Port.StrVal, strings.Join(msgs, "; "))
 		}
 		if port.EndPort != nil {
@@ -222,18 +222,18 @@ func ValidatePod(p *corev1.Pod) []FieldError {
 			for j, port := range c.Ports {
 				pp := path.Index(i).Child("ports").Index(j)
 				if port.Name != "" {
-					if msgs := validation.IsValidPortName(port.Name); len(msgs) > 0 {
+					if msgs := utilvalidation.IsValidPortName(port.Name); len(msgs) > 0 {
 						add(pp.Child("name"), "invalid port name %q: %s", port.Name, strings.Join(msgs, "; "))
 					} else if names[port.Name] {
 						add(pp.Child("name"), "duplicate value %q", port.Name)
 					}
 					names[port.Name] = true
 				}
-				if msgs := validation.IsValidPortNum(int(port.ContainerPort)); len(msgs) > 0 {
+				if msgs := utilvalidation.IsValidPortNum(int(port.ContainerPort)); len(msgs) > 0 {
 					add(pp.Child("containerPort"), "invalid value %d: %s", port.ContainerPort, strings.Join(msgs, "; "))
 				}
 				if port.HostPort != 0 {
-					if msgs := validation.IsValidPortNum(int(port.HostPort)); len(msgs) > 0 {
+					if msgs := utilvalidation.IsValidPortNum(int(port.HostPort)); len(msgs) > 0 {
 						add(pp.Child("hostPort"), "invalid value %d: %s", port.HostPort, strings.Join(msgs, "; "))
 					}
 				}
