@@ -92,7 +92,7 @@ func TestResolve(t *testing.T) {
 		{"10.244.2.12", 4, "10.244.2.12", EndpointExternal}, // a terminated pod's address is no longer its
 		{"192.168.56.1", 4, "node/node-1 (192.168.56.1)", EndpointNode},
 		{"192.168.56.9", 4, "node/node-9 (192.168.56.9)", EndpointNode}, // hostNetwork pod of a node the snapshot lacks
-		{"203.0.113.1", 4, "203.0.113.1", EndpointExternal},           // ExternalIP is not node traffic
+		{"203.0.113.1", 4, "203.0.113.1", EndpointExternal},             // ExternalIP is not node traffic
 		{"8.8.8.8", 4, "8.8.8.8", EndpointExternal},
 		{"8.8.8.8", 6, "not an IPv6 address", 0},
 		{"2001:db8::1", 4, "not an IPv4 address", 0},
