@@ -23,16 +23,26 @@ func (rs *Ruleset) endpointOf(a netip.Addr) endpoint {
 	return external
 }
 
-// Decide returns the verdict for a flow with enforced policies only. It
-// does not allocate.
+// Decide returns the verdict for a flow: Allow from enforced policies,
+// Audit with staged policies enforced too (computed a second time only
+// when some policy is staged). It does not allocate.
 func (rs *Ruleset) Decide(f Flow) Verdict {
-	return rs.decide(f, false)
+	v := rs.decide(f, false)
+	if !rs.hasStaged {
+		v.Audit = AuditVerdict{Allow: v.Allow, Egress: v.Egress, Ingress: v.Ingress}
+		return v
+	}
+	a := rs.decide(f, true)
+	v.Audit = AuditVerdict{Allow: a.Allow, Egress: a.Egress, Ingress: a.Ingress}
+	return v
 }
 
 // DecideAudit returns the verdict as it would be if every staged (audit
-// mode) policy were enforced.
+// mode) policy were enforced: the audit verdict in the enforced fields.
 func (rs *Ruleset) DecideAudit(f Flow) Verdict {
-	return rs.decide(f, true)
+	v := rs.decide(f, true)
+	v.Audit = AuditVerdict{Allow: v.Allow, Egress: v.Egress, Ingress: v.Ingress}
+	return v
 }
 
 // HasStaged reports whether any policy is in audit mode, that is whether

@@ -77,6 +77,50 @@ func (rs *Ruleset) Isolators(i int32, direction string, audit bool) []string {
 	return out
 }
 
+// StagedCause names the staged policies that make the audit verdict
+// differ from the enforced one: for a flow that would be denied, the staged
+// policies isolating the side that denies it; for one that would be
+// allowed, the staged policy whose rule allows it. Nil when they agree.
+func (rs *Ruleset) StagedCause(v Verdict) []string {
+	if !v.AuditDiffers() {
+		return nil
+	}
+	var out []string
+	if !v.Audit.Allow {
+		for dir, s := range [2]Side{ingress: v.Audit.Ingress, egress: v.Audit.Egress} {
+			if s.Decision != DeniedIsolated || s.Pod < 0 {
+				continue
+			}
+			for _, pi := range rs.pods[s.Pod].audit[dir].isolators {
+				if rs.policies[pi].staged {
+					out = append(out, rs.PolicyName(pi))
+				}
+			}
+		}
+		return out
+	}
+	for _, s := range []Side{v.Audit.Egress, v.Audit.Ingress} {
+		if s.Decision == AllowedByRule && rs.PolicyStaged(s.Policy) {
+			out = append(out, rs.PolicyName(s.Policy))
+		}
+	}
+	return out
+}
+
+// DescribeAudit renders the audit verdict's reason when it differs from
+// the enforced one, e.g. "would deny: ingress: default deny by isolation
+// of x/a from x/staged-deny (staged)"; "" when they agree.
+func (rs *Ruleset) DescribeAudit(v Verdict) string {
+	if !v.AuditDiffers() {
+		return ""
+	}
+	what := "would deny"
+	if v.Audit.Allow {
+		what = "would allow"
+	}
+	return what + " with staged " + strings.Join(rs.StagedCause(v), ", ") + ": egress: " + rs.describeSide(v.Audit.Egress, "egress", true) + "; ingress: " + rs.describeSide(v.Audit.Ingress, "ingress", true)
+}
+
 // Describe renders a verdict's reason in one line, naming the rule that
 // allowed each side or the policies whose isolation denied it.
 func (rs *Ruleset) Describe(v Verdict) string {
@@ -92,6 +136,10 @@ func (rs *Ruleset) Describe(v Verdict) string {
 
 // DescribeSide renders one side of a verdict.
 func (rs *Ruleset) DescribeSide(s Side, direction string) string {
+	return rs.describeSide(s, direction, false)
+}
+
+func (rs *Ruleset) describeSide(s Side, direction string, audit bool) string {
 	switch s.Decision {
 	case NotPoliced:
 		if direction == "egress" {
@@ -103,43 +151,36 @@ func (rs *Ruleset) DescribeSide(s Side, direction string) string {
 	case NodeLocal:
 		return "from " + rs.PodName(s.Pod) + "'s own node"
 	case AllowedByRule:
-		return "allowed by " + rs.RuleName(s)
+		return "allowed by " + rs.RuleName(s, direction)
 	case DeniedIsolated:
-		return "default deny by isolation of " + rs.PodName(s.Pod) + " from " + strings.Join(rs.Isolators(s.Pod, direction, false), ", ")
+		return "default deny by isolation of " + rs.PodName(s.Pod) + " from " + strings.Join(rs.Isolators(s.Pod, direction, audit), ", ")
 	case Malformed:
 		return "malformed packet"
 	}
 	return s.Decision.String()
 }
 
-// RuleName names the rule and peer of an AllowedByRule side, e.g.
+// RuleName names the rule and peer of an AllowedByRule side of the given
+// direction ("ingress" or "egress"), e.g.
 // "x/allow-web ingress[0] from[1] (namespaceSelector{team=a})".
-func (rs *Ruleset) RuleName(s Side) string {
+func (rs *Ruleset) RuleName(s Side, direction string) string {
 	if s.Policy < 0 || int(s.Policy) >= len(rs.policies) {
 		return ""
 	}
 	pol := &rs.policies[s.Policy]
-	for _, dir := range []int{ingress, egress} {
-		for _, ri := range pol.rules[dir] {
-			r := &rs.rules[ri]
-			if r.index != s.Rule || r.dir != uint8(dir) {
-				continue
-			}
-			name := fmt.Sprintf("%s/%s %s[%d]", pol.ns, pol.name, dirNames[dir], r.index)
-			if s.Peer < 0 {
-				return name + " (any peer)"
-			}
-			field := "from"
-			if dir == egress {
-				field = "to"
-			}
-			if int(s.Peer) < len(r.peers) {
-				return fmt.Sprintf("%s %s[%d] (%s)", name, field, s.Peer, r.peers[s.Peer].text)
-			}
-			return name
-		}
+	dir, field := ingress, "from"
+	if direction == "egress" {
+		dir, field = egress, "to"
 	}
-	return rs.PolicyName(s.Policy)
+	if s.Rule < 0 || int(s.Rule) >= len(pol.rules[dir]) {
+		return rs.PolicyName(s.Policy)
+	}
+	r := &rs.rules[pol.rules[dir][s.Rule]]
+	name := fmt.Sprintf("%s/%s %s[%d]", pol.ns, pol.name, dirNames[dir], r.index)
+	if s.Peer < 0 || int(s.Peer) >= len(r.peers) {
+		return name + " (any peer)"
+	}
+	return fmt.Sprintf("%s %s[%d] (%s)", name, field, s.Peer, r.peers[s.Peer].text)
 }
 
 // Explanation is the full reasoning for one flow: the verdict and, for

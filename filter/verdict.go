@@ -87,7 +87,21 @@ type Verdict struct {
 	Cached  bool // answered by the flow cache
 	Egress  Side // the source pod's egress
 	Ingress Side // the destination pod's ingress
+	// Audit is the verdict with staged (audit-mode) policies enforced too.
+	// It equals the enforced verdict unless a staged policy changes the
+	// outcome: then the flow "would be denied" or "would be allowed".
+	Audit AuditVerdict
 	// Ruleset is the compiled state that decided; its Describe renders
 	// the indexes above. A pointer, so carrying it costs no allocation.
 	Ruleset *Ruleset
 }
+
+// AuditVerdict is a verdict computed with staged policies enforced.
+type AuditVerdict struct {
+	Allow   bool
+	Egress  Side
+	Ingress Side
+}
+
+// AuditDiffers reports whether staged policies change the outcome.
+func (v Verdict) AuditDiffers() bool { return v.Audit.Allow != v.Allow }
