@@ -1,0 +1,267 @@
+package scenario
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nfqpolicy/nfqpolicy/k8swatch"
+)
+
+const objects = `objects:
+  - apiVersion: v1
+    kind: Node
+    metadata: {name: node-1}
+    status: {addresses: [{type: InternalIP, address: 192.168.56.1}]}
+  - apiVersion: v1
+    kind: Pod
+    metadata: {name: a, namespace: x, labels: {pod: a}}
+    spec: {nodeName: node-1, containers: [{name: c, ports: [{name: http, containerPort: 80}]}]}
+    status: {phase: Running, podIP: 10.244.1.10, podIPs: [{ip: 10.244.1.10}, {ip: "fd00::10"}]}
+  - apiVersion: v1
+    kind: Pod
+    metadata: {name: b, namespace: y, labels: {pod: b}}
+    spec: {nodeName: node-1, containers: [{name: c}]}
+    status: {phase: Running, podIP: 10.244.1.11}
+  - apiVersion: networking.k8s.io/v1
+    kind: NetworkPolicy
+    metadata: {name: deny-all, namespace: x}
+    spec: {podSelector: {}}
+`
+
+func errorStrings(t *testing.T, err error) []string {
+	t.Helper()
+	if err == nil {
+		return nil
+	}
+	var ve *k8swatch.ValidationError
+	if !errors.As(err, &ve) {
+		t.Fatalf("error %v is %T, not *k8swatch.ValidationError", err, err)
+	}
+	out := make([]string, len(ve.Errors))
+	for i, e := range ve.Errors {
+		out[i] = e.Error()
+	}
+	return out
+}
+
+func TestParse(t *testing.T) {
+	in := "name: s1\nsource: a test\n" + objects + `probes:
+  - {from: y/b, to: x/a, port: 80, expect: deny}
+  - {from: y/b, to: x/a, port: 80, protocol: UDP, family: 4, expect: allow}
+  - from: node/node-1
+    to: 10.244.1.10
+    port: 8080
+    protocol: SCTP
+    expect: allow
+  - {from: x/a, to: 2001:db8::1, port: 443, family: 6, expect: allow}
+`
+	ss, err := Parse("s.yaml", []byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ss) != 1 {
+		t.Fatalf("%d scenarios", len(ss))
+	}
+	s := ss[0]
+	if s.Name != "s1" || s.Source != "a test" || s.File != "s.yaml" || s.Doc != 1 {
+		t.Errorf("scenario %q %q %q %d", s.Name, s.Source, s.File, s.Doc)
+	}
+	if len(s.Cluster.Pods) != 2 || len(s.Cluster.Policies) != 1 || len(s.Cluster.Nodes) != 1 {
+		t.Errorf("cluster: %d pods %d policies %d nodes", len(s.Cluster.Pods), len(s.Cluster.Policies), len(s.Cluster.Nodes))
+	}
+	type row struct {
+		From, To string
+		Port     int
+		Protocol string
+		Family   int
+		Expect   string
+		Line     int
+		Src, Dst string
+	}
+	var got []row
+	for _, p := range s.Probes {
+		got = append(got, row{p.From, p.To, p.Port, p.Protocol, p.Family, p.Expect, p.Line, p.Src.String(), p.Dst.String()})
+	}
+	want := []row{
+		{"y/b", "x/a", 80, "TCP", 4, "deny", 23, "y/b (10.244.1.11)", "x/a (10.244.1.10)"},
+		{"y/b", "x/a", 80, "UDP", 4, "allow", 24, "y/b (10.244.1.11)", "x/a (10.244.1.10)"},
+		{"node/node-1", "10.244.1.10", 8080, "SCTP", 4, "allow", 25, "node/node-1 (192.168.56.1)", "x/a (10.244.1.10)"},
+		{"x/a", "2001:db8::1", 443, "TCP", 6, "allow", 30, "x/a (fd00::10)", "2001:db8::1"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("probes:\n got %+v\nwant %+v", got, want)
+	}
+	lines := strings.Split(in, "\n")
+	for _, p := range s.Probes {
+		if !strings.Contains(lines[p.Line-1], p.From) {
+			t.Errorf("line %d is %q, not the probe from %s", p.Line, lines[p.Line-1], p.From)
+		}
+	}
+}
+
+func TestProbeErrors(t *testing.T) {
+	tests := []struct {
+		probe string
+		want  string
+	}{
+		{"{from: y/zz, to: x/a, port: 80, expect: deny}", `probes[0]: from: endpoint "y/zz": unknown pod y/zz (line 22)`},
+		{"{from: y/b, to: node/node-9, port: 80, expect: deny}", `probes[0]: to: endpoint "node/node-9": unknown node "node-9" (line 22)`},
+		{"{from: y/b, to: x/a, port: 80, family: 6, expect: deny}", `probes[0]: from: endpoint "y/b": pod has no IPv6 address (line 22)`},
+		{"{from: y/b, to: x/a, port: 0, expect: deny}", `probes[0]: port: 0 is not between 1 and 65535 (line 22)`},
+		{"{from: y/b, to: x/a, expect: deny}", `probes[0]: port: 0 is not between 1 and 65535 (line 22)`},
+		{"{from: y/b, to: x/a, port: 65536, expect: deny}", `probes[0]: port: 65536 is not between 1 and 65535 (line 22)`},
+		{"{from: y/b, to: x/a, port: 80, expect: maybe}", `probes[0]: expect: "maybe" is not allow or deny (line 22)`},
+		{"{from: y/b, to: x/a, port: 80}", `probes[0]: expect: required (allow or deny) (line 22)`},
+		{"{from: y/b, to: x/a, port: 80, protocol: ICMP, expect: deny}", `probes[0]: protocol: "ICMP" is not TCP, UDP or SCTP (line 22)`},
+		{"{from: y/b, to: x/a, port: 80, family: 5, expect: deny}", `probes[0]: family: 5 is not 4 or 6 (line 22)`},
+		{"{to: x/a, port: 80, expect: deny}", `probes[0]: from: required (line 22)`},
+		{"{from: x/a, to: 10.244.1.10, port: 80, expect: deny}", `probes[0]: from and to are the same pod: that traffic is not specified (line 22)`},
+		{"{from: y/b, to: x/a, port: http, expect: deny}", `probes[0]: cannot unmarshal string into Go struct field probeJSON.port of type int (line 22)`},
+		{"{from: y/b, to: x/a, port: 80, expect: deny, proto: UDP}", `probes[0]: unknown field "proto" (line 22)`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.want, func(t *testing.T) {
+			in := "name: s\n" + objects + "probes:\n  - " + tt.probe + "\n  - {from: y/b, to: x/a, port: 80, expect: deny}\n"
+			ss, err := Parse("p.yaml", []byte(in))
+			got := errorStrings(t, err)
+			if len(got) != 1 || got[0] != "p.yaml:1: "+tt.want {
+				t.Errorf("errors %q, want %q", got, "p.yaml:1: "+tt.want)
+			}
+			if len(ss) != 1 || len(ss[0].Probes) != 1 {
+				t.Fatalf("the bad probe must be dropped and the good one kept")
+			}
+		})
+	}
+}
+
+func TestScenarioErrors(t *testing.T) {
+	in := "name: s\n" + objects + `  - apiVersion: networking.k8s.io/v1
+    kind: NetworkPolicy
+    metadata: {name: bad, namespace: x}
+    spec: {podSelector: {}, ingress: [{ports: [{port: 80, endPort: 70}]}]}
+probes:
+  - {from: y/b, to: x/a, port: 80, expect: deny}
+---
+name: second
+probes: []
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: not-a-scenario}
+---
+name: typo
+objcts: []
+`
+	ss, err := Parse("e.yaml", []byte(in))
+	got := errorStrings(t, err)
+	want := []string{
+		"e.yaml:1: spec.ingress[0].ports[0].endPort: invalid value 70: must be greater than or equal to `port` (80) (NetworkPolicy x/bad)",
+		`e.yaml:3: not a scenario: unknown field "apiVersion"`,
+		`e.yaml:3: not a scenario: unknown field "kind"`,
+		`e.yaml:3: not a scenario: unknown field "metadata"`,
+		`e.yaml:4: not a scenario: unknown field "objcts"`,
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("errors:\n got %q\nwant %q", got, want)
+	}
+	if len(ss) != 2 || ss[0].Name != "s" || ss[1].Name != "second" || len(ss[0].Cluster.Policies) != 1 || len(ss[0].Probes) != 1 {
+		t.Errorf("scenarios kept: %d", len(ss))
+	}
+}
+
+func TestLoad(t *testing.T) {
+	dir := t.TempDir()
+	for name, content := range map[string]string{
+		"b.yaml":    "name: b\n" + objects + "probes: [{from: y/b, to: x/a, port: 80, expect: deny}]\n",
+		"a.yml":     objects + "probes: [{from: y/b, to: x/a, port: 80, expect: deny}]\n",
+		"notes.txt": "ignored",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ss, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ss) != 2 || ss[0].Name != "a" || ss[1].Name != "b" {
+		t.Errorf("scenarios %v", ss)
+	}
+	if _, err := Load(filepath.Join(dir, "missing.yaml")); err == nil || !strings.Contains(err.Error(), "no such file") {
+		t.Errorf("missing file: %v", err)
+	}
+	if _, err := Load(t.TempDir()); err == nil {
+		t.Error("empty directory must be an error")
+	}
+}
+
+func TestPublicCorpus(t *testing.T) {
+	start := time.Now()
+	ss, err := Load("../testdata/conformance/public")
+	if err != nil {
+		t.Fatal(err)
+	}
+	probes := 0
+	for _, s := range ss {
+		if len(s.Probes) == 0 || s.Source == "" {
+			t.Errorf("%s: %d probes, source %q", s.File, len(s.Probes), s.Source)
+		}
+		probes += len(s.Probes)
+	}
+	t.Logf("%d scenarios, %d probes in %v", len(ss), probes, time.Since(start))
+	// INDEX.md lists the probe count of every public scenario.
+	index, err := os.ReadFile("../testdata/conformance/INDEX.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := 0
+	files := 0
+	for _, l := range strings.Split(string(index), "\n") {
+		f := strings.Split(l, "|")
+		if len(f) > 5 && strings.TrimSpace(f[1]) == "public" {
+			var n int
+			if _, err := fmt.Sscan(strings.TrimSpace(f[4]), &n); err != nil {
+				t.Fatalf("INDEX.md line %q: %v", l, err)
+			}
+			want += n
+			files++
+		}
+	}
+	if len(ss) != files || probes != want {
+		t.Errorf("loaded %d scenarios with %d probes; INDEX.md lists %d with %d", len(ss), probes, files, want)
+	}
+}
+
+func TestKNPWorkload(t *testing.T) {
+	start := time.Now()
+	ss, err := Load("../testdata/bench/knp-workload.yaml")
+	took := time.Since(start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ss) != 1 {
+		t.Fatalf("%d scenarios", len(ss))
+	}
+	s := ss[0]
+	if len(s.Cluster.Pods) != 1000 || len(s.Cluster.Policies) != 100 || len(s.Probes) != 10000 {
+		t.Errorf("%d pods, %d policies, %d probes", len(s.Cluster.Pods), len(s.Cluster.Policies), len(s.Probes))
+	}
+	kinds := map[k8swatch.EndpointKind]int{}
+	for _, p := range s.Probes {
+		kinds[p.Src.Kind]++
+		kinds[p.Dst.Kind]++
+	}
+	t.Logf("loaded in %v; endpoints by kind: %v", took, kinds)
+	if kinds[k8swatch.EndpointPod] == 0 || kinds[k8swatch.EndpointExternal] == 0 {
+		t.Errorf("endpoint kinds %v", kinds)
+	}
+	if took > time.Second && !testing.Short() {
+		t.Errorf("loading took %v", took)
+	}
+}
