@@ -1,0 +1,331 @@
+// Package flowlog writes one JSON line per decided flow without ever making
+// the verdict path wait for it.
+//
+// OnVerdict, called from the NFQUEUE readers, copies the flow and verdict
+// into a fixed-size Record and offers it to a bounded channel; a single
+// writer goroutine renders records with zerolog (names, reason, labels are
+// built there, not on the verdict path). A full channel drops the record and
+// counts it; the next record that does get in carries that count as "lost",
+// so a reader of the log sees every gap, and the counts left over at a quiet
+// moment or at shutdown go out as a summary line. A per-source token bucket
+// keeps one noisy client from crowding everyone else out; what it suppresses
+// is reported the same way as "rate_limited".
+package flowlog
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nfqpolicy/nfqpolicy/filter"
+	"github.com/rs/zerolog"
+)
+
+// Select chooses which decided flows are logged.
+type Select uint8
+
+const (
+	// SelectDenied logs flows the policies deny: enforced denials and, in
+	// audit mode, flows that would have been denied.
+	SelectDenied Select = iota
+	// SelectAll logs every decided flow.
+	SelectAll
+	// SelectAuditDiff logs only flows whose audit verdict differs from what
+	// was enforced.
+	SelectAuditDiff
+)
+
+// ParseSelect reads "denied", "all" or "audit-diff".
+func ParseSelect(s string) (Select, error) {
+	switch strings.ToLower(s) {
+	case "denied", "deny", "":
+		return SelectDenied, nil
+	case "all":
+		return SelectAll, nil
+	case "audit-diff", "audit":
+		return SelectAuditDiff, nil
+	}
+	return 0, fmt.Errorf("flowlog: unknown selection %q (want denied, all or audit-diff)", s)
+}
+
+func (s Select) String() string {
+	switch s {
+	case SelectAll:
+		return "all"
+	case SelectAuditDiff:
+		return "audit-diff"
+	}
+	return "denied"
+}
+
+// Options configure a Logger. Out is required; the rest have defaults.
+type Options struct {
+	// Out receives one JSON line per Write. The Logger does not close it.
+	Out io.Writer
+	// Buffer is how many records may wait for the writer (default 4096).
+	Buffer int
+	Select Select
+	// RatePerSec and Burst configure the per-source-address token bucket;
+	// RatePerSec <= 0 disables rate limiting.
+	RatePerSec float64
+	Burst      int
+	// MaxSources bounds the rate limiter's table (default 4096).
+	MaxSources int
+	// ReportInterval is how often pending lost/rate-limited counts that no
+	// record has carried are written as a summary line (default 5s).
+	ReportInterval time.Duration
+	// AuditDiffers reports whether the audit verdict of v differs from the
+	// enforced one. It runs on the verdict path and must not allocate. Nil
+	// means no audit information: SelectAuditDiff then logs nothing.
+	AuditDiffers func(v filter.Verdict) bool
+	// Renderer adds the node name, pod labels and audit fields.
+	Renderer Renderer
+}
+
+// Stats are the Logger's running totals.
+type Stats struct {
+	Written     uint64 // flow records written to Out
+	Lost        uint64 // records dropped because the buffer was full (or after Close)
+	RateLimited uint64 // records suppressed by the per-source rate limit
+	WriteErrors uint64 // lines Out refused
+}
+
+// Logger is a running flow log. Its OnVerdict is safe for concurrent use.
+type Logger struct {
+	ch       chan Record
+	sel      Select
+	differs  func(filter.Verdict) bool
+	lim      *limiter
+	out      *countingWriter
+	zl       zerolog.Logger
+	rd       Renderer
+	interval time.Duration
+
+	seq         atomic.Uint64
+	pendLost    atomic.Uint64
+	pendLimited atomic.Uint64
+	lost        atomic.Uint64
+	limited     atomic.Uint64
+	written     atomic.Uint64
+	closed      atomic.Bool
+
+	done      chan struct{}
+	finished  chan struct{}
+	closeOnce sync.Once
+}
+
+// New starts a Logger's writer goroutine; Close stops it.
+func New(o Options) (*Logger, error) {
+	if o.Out == nil {
+		return nil, errors.New("flowlog: no output")
+	}
+	if o.Buffer <= 0 {
+		o.Buffer = 4096
+	}
+	if o.MaxSources <= 0 {
+		o.MaxSources = 4096
+	}
+	if o.ReportInterval <= 0 {
+		o.ReportInterval = 5 * time.Second
+	}
+	if o.Select > SelectAuditDiff {
+		return nil, fmt.Errorf("flowlog: unknown selection %d", o.Select)
+	}
+	cw := &countingWriter{w: o.Out}
+	l := &Logger{
+		ch:       make(chan Record, o.Buffer),
+		sel:      o.Select,
+		differs:  o.AuditDiffers,
+		out:      cw,
+		zl:       zerolog.New(cw),
+		rd:       o.Renderer,
+		interval: o.ReportInterval,
+		done:     make(chan struct{}),
+		finished: make(chan struct{}),
+	}
+	if o.RatePerSec > 0 {
+		burst := o.Burst
+		if burst <= 0 {
+			burst = max(int(o.RatePerSec), 1)
+		}
+		l.lim = newLimiter(o.RatePerSec, burst, o.MaxSources)
+	}
+	go l.run()
+	return l, nil
+}
+
+func (l *Logger) selected(v *filter.Verdict) bool {
+	switch l.sel {
+	case SelectAll:
+		return true
+	case SelectDenied:
+		return !v.Allow || (l.differs != nil && l.differs(*v))
+	case SelectAuditDiff:
+		return l.differs != nil && l.differs(*v)
+	}
+	return false
+}
+
+// OnVerdict offers one decided flow to the log. It never blocks and
+// allocates nothing; pkt is not used (the capture package records packets).
+func (l *Logger) OnVerdict(f filter.Flow, v filter.Verdict, _ []byte, latency time.Duration) {
+	if !l.selected(&v) {
+		return
+	}
+	now := time.Now().UnixNano()
+	if l.lim != nil && !l.lim.allow(f.Src, now) {
+		l.pendLimited.Add(1)
+		l.limited.Add(1)
+		return
+	}
+	if l.closed.Load() {
+		l.lost.Add(1)
+		return
+	}
+	r := Record{Time: now, Seq: l.seq.Add(1), Flow: f, Verdict: v, Latency: latency}
+	// Claim the pending counts for this record; give them back (plus this
+	// record) if it does not get in, so that every drop is reported once.
+	// The Loads keep the common case (nothing pending) from writing to
+	// the shared counters' cache line.
+	if l.pendLost.Load() != 0 {
+		r.Lost = l.pendLost.Swap(0)
+	}
+	if l.pendLimited.Load() != 0 {
+		r.RateLimited = l.pendLimited.Swap(0)
+	}
+	select {
+	case l.ch <- r:
+	default:
+		l.pendLost.Add(r.Lost + 1)
+		if r.RateLimited > 0 {
+			l.pendLimited.Add(r.RateLimited)
+		}
+		l.lost.Add(1)
+	}
+}
+
+func (l *Logger) run() {
+	defer close(l.finished)
+	t := time.NewTicker(l.interval)
+	defer t.Stop()
+	// One Record for the goroutine's life: write takes its address, which
+	// would otherwise move a fresh one to the heap per record.
+	var r Record
+	for {
+		select {
+		case r = <-l.ch:
+			l.write(&r)
+		case <-t.C:
+			l.summary("records dropped")
+		case <-l.done:
+			for {
+				select {
+				case r = <-l.ch:
+					l.write(&r)
+				default:
+					l.summary("flow log closed")
+					return
+				}
+			}
+		}
+	}
+}
+
+func (l *Logger) write(r *Record) {
+	before := l.out.errs.Load()
+	l.rd.Fields(l.zl.Log(), r).Send()
+	if l.out.errs.Load() == before {
+		l.written.Add(1)
+	}
+}
+
+// summary writes the pending counts no record has carried yet.
+func (l *Logger) summary(msg string) {
+	lost, limited := l.pendLost.Swap(0), l.pendLimited.Swap(0)
+	if lost == 0 && limited == 0 {
+		return
+	}
+	e := l.zl.Log().Str("time", time.Now().UTC().Format(time.RFC3339Nano))
+	if l.rd.Node != "" {
+		e = e.Str("node", l.rd.Node)
+	}
+	if lost > 0 {
+		e = e.Uint64("lost", lost)
+	}
+	if limited > 0 {
+		e = e.Uint64("rate_limited", limited)
+	}
+	e.Str("message", msg).Send()
+}
+
+// Close writes every record already accepted, a final summary of what was
+// dropped, and stops the writer. Call it after the last OnVerdict has
+// returned; later calls are counted as lost.
+func (l *Logger) Close() error {
+	l.closeOnce.Do(func() {
+		l.closed.Store(true)
+		close(l.done)
+	})
+	<-l.finished
+	if e := l.out.errs.Load(); e > 0 {
+		return fmt.Errorf("flowlog: %d lines could not be written: %w", e, l.out.lastErr())
+	}
+	return nil
+}
+
+// Stats returns the running totals.
+func (l *Logger) Stats() Stats {
+	return Stats{
+		Written:     l.written.Load(),
+		Lost:        l.lost.Load(),
+		RateLimited: l.limited.Load(),
+		WriteErrors: l.out.errs.Load(),
+	}
+}
+
+// countingWriter remembers write failures: zerolog would otherwise only
+// print them to stderr.
+type countingWriter struct {
+	w    io.Writer
+	errs atomic.Uint64
+	mu   sync.Mutex
+	last error
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	if err == nil && n < len(p) {
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		c.mu.Lock()
+		c.last = err
+		c.mu.Unlock()
+		c.errs.Add(1)
+	}
+	return n, err
+}
+
+func (c *countingWriter) lastErr() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.last
+}
+
+// OpenSink opens the flow log's destination: "-" or "" is stdout (not
+// closed by the returned Closer), anything else a RotatingFile.
+func OpenSink(path string, maxBytes int64, keep int) (io.WriteCloser, error) {
+	if path == "" || path == "-" {
+		return nopCloser{os.Stdout}, nil
+	}
+	return OpenRotating(path, maxBytes, keep)
+}
+
+type nopCloser struct{ io.Writer }
+
+func (nopCloser) Close() error { return nil }
