@@ -98,10 +98,10 @@ func TestKustomizationListsEveryManifest(t *testing.T) {
 	}
 }
 
-// TestManifestsServerSideDryRun sends every manifest to a real API server
+// TestIntegrationManifestsDryRun sends every manifest to a real API server
 // with dryRun=All: schema, defaulting, validation and admission all run,
 // nothing is stored.
-func TestManifestsServerSideDryRun(t *testing.T) {
+func TestIntegrationManifestsDryRun(t *testing.T) {
 	srv := apiserver.Start(t)
 	ctx := context.Background()
 	client := srv.Client(t)
@@ -134,12 +134,12 @@ func TestManifestsServerSideDryRun(t *testing.T) {
 	}
 }
 
-// TestRBACIsEnoughAndExact applies the ServiceAccount, ClusterRole and
+// TestIntegrationRBAC applies the ServiceAccount, ClusterRole and
 // ClusterRoleBinding for real, then runs the informer source as the
 // agent's service account: it must sync. The ClusterRole must grant exactly
 // get/list/watch on the four resources, and a service account without the
 // binding must be refused, so the test sees RBAC actually enforced.
-func TestRBACIsEnoughAndExact(t *testing.T) {
+func TestIntegrationRBAC(t *testing.T) {
 	srv := apiserver.Start(t)
 	ctx := context.Background()
 	client := srv.Client(t)

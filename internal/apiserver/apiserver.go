@@ -4,9 +4,10 @@
 //
 // The binaries are not vendored. etcd comes from Debian's etcd-server
 // package (or $NFQPOLICY_ETCD); kube-apiserver is built by
-// tools/kube-apiserver/build.sh (or $NFQPOLICY_KUBE_APISERVER). Tests skip
-// when either is missing, unless NFQPOLICY_REQUIRE_APISERVER=1, which makes
-// a missing binary a failure (make test sets it after building).
+// tools/kube-apiserver/build.sh (or named by $NFQPOLICY_KUBE_APISERVER or
+// $KUBE_APISERVER). Tests skip when either is missing, unless
+// NFQPOLICY_REQUIRE_APISERVER=1, which makes a missing binary a failure
+// (make test sets it after building).
 package apiserver
 
 import (
@@ -65,6 +66,9 @@ func (s *Server) Client(t testing.TB) kubernetes.Interface {
 // or an error naming the missing one and how to get it.
 func Binaries() (apiserverBin, etcdBin string, err error) {
 	apiserverBin = os.Getenv("NFQPOLICY_KUBE_APISERVER")
+	if apiserverBin == "" {
+		apiserverBin = os.Getenv("KUBE_APISERVER") // the Makefile's name for it
+	}
 	if apiserverBin == "" {
 		cache := os.Getenv("NFQPOLICY_CACHE")
 		if cache == "" {
