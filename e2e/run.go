@@ -19,6 +19,9 @@ type Options struct {
 	// runs without any agent: then every probe must be allowed, which tests
 	// the topology and the probes themselves.
 	Agent string
+	// AgentArgs are extra flags for every `nfqpolicy run` (for instance
+	// --deny-action=reject).
+	AgentArgs []string
 	// Timeout bounds one probe attempt; a denied probe costs one Timeout.
 	// Default 1s.
 	Timeout time.Duration
@@ -249,7 +252,8 @@ func runGroup(ctx context.Context, prefix string, g *group, opts Options, emit f
 	}
 	var agents *agentSet
 	if opts.Agent != "" {
-		agents, err = startAgents(ctx, opts.Agent, prefix, t, pr, g.scenarios[0].s, log)
+		t2 := time.Now()
+		agents, err = startAgents(ctx, opts.Agent, opts.AgentArgs, t, g.scenarios[0].s, log)
 		if err != nil {
 			return err
 		}
@@ -258,15 +262,28 @@ func runGroup(ctx context.Context, prefix string, g *group, opts Options, emit f
 				err = errors.Join(err, aerr)
 			}
 		}()
+		log.Info().Int("agents", len(agents.agents)).Dur("took", time.Since(t2)).Msg("agents ready")
 	}
 	for i, p := range g.scenarios {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		if agents != nil && i > 0 {
+			t2 := time.Now()
 			if err := agents.load(ctx, p.s); err != nil {
-				return fmt.Errorf("scenario %s: %w", p.s.Name, err)
+				if aerr := agents.alive(); aerr != nil || ctx.Err() != nil {
+					return fmt.Errorf("scenario %s: %w", p.s.Name, err)
+				}
+				// The agents still run the previous state: this
+				// scenario's verdicts would mean nothing.
+				log.Error().Err(err).Str("scenario", p.s.Name).Msg("agents did not load the scenario")
+				for j, probe := range p.s.Probes {
+					emit(Result{order: p.order, Scenario: p.s.Name, File: p.s.File, Index: j, Probe: probe,
+						Got: "error", Detail: "agents did not load the scenario: " + err.Error()})
+				}
+				continue
 			}
+			log.Debug().Str("scenario", p.s.Name).Dur("took", time.Since(t2)).Msg("agents reloaded")
 		}
 		t1 := time.Now()
 		runProbes(ctx, pr, p, opts, emit)

@@ -20,6 +20,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -46,6 +47,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	parallel := fs.Int("parallel", 256, "probes in flight")
 	quiet := fs.Bool("quiet", false, "no progress log on stderr")
 	all := fs.Bool("all", false, "print every probe's verdict, not only the mismatches")
+	verbose := fs.Bool("v", false, "debug log: agent command lines and log files, reload times")
+	var agentArgs stringList
+	fs.Var(&agentArgs, "agent-arg", "extra flag for every `nfqpolicy run`, e.g. --agent-arg=--deny-action=reject (repeatable)")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: netcheck [flags] PATH...\n\nRuns reachability scenario files (or directories of them) against the kernel.\n\nflags:")
 		fs.PrintDefaults()
@@ -60,7 +64,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
-	log := zerolog.New(stderr).With().Timestamp().Logger()
+	log := zerolog.New(stderr).Level(zerolog.InfoLevel).With().Timestamp().Logger()
+	if *verbose {
+		log = log.Level(zerolog.DebugLevel)
+	}
 	if *quiet {
 		log = zerolog.Nop()
 	}
@@ -73,7 +80,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "netcheck: must run as root (it creates network namespaces)")
 		return 2
 	}
-	opts := e2e.Options{Timeout: *timeout, Attempts: *attempts, Parallel: *parallel, Log: log}
+	opts := e2e.Options{Timeout: *timeout, Attempts: *attempts, Parallel: *parallel, Log: log, AgentArgs: agentArgs}
 	if !*noAgent {
 		opts.Agent = *agent
 		if opts.Agent == "" {
@@ -120,6 +127,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	return 0
 }
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, " ") }
+func (l *stringList) Set(s string) error { *l = append(*l, s); return nil }
 
 type jsonMismatch struct {
 	Scenario string `json:"scenario"`
