@@ -11,38 +11,50 @@ import (
 // meet on one lock: golang-lru takes an exclusive lock even for Get.
 const cacheShards = 32
 
-// flowKey is what a verdict depends on. The source port is left out on
-// purpose: no policy can match on it, so every new connection between the
-// same two endpoints and destination port hits the cache.
-type flowKey struct {
-	src, dst [16]byte
-	dport    uint16
-	proto    uint8
-}
+// flowKey is what a verdict depends on: source and destination address,
+// destination port and protocol, packed into plain bytes so that the map
+// hashes and compares it in one pass (a struct with padding is hashed
+// field by field). The source port is left out on purpose: no policy can
+// match on it, so every new connection between the same two endpoints and
+// destination port hits the cache.
+type flowKey [36]byte
 
 func keyOf(f Flow) flowKey {
-	return flowKey{src: f.Src.As16(), dst: f.Dst.As16(), dport: f.DstPort, proto: f.Proto}
+	var k flowKey
+	src, dst := f.Src.As16(), f.Dst.As16()
+	copy(k[0:16], src[:])
+	copy(k[16:32], dst[:])
+	binary.BigEndian.PutUint16(k[32:34], f.DstPort)
+	k[34] = f.Proto
+	return k
 }
 
 // shard mixes the key's words (a multiply-xorshift hash; no allocation,
 // unlike hashing through an interface).
 func (k *flowKey) shard() int {
-	h := binary.LittleEndian.Uint64(k.src[8:]) ^ binary.LittleEndian.Uint64(k.src[:8])*0x9e3779b97f4a7c15
-	h ^= binary.LittleEndian.Uint64(k.dst[8:])*0xff51afd7ed558ccd ^ binary.LittleEndian.Uint64(k.dst[:8])
-	h ^= uint64(k.dport)<<8 | uint64(k.proto)
+	h := binary.LittleEndian.Uint64(k[8:16]) ^ binary.LittleEndian.Uint64(k[0:8])*0x9e3779b97f4a7c15
+	h ^= binary.LittleEndian.Uint64(k[24:32])*0xff51afd7ed558ccd ^ binary.LittleEndian.Uint64(k[16:24])
+	h ^= uint64(binary.LittleEndian.Uint32(k[32:36]))
 	h ^= h >> 33
 	h *= 0xc4ceb9fe1a85ec53
 	h ^= h >> 29
 	return int(h % cacheShards)
 }
 
+// shard is one lock's worth of cache, with its own counters so that
+// readers on different shards share no written cache line.
+type shard struct {
+	lru          *lru.Cache[flowKey, Verdict]
+	hits, misses atomic.Uint64
+	_            [40]byte
+}
+
 // Engine decides flows against the current Ruleset through a flow cache.
 // It is safe for concurrent use by any number of queue readers.
 type Engine struct {
 	rs     atomic.Pointer[Ruleset]
-	shards [cacheShards]*lru.Cache[flowKey, Verdict]
-
-	hits, misses atomic.Uint64
+	cached bool
+	shards [cacheShards]shard
 }
 
 // NewEngine returns an engine deciding with rs. cacheSize is the number of
@@ -56,9 +68,9 @@ func NewEngine(rs *Ruleset, cacheSize int) *Engine {
 	per := max(cacheSize/cacheShards, 1)
 	for i := range e.shards {
 		// lru.New fails only for a size below 1, which per never is.
-		c, _ := lru.New[flowKey, Verdict](per)
-		e.shards[i] = c
+		e.shards[i].lru, _ = lru.New[flowKey, Verdict](per)
 	}
+	e.cached = true
 	return e
 }
 
@@ -74,33 +86,37 @@ func (e *Engine) Ruleset() *Ruleset { return e.rs.Load() }
 // by the current Ruleset.
 func (e *Engine) Decide(f Flow) Verdict {
 	rs := e.rs.Load()
-	if e.shards[0] == nil {
+	if !e.cached {
 		return rs.Decide(f)
 	}
 	k := keyOf(f)
-	c := e.shards[k.shard()]
-	if v, ok := c.Get(k); ok && v.Ruleset == rs {
-		e.hits.Add(1)
+	sh := &e.shards[k.shard()]
+	if v, ok := sh.lru.Get(k); ok && v.Ruleset == rs {
+		sh.hits.Add(1)
 		v.Cached = true
 		return v
 	}
-	e.misses.Add(1)
+	sh.misses.Add(1)
 	v := rs.Decide(f)
-	c.Add(k, v)
+	sh.lru.Add(k, v)
 	return v
 }
 
 // CacheStats returns the cache hits and misses so far.
 func (e *Engine) CacheStats() (hits, misses uint64) {
-	return e.hits.Load(), e.misses.Load()
+	for i := range e.shards {
+		hits += e.shards[i].hits.Load()
+		misses += e.shards[i].misses.Load()
+	}
+	return hits, misses
 }
 
 // Purge empties the flow cache (used when recompiling is not the cause,
 // e.g. by tests; Swap alone already invalidates).
 func (e *Engine) Purge() {
-	for _, c := range e.shards {
-		if c != nil {
-			c.Purge()
+	for i := range e.shards {
+		if e.shards[i].lru != nil {
+			e.shards[i].lru.Purge()
 		}
 	}
 }
