@@ -90,6 +90,10 @@ func (tp *topo) install(t *testing.T, c iptables.Config) {
 }
 
 func (tp *topo) readers(t *testing.T, c iptables.Config) []*dataplane.Reader {
+	return tp.readersWith(t, c, nil, 0)
+}
+
+func (tp *topo) readersWith(t *testing.T, c iptables.Config, obs dataplane.Observer, readBuffer int) []*dataplane.Reader {
 	t.Helper()
 	var rs []*dataplane.Reader
 	for q := range c.Queues {
@@ -100,6 +104,8 @@ func (tp *topo) readers(t *testing.T, c iptables.Config) []*dataplane.Reader {
 			NetNS:      tp.nodeFD,
 			Decider:    tp.decider,
 			NewDecoder: func() dataplane.Decoder { return filter.NewDecoder() },
+			Observer:   obs,
+			ReadBuffer: readBuffer,
 			Log:        zerolog.New(io.Discard),
 		})
 		if err != nil {
@@ -238,8 +244,14 @@ func TestRestart(t *testing.T) {
 	tp.install(t, baseConfig)
 	tp.serve(t, "tcp", podB4, portAllowed)
 	tp.serve(t, "tcp", podB4, portAllowed2)
+	tp.serve(t, "tcp", podB6, portAllowed)
 
 	rs := tp.readers(t, baseConfig)
+	c6, err := tp.dial(podB6, portAllowed, 2*time.Second)
+	if err != nil {
+		t.Fatalf("allowed IPv6 connect: %v", err)
+	}
+	defer c6.Close()
 	c, err := tp.dial(podB4, portAllowed, 2*time.Second)
 	if err != nil {
 		t.Fatalf("allowed connect: %v", err)
@@ -262,6 +274,21 @@ func TestRestart(t *testing.T) {
 		}
 	}
 	t.Log("established connection: 20 round trips with no agent")
+	// Neighbour discovery must work with no agent: forget every neighbour
+	// and the IPv6 connection must still find its way.
+	for _, ns := range []*nstest.Namespace{tp.node, tp.a, tp.b} {
+		ns.Run("ip", "-6", "neigh", "flush", "all")
+	}
+	if err := echo(c6, "after neighbour flush"); err != nil {
+		t.Fatalf("IPv6 connection broke after a neighbour flush with no agent: %v", err)
+	}
+	nd := 0
+	for _, line := range strings.Split(tp.node.Run("ip6tables", "-L", iptables.ChainInput, "-v", "-x", "-n"), "\n") {
+		if f := strings.Fields(line); strings.Contains(line, "RETURN") && len(f) > 0 && f[0] != "0" {
+			nd++
+		}
+	}
+	t.Logf("IPv6 connection survived a neighbour flush with no agent; %d ICMPv6 ND RETURN rules in %s matched packets", nd, iptables.ChainInput)
 	if c2, err := tp.dial(podB4, portAllowed2, time.Second); err == nil {
 		c2.Close()
 		t.Fatal("new connection succeeded with no agent and no fail-open")
@@ -426,4 +453,78 @@ func truncatedTCP4(src, dst netip.Addr, port uint16) []byte {
 	binary.BigEndian.PutUint16(tcp[0:], 40001)
 	binary.BigEndian.PutUint16(tcp[2:], port)
 	return append(hdr, tcp...)
+}
+
+// stall is an observer that blocks its reader once, long enough for the
+// kernel to overflow the reader's socket.
+type stall struct{ done atomic.Bool }
+
+func (s *stall) OnVerdict(filter.Flow, filter.Verdict, []byte, time.Duration) {
+	if s.done.CompareAndSwap(false, true) {
+		time.Sleep(300 * time.Millisecond)
+	}
+}
+
+// TestOverflow floods new UDP flows at readers with a tiny socket buffer
+// while one of them stalls: the kernel reports ENOBUFS, the readers count
+// it and carry on, and the flows were spread over both queues.
+func TestOverflow(t *testing.T) {
+	tp := setup(t)
+	tp.install(t, baseConfig)
+	rs := tp.readersWith(t, baseConfig, &stall{}, 1) // the kernel rounds 1 up to its minimum
+	tp.serve(t, "tcp", podB4, portAllowed)
+
+	// --queue-balance hashes the addresses only (not the ports: both
+	// directions of a flow must meet in one queue), so the flood comes
+	// from 16 source addresses to give both queues a share.
+	const sources, flows = 16, 640
+	var conns []*net.UDPConn
+	for i := range sources {
+		src := netip.AddrFrom4([4]byte{10, 99, 1, byte(10 + i)})
+		tp.a.Run("ip", "addr", "add", src.String()+"/32", "dev", "eth0")
+		if err := tp.a.Do(func() error {
+			c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: src.AsSlice()})
+			conns = append(conns, c)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		defer conns[i].Close()
+	}
+	for i := range flows {
+		if _, err := conns[i%sources].WriteToUDP([]byte("x"), &net.UDPAddr{IP: podB4.AsSlice(), Port: 20000 + i}); err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+	}
+	waitFor(t, func() bool { return sum(rs).NoBufs > 0 }, "an ENOBUFS report")
+	time.Sleep(500 * time.Millisecond) // let the stalled reader drain
+	st, err := dataplane.ParseQueueStats(strings.NewReader(tp.node.Run("cat", dataplane.ProcQueuePath)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("after %d new flows: readers %+v; kernel %+v", flows, sum(rs), st)
+	if len(st) != 2 {
+		t.Fatalf("kernel shows %d bound queues, want 2", len(st))
+	}
+	var userDropped uint32
+	for _, q := range st {
+		if q.IDSequence == 0 {
+			t.Errorf("queue %d carried no packet: --queue-balance did not spread the flows", q.Queue)
+		}
+		if q.Waiting != 0 {
+			t.Errorf("queue %d still holds %d packets without a verdict", q.Queue, q.Waiting)
+		}
+		userDropped += q.UserDropped
+	}
+	if userDropped == 0 {
+		t.Error("the kernel dropped nothing for a full socket, yet ENOBUFS was reported")
+	}
+	if v := sum(rs); v.Denied == 0 || v.Denied+uint64(userDropped) > flows {
+		t.Errorf("denied %d + kernel-dropped %d does not fit %d flows", v.Denied, userDropped, flows)
+	}
+	c, err := tp.dial(podB4, portAllowed, 2*time.Second)
+	if err != nil {
+		t.Fatalf("allowed connect after the overflow: %v", err)
+	}
+	c.Close()
 }

@@ -174,6 +174,11 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		src = is
 	}
+	if cfg.Established == agent.Recheck && cfg.OnSwap == nil {
+		// The conntrack recheck hook is not wired yet: say so rather than
+		// pretend established flows are re-decided.
+		log.Warn().Msg("--established recheck: no recheck hook is wired in this build; established flows are kept")
+	}
 	a, err := agent.New(cfg, src)
 	if err != nil {
 		log.Error().Err(err).Msg("bad configuration")

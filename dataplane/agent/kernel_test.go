@@ -391,3 +391,48 @@ func TestRunRefusesBadFlags(t *testing.T) {
 		})
 	}
 }
+
+// TestPreflight: without CAP_NET_ADMIN, or without the iptables and ipset
+// binaries, run and cleanup refuse up front with a clear message (status
+// 2) instead of failing half-installed.
+func TestPreflight(t *testing.T) {
+	nstest.Require(t, "go", "setpriv")
+	nstest.Sweep(t)
+	bin, err := buildBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := nstest.New(t, "preflight")
+	run := []string{"run", "--node-name", "n", "--snapshot", "/nonexistent", "--health-addr", ""}
+	tests := []struct {
+		name string
+		pre  []string // between `ip netns exec NS` and the binary
+		env  []string
+		args []string
+		want string
+	}{
+		{"run without CAP_NET_ADMIN", []string{"setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin"}, nil, run, "missing CAP_NET_ADMIN"},
+		{"cleanup without CAP_NET_ADMIN", []string{"setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin"}, nil, []string{"cleanup"}, "missing CAP_NET_ADMIN"},
+		{"run without iptables", nil, []string{"PATH=/nonexistent"}, run, "missing iptables-save, iptables-restore, ip6tables-save, ip6tables-restore, ipset in PATH"},
+		{"cleanup without iptables", nil, []string{"PATH=/nonexistent"}, []string{"cleanup"}, "missing iptables-save"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			argv := append(append(append([]string{"netns", "exec", ns.Name}, tt.pre...), bin), tt.args...)
+			cmd := exec.Command("ip", argv...)
+			cmd.Env = append(os.Environ(), tt.env...)
+			out, err := cmd.CombinedOutput()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+				t.Fatalf("exit %v, want status 2; output %s", err, out)
+			}
+			if !bytes.Contains(out, []byte(tt.want)) {
+				t.Fatalf("output lacks %q:\n%s", tt.want, out)
+			}
+			t.Logf("%s", bytes.TrimSpace(out))
+		})
+	}
+	if out := ns.Run("iptables-save"); strings.Contains(out, "NFQPOLICY") {
+		t.Errorf("a refused run changed the namespace:\n%s", out)
+	}
+}
