@@ -30,8 +30,8 @@ import (
 type Select uint8
 
 const (
-	// SelectDenied logs flows the policies deny: enforced denials and, in
-	// audit mode, flows that would have been denied.
+	// SelectDenied logs flows the policies deny: enforced denials and flows
+	// staged policies would deny.
 	SelectDenied Select = iota
 	// SelectAll logs every decided flow.
 	SelectAll
@@ -79,11 +79,7 @@ type Options struct {
 	// ReportInterval is how often pending lost/rate-limited counts that no
 	// record has carried are written as a summary line (default 5s).
 	ReportInterval time.Duration
-	// AuditDiffers reports whether the audit verdict of v differs from the
-	// enforced one. It runs on the verdict path and must not allocate. Nil
-	// means no audit information: SelectAuditDiff then logs nothing.
-	AuditDiffers func(v filter.Verdict) bool
-	// Renderer adds the node name, pod labels and audit fields.
+	// Renderer adds the node name, mode and pod labels.
 	Renderer Renderer
 }
 
@@ -99,7 +95,6 @@ type Stats struct {
 type Logger struct {
 	ch       chan Record
 	sel      Select
-	differs  func(filter.Verdict) bool
 	lim      *limiter
 	out      *countingWriter
 	zl       zerolog.Logger
@@ -140,7 +135,6 @@ func New(o Options) (*Logger, error) {
 	l := &Logger{
 		ch:       make(chan Record, o.Buffer),
 		sel:      o.Select,
-		differs:  o.AuditDiffers,
 		out:      cw,
 		zl:       zerolog.New(cw),
 		rd:       o.Renderer,
@@ -164,9 +158,9 @@ func (l *Logger) selected(v *filter.Verdict) bool {
 	case SelectAll:
 		return true
 	case SelectDenied:
-		return !v.Allow || (l.differs != nil && l.differs(*v))
+		return !v.Allow || !v.Audit.Allow
 	case SelectAuditDiff:
-		return l.differs != nil && l.differs(*v)
+		return v.AuditDiffers()
 	}
 	return false
 }

@@ -31,6 +31,14 @@ var (
 		Cached:  true,
 		Egress:  filter.Side{Decision: filter.NotPoliced, Pod: -1, Policy: -1, Rule: -1, Peer: -1},
 		Ingress: filter.Side{Decision: filter.AllowedByRule, Pod: -1, Policy: 3, Rule: 1, Peer: 0},
+		Audit:   filter.AuditVerdict{Allow: true},
+	}
+	// wouldDenyVerdict is allowed but staged policies would deny it.
+	wouldDenyVerdict = filter.Verdict{
+		Allow:   true,
+		Egress:  filter.Side{Decision: filter.NotPoliced, Pod: -1, Policy: -1, Rule: -1, Peer: -1},
+		Ingress: filter.Side{Decision: filter.NotIsolated, Pod: -1, Policy: -1, Rule: -1, Peer: -1},
+		Audit:   filter.AuditVerdict{Allow: false},
 	}
 )
 
@@ -152,69 +160,26 @@ func TestFields(t *testing.T) {
 	}
 }
 
-func TestAuditFields(t *testing.T) {
-	var buf syncBuffer
-	l, err := New(Options{Out: &buf, Select: SelectAll, Renderer: Renderer{
-		AuditInfo: func(v *filter.Verdict) AuditInfo {
-			return AuditInfo{Mode: Audit, WouldDeny: !v.Allow, Staged: []string{"x/deny-all"}}
-		},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.OnVerdict(flow("10.0.0.1", "10.0.0.2", 1, 2, filter.ProtoTCP), denyVerdict, nil, 0)
-	l.OnVerdict(flow("10.0.0.1", "10.0.0.2", 1, 2, filter.ProtoTCP), allowVerdict, nil, 0)
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
-	}
-	es := buf.entries(t)
-	if len(es) != 2 {
-		t.Fatalf("got %d lines, want 2", len(es))
-	}
-	for i, want := range []string{"would-deny", "would-allow"} {
-		if es[i].Mode != "audit" || es[i].AuditVerdict != want || strings.Join(es[i].StagedPolicies, ",") != "x/deny-all" {
-			t.Errorf("line %d: mode %q audit_verdict %q staged %v, want audit %s [x/deny-all]", i, es[i].Mode, es[i].AuditVerdict, es[i].StagedPolicies, want)
-		}
-	}
-}
-
-func TestLabels(t *testing.T) {
-	rd := Renderer{Labels: func(pod string) map[string]string { return map[string]string{"app": pod} }}
-	// Without a Ruleset there are no pod names, so no labels either.
-	var buf syncBuffer
-	l, _ := New(Options{Out: &buf, Select: SelectAll, Renderer: rd})
-	l.OnVerdict(flow("10.0.0.1", "10.0.0.2", 1, 2, filter.ProtoTCP), denyVerdict, nil, 0)
-	l.Close()
-	es := buf.entries(t)
-	if len(es) != 1 || es[0].SrcPod != "" || es[0].SrcLabels != nil {
-		t.Fatalf("entries %+v: want one line without pod or labels", es)
-	}
-}
-
 func TestSelect(t *testing.T) {
-	differs := func(v filter.Verdict) bool { return v.Egress.Decision == filter.NotPoliced }
 	tests := []struct {
-		sel     Select
-		differs func(filter.Verdict) bool
-		want    []string // verdicts logged, in order
+		sel  Select
+		want []string // verdicts logged, in order: deny, allow, would-deny
 	}{
-		{SelectAll, nil, []string{"deny", "allow"}},
-		{SelectDenied, nil, []string{"deny"}},
-		// allowVerdict "differs" (would be denied in audit), so denied-only logs it too.
-		{SelectDenied, differs, []string{"deny", "allow"}},
-		{SelectAuditDiff, differs, []string{"allow"}},
-		{SelectAuditDiff, nil, nil},
+		{SelectAll, []string{"deny", "allow", "allow"}},
+		{SelectDenied, []string{"deny", "allow"}},
+		{SelectAuditDiff, []string{"allow"}},
 	}
 	for _, tc := range tests {
-		t.Run(fmt.Sprintf("%s/differs=%v", tc.sel, tc.differs != nil), func(t *testing.T) {
+		t.Run(tc.sel.String(), func(t *testing.T) {
 			var buf syncBuffer
-			l, err := New(Options{Out: &buf, Select: tc.sel, AuditDiffers: tc.differs})
+			l, err := New(Options{Out: &buf, Select: tc.sel})
 			if err != nil {
 				t.Fatal(err)
 			}
 			f := flow("10.0.0.1", "10.0.0.2", 1, 2, filter.ProtoTCP)
 			l.OnVerdict(f, denyVerdict, nil, 0)
 			l.OnVerdict(f, allowVerdict, nil, 0)
+			l.OnVerdict(f, wouldDenyVerdict, nil, 0)
 			l.Close()
 			var got []string
 			for _, e := range buf.entries(t) {

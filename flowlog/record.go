@@ -1,6 +1,7 @@
 package flowlog
 
 import (
+	"fmt"
 	"net/netip"
 	"strconv"
 	"time"
@@ -27,14 +28,15 @@ type Record struct {
 	RateLimited uint64
 }
 
-// Mode is the enforcement mode a verdict was taken in.
+// Mode is the agent's enforcement mode. Staged (audit-mode) policies are
+// reported per flow (audit_verdict) whatever the mode; Mode says whether
+// the enforced verdict was applied at all.
 type Mode uint8
 
 const (
 	// Enforce: the verdict was applied to the packet.
 	Enforce Mode = iota
-	// Audit: the flow was let through whatever the policies said; the
-	// policies' verdict is only reported (audit_verdict).
+	// Audit: every flow was let through; the verdict is only reported.
 	Audit
 )
 
@@ -45,33 +47,24 @@ func (m Mode) String() string {
 	return "enforce"
 }
 
-// AuditInfo is the audit-mode part of a verdict. filter.Verdict does not
-// carry it yet; Options.AuditInfo extracts it once it does.
-type AuditInfo struct {
-	Mode Mode
-	// WouldDeny is what the policies decided, as opposed to what was done.
-	WouldDeny bool
-	// Staged lists the staged ("ns/name") policies that took part.
-	Staged []string
+// ParseMode reads "enforce" or "audit".
+func ParseMode(s string) (Mode, error) {
+	switch s {
+	case "enforce", "":
+		return Enforce, nil
+	case "audit":
+		return Audit, nil
+	}
+	return 0, fmt.Errorf("flowlog: unknown mode %q (want enforce or audit)", s)
 }
-
-// LabelFunc returns the labels of pod "ns/name", or nil when unknown. It is
-// called from the writer goroutine, never from the verdict path.
-type LabelFunc func(pod string) map[string]string
 
 // Renderer turns records into JSON fields. The zero value renders
-// everything the record itself holds; Node, Labels and AuditInfo add the
-// rest.
+// everything the record holds except pod labels.
 type Renderer struct {
-	Node      string
-	Labels    LabelFunc
-	AuditInfo func(v *filter.Verdict) AuditInfo
-}
-
-// policyNamer is implemented by a Ruleset that can name its policies; the
-// renderer falls back to the bare index when it cannot.
-type policyNamer interface {
-	PolicyName(i int32) string
+	Node string
+	Mode Mode
+	// Labels adds each side's pod labels (src_labels, dst_labels).
+	Labels bool
 }
 
 // ProtoName names the IP protocols the engine tells apart; others are
@@ -113,6 +106,15 @@ func PodNames(v *filter.Verdict) (src, dst string) {
 	return v.Ruleset.PodName(v.Egress.Pod), v.Ruleset.PodName(v.Ingress.Pod)
 }
 
+// AuditVerdict is "would-allow" or "would-deny": the verdict with staged
+// policies enforced too.
+func AuditVerdict(v *filter.Verdict) string {
+	if v.Audit.Allow {
+		return "would-allow"
+	}
+	return "would-deny"
+}
+
 // Reason is the one-line human explanation of a verdict, "" without a
 // Ruleset.
 func Reason(v *filter.Verdict) string {
@@ -137,20 +139,16 @@ func (rd *Renderer) Fields(e *zerolog.Event, r *Record) *zerolog.Event {
 		verdict = "allow"
 	}
 	e = e.Uint64("seq", r.Seq).Str("verdict", verdict)
-	ai := AuditInfo{}
-	if rd.AuditInfo != nil {
-		ai = rd.AuditInfo(v)
-	}
-	e = e.Str("mode", ai.Mode.String())
-	if ai.Mode == Audit {
-		av := "would-allow"
-		if ai.WouldDeny {
-			av = "would-deny"
+	e = e.Str("mode", rd.Mode.String())
+	// The audit verdict is what the flow would get with staged policies
+	// enforced; it is only meaningful when some policy is staged.
+	if v.Ruleset != nil && v.Ruleset.HasStaged() {
+		e = e.Str("audit_verdict", AuditVerdict(v))
+		if v.AuditDiffers() {
+			e = e.Bool("audit_differs", true).
+				Strs("staged_policies", v.Ruleset.StagedCause(*v)).
+				Str("audit_reason", v.Ruleset.DescribeAudit(*v))
 		}
-		e = e.Str("audit_verdict", av)
-	}
-	if len(ai.Staged) > 0 {
-		e = e.Strs("staged_policies", ai.Staged)
 	}
 	f := &r.Flow
 	e = e.Str("proto", ProtoName(f.Proto)).Int("family", Family(f.Src)).
@@ -159,13 +157,13 @@ func (rd *Renderer) Fields(e *zerolog.Event, r *Record) *zerolog.Event {
 	src, dst := PodNames(v)
 	if src != "" {
 		e = e.Str("src_pod", src)
-		if l := rd.labels(src); len(l) > 0 {
+		if l := v.Ruleset.PodLabels(v.Egress.Pod); rd.Labels && len(l) > 0 {
 			e = e.Dict("src_labels", labelDict(l))
 		}
 	}
 	if dst != "" {
 		e = e.Str("dst_pod", dst)
-		if l := rd.labels(dst); len(l) > 0 {
+		if l := v.Ruleset.PodLabels(v.Ingress.Pod); rd.Labels && len(l) > 0 {
 			e = e.Dict("dst_labels", labelDict(l))
 		}
 	}
@@ -185,13 +183,6 @@ func (rd *Renderer) Fields(e *zerolog.Event, r *Record) *zerolog.Event {
 	return e
 }
 
-func (rd *Renderer) labels(pod string) map[string]string {
-	if rd.Labels == nil {
-		return nil
-	}
-	return rd.Labels(pod)
-}
-
 func labelDict(l map[string]string) *zerolog.Event {
 	d := zerolog.Dict()
 	for k, v := range l {
@@ -203,8 +194,8 @@ func labelDict(l map[string]string) *zerolog.Event {
 func sideDict(rs *filter.Ruleset, s *filter.Side) *zerolog.Event {
 	d := zerolog.Dict().Str("decision", s.Decision.String())
 	if s.Policy >= 0 && s.Decision == filter.AllowedByRule {
-		if pn, ok := any(rs).(policyNamer); ok && rs != nil {
-			d = d.Str("policy", pn.PolicyName(s.Policy))
+		if rs != nil {
+			d = d.Str("policy", rs.PolicyName(s.Policy))
 		}
 		d = d.Int32("policy_index", s.Policy).Int16("rule", s.Rule).Int16("peer", s.Peer)
 	}
@@ -221,7 +212,9 @@ type Entry struct {
 	Verdict        string            `json:"verdict,omitempty"`
 	Mode           string            `json:"mode,omitempty"`
 	AuditVerdict   string            `json:"audit_verdict,omitempty"`
+	AuditDiffers   bool              `json:"audit_differs,omitempty"`
 	StagedPolicies []string          `json:"staged_policies,omitempty"`
+	AuditReason    string            `json:"audit_reason,omitempty"`
 	Proto          string            `json:"proto,omitempty"`
 	Family         int               `json:"family,omitempty"`
 	Src            string            `json:"src,omitempty"`
