@@ -235,6 +235,7 @@ func (s *InformerSource) markDirty() {
 // rebuild reads every cache and publishes a new Cluster, sorted by
 // namespace and name so that equal states compile identically.
 func (s *InformerSource) rebuild() {
+	start := time.Now()
 	c := &Cluster{
 		Namespaces: listAs[*corev1.Namespace](s.namespaces),
 		Nodes:      listAs[*corev1.Node](s.nodes),
@@ -267,7 +268,9 @@ func (s *InformerSource) rebuild() {
 		}
 	}
 	s.cur.Store(c)
-	s.rebuilds.Add(1)
+	n := s.rebuilds.Add(1)
+	s.log.Debug().Uint64("rebuild", n).Dur("took", time.Since(start)).Int("pods", len(c.Pods)).
+		Int("policies", len(c.Policies)).Msg("cluster state published")
 	select {
 	case s.changed <- struct{}{}:
 	default:

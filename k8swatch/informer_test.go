@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/rs/zerolog"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -502,4 +503,41 @@ func (s *informerLogBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+func TestKlogLogger(t *testing.T) {
+	tests := []struct {
+		name  string
+		level zerolog.Level
+		log   func(l logr.Logger)
+		want  []string // substrings of the output; nil: no output
+	}{
+		{"info with values", zerolog.InfoLevel, func(l logr.Logger) {
+			l.WithName("reflector").WithValues("type", "*v1.Pod").Info("Caches populated", "count", 3)
+		}, []string{`"level":"info"`, `"component":"client-go"`, `"logger":"reflector"`, `"type":"*v1.Pod"`, `"count":3`, `"message":"Caches populated"`}},
+		{"verbose hidden at info", zerolog.InfoLevel, func(l logr.Logger) { l.V(2).Info("noise") }, nil},
+		{"verbose shown at debug", zerolog.DebugLevel, func(l logr.Logger) { l.V(2).Info("detail") }, []string{`"level":"debug"`, `"message":"detail"`}},
+		{"error", zerolog.InfoLevel, func(l logr.Logger) {
+			l.Error(errors.New("boom"), "watch failed", "cause", errors.New("eof"))
+		}, []string{`"level":"error"`, `"error":"boom"`, `"cause":"eof"`}},
+		{"malformed pairs", zerolog.InfoLevel, func(l logr.Logger) { l.Info("odd", 42, "v", "dangling") }, []string{`"42":"v"`, `"dangling":"(MISSING)"`}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			tc.log(KlogLogger(zerolog.New(&buf).Level(tc.level)))
+			out := buf.String()
+			if tc.want == nil && out != "" {
+				t.Fatalf("want no output, got %s", out)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("output %s lacks %s", out, w)
+				}
+			}
+			if out != "" && !json.Valid([]byte(strings.TrimSpace(out))) {
+				t.Errorf("not one JSON line: %s", out)
+			}
+		})
+	}
 }
