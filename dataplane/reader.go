@@ -237,6 +237,21 @@ func (r *Reader) handle(a nfqueue.Attribute) int {
 		return 0
 	}
 	id := *a.PacketID
+	// A bug in decoding or deciding must cost one packet, not the node's
+	// enforcement: deny it, count it, log it, and read on.
+	answered := false
+	defer func() {
+		if p := recover(); p != nil {
+			r.counters.Panics.Add(1)
+			if !answered {
+				r.counters.Denied.Add(1)
+				if err := r.send.final(id, nfqueue.NfDrop); err != nil {
+					r.counters.VerdictErrors.Add(1)
+				}
+			}
+			r.cfg.Log.Error().Uint16("queue", r.cfg.Queue).Str("panic", fmt.Sprint(p)).Msg("verdict path panicked; packet dropped")
+		}
+	}()
 	var pkt []byte
 	if a.Payload != nil {
 		pkt = *a.Payload
@@ -283,6 +298,7 @@ func (r *Reader) handle(a nfqueue.Attribute) int {
 			r.counters.VerdictErrors.Add(1)
 		}
 	}
+	answered = true
 	if v.Allow {
 		r.counters.Allowed.Add(1)
 	} else {
@@ -362,6 +378,9 @@ type Counters struct {
 	NoBufs atomic.Uint64
 	// RecvErrors: any other receive error.
 	RecvErrors atomic.Uint64
+	// Panics: the decoder, decider or observer panicked. A packet not yet
+	// answered was dropped (and counted in Denied).
+	Panics atomic.Uint64
 }
 
 // CounterValues is a snapshot of Counters, for JSON.
@@ -373,6 +392,7 @@ type CounterValues struct {
 	VerdictErrors uint64 `json:"verdict_errors"`
 	NoBufs        uint64 `json:"enobufs"`
 	RecvErrors    uint64 `json:"recv_errors"`
+	Panics        uint64 `json:"panics"`
 }
 
 // Values snapshots c.
@@ -385,6 +405,7 @@ func (c *Counters) Values() CounterValues {
 		VerdictErrors: c.VerdictErrors.Load(),
 		NoBufs:        c.NoBufs.Load(),
 		RecvErrors:    c.RecvErrors.Load(),
+		Panics:        c.Panics.Load(),
 	}
 }
 
@@ -398,5 +419,6 @@ func (v CounterValues) Add(o CounterValues) CounterValues {
 		VerdictErrors: v.VerdictErrors + o.VerdictErrors,
 		NoBufs:        v.NoBufs + o.NoBufs,
 		RecvErrors:    v.RecvErrors + o.RecvErrors,
+		Panics:        v.Panics + o.Panics,
 	}
 }

@@ -141,6 +141,48 @@ func TestHandle(t *testing.T) {
 	}
 }
 
+type panicky struct{}
+
+func (panicky) Decide(filter.Flow) filter.Verdict { panic("decider bug") }
+
+type panickyObserver struct{}
+
+func (panickyObserver) OnVerdict(filter.Flow, filter.Verdict, []byte, time.Duration) {
+	panic("observer bug")
+}
+
+// TestHandlePanics: a bug in the decider or an observer costs one packet
+// and is counted; the reader keeps reading (handle returns 0).
+func TestHandlePanics(t *testing.T) {
+	p := syn4(t, 80)
+	tests := []struct {
+		name      string
+		decider   Decider
+		obs       Observer
+		want      sent
+		wantCount CounterValues
+	}{
+		{"decider", panicky{}, nil, sent{id: 1, verdict: nfqueue.NfDrop}, CounterValues{Denied: 1, Panics: 1}},
+		{"observer after the verdict", port80{}, panickyObserver{}, sent{id: 1, repeat: true, mark: 0x10000}, CounterValues{Allowed: 1, Panics: 1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := &recorder{}
+			r := newTestReader(rec, tt.obs)
+			r.cfg.Decider = tt.decider
+			if ret := r.handle(nfqueue.Attribute{PacketID: ptr[uint32](1), Payload: &p}); ret != 0 {
+				t.Fatalf("handle returned %d after a panic: the reader would stop", ret)
+			}
+			if len(rec.got) != 1 || rec.got[0] != tt.want {
+				t.Fatalf("verdicts %+v, want exactly %+v", rec.got, tt.want)
+			}
+			if got := r.Counters().Values(); got != tt.wantCount {
+				t.Errorf("counters %+v, want %+v", got, tt.wantCount)
+			}
+		})
+	}
+}
+
 type nopSender struct{}
 
 func (nopSender) repeat(uint32, uint32) error { return nil }

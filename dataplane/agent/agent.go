@@ -273,12 +273,24 @@ func (a *Agent) recompile(ctx context.Context) {
 	eng := a.engine.Load()
 	old := eng.Ruleset()
 	eng.Swap(rs)
-	if a.cfg.OnSwap != nil {
-		a.cfg.OnSwap(old, rs)
-	}
+	a.onSwap(old, rs)
 	if err := a.sync(ctx, rs, false); err != nil {
 		a.log.Error().Err(err).Msg("local pod set sync failed; retrying at the next change or resync")
 	}
+}
+
+// onSwap runs the hook; a hook that panics is logged, not fatal: the new
+// policies are already in force and the sets still need syncing.
+func (a *Agent) onSwap(old, rs *filter.Ruleset) {
+	if a.cfg.OnSwap == nil {
+		return
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			a.log.Error().Str("panic", fmt.Sprint(p)).Msg("OnSwap hook panicked")
+		}
+	}()
+	a.cfg.OnSwap(old, rs)
 }
 
 // sync makes the local pod sets match rs and, with rules, (re)installs
