@@ -189,3 +189,37 @@ func TestProbesSeeDropAndReject(t *testing.T) {
 	}
 	t.Logf("%d probes, %d passed, in %s", len(rep.Results), rep.Passed, rep.Elapsed.Round(time.Millisecond))
 }
+
+// agentBinary builds ./cmd/nfqpolicy for a kernel test, skipping loudly
+// when it does not build or has no working `run`.
+func agentBinary(t *testing.T) string {
+	t.Helper()
+	bin, err := BuildAgent(context.Background(), "", t.TempDir())
+	if err != nil {
+		t.Skipf("SKIP KERNEL TEST: the nfqpolicy agent does not build: %v", err)
+	}
+	if out, err := exec.Command(bin, "run", "-h").CombinedOutput(); err != nil {
+		t.Skipf("SKIP KERNEL TEST: `nfqpolicy run -h` fails (%v): %s", err, out)
+	}
+	return bin
+}
+
+// TestPublicCorpusKernel runs every public scenario through real agents:
+// one `nfqpolicy run` per node namespace, every probe sent as real
+// traffic. Scenarios sharing a topology are run one after the other by
+// swapping the agents' snapshot, so this also exercises reloading.
+func TestPublicCorpusKernel(t *testing.T) {
+	requireKernel(t, "iptables", "ipset")
+	bin := agentBinary(t)
+	scenarios, err := LoadScenarios(publicCorpus)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Run(context.Background(), scenarios, Options{Agent: bin, Log: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertNoLeftovers(t)
+	reportMismatches(t, rep, 50)
+	t.Logf("%d passed, %d failed, %d scenarios in %d topologies, in %s", rep.Passed, rep.Failed, len(scenarios), rep.Topologies, rep.Elapsed.Round(time.Millisecond))
+}

@@ -42,17 +42,32 @@ func LoadScenarios(paths ...string) ([]*Scenario, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read scenario: %w", err)
 		}
-		docs, err := k8swatch.ParseDocuments(f, data)
+		ss, err := ParseScenarios(f, data)
 		if err != nil {
 			return nil, err
 		}
-		for _, d := range docs {
-			s, err := decodeScenario(d)
-			if err != nil {
-				return nil, fmt.Errorf("%s (document %d): %w", f, d.Index, err)
-			}
-			out = append(out, s)
+		out = append(out, ss...)
+	}
+	return out, nil
+}
+
+// ParseScenarios reads the scenarios of one file's content; file names it
+// in errors.
+func ParseScenarios(file string, data []byte) ([]*Scenario, error) {
+	docs, err := k8swatch.ParseDocuments(file, data)
+	if err != nil {
+		return nil, err
+	}
+	var out []*Scenario
+	for _, d := range docs {
+		s, err := decodeScenario(d)
+		if err != nil {
+			return nil, fmt.Errorf("%s (document %d): %w", file, d.Index, err)
 		}
+		out = append(out, s)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s: no scenario", file)
 	}
 	return out, nil
 }
