@@ -43,6 +43,7 @@ type runFlags struct {
 	healthAddr  string
 	backend     string
 	resync      time.Duration
+	printRules  bool
 }
 
 func newRunFlags(stderr io.Writer) (*flag.FlagSet, *runFlags) {
@@ -65,6 +66,7 @@ func newRunFlags(stderr io.Writer) (*flag.FlagSet, *runFlags) {
 	fs.StringVar(&f.healthAddr, "health-addr", "127.0.0.1:9901", "serve /healthz, /readyz and /debug/counters here (empty: off)")
 	fs.StringVar(&f.backend, "iptables-backend", "auto", "iptables binaries: auto (the system's iptables-restore), legacy or nft; use kube-proxy's")
 	fs.DurationVar(&f.resync, "resync", time.Minute, "re-install rules and sets this often to repair what others flushed (0: never)")
+	fs.BoolVar(&f.printRules, "print-rules", false, "print the iptables-restore input these flags install on a clean node (both families) and exit")
 	return fs, f
 }
 
@@ -153,6 +155,13 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		log.Error().Err(err).Msg("bad flags")
 		return 2
+	}
+	if f.printRules {
+		for _, fam := range iptables.Families {
+			fmt.Fprintf(stdout, "# %s: %s-restore --noflush\n", fam, map[iptables.Family]string{iptables.IPv4: "iptables", iptables.IPv6: "ip6tables"}[fam])
+			fmt.Fprint(stdout, iptables.RenderInstall(cfg.Rules, fam, ""))
+		}
+		return 0
 	}
 	if err := agent.Preflight(cfg.Backend); err != nil {
 		log.Error().Err(err).Msg("cannot run on this host")

@@ -436,3 +436,26 @@ func TestPreflight(t *testing.T) {
 		t.Errorf("a refused run changed the namespace:\n%s", out)
 	}
 }
+
+// TestPrintRules: --print-rules prints exactly what install renders for a
+// clean node, both families, and nothing else.
+func TestPrintRules(t *testing.T) {
+	nstest.Require(t, "go")
+	nstest.Sweep(t)
+	bin, err := buildBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := nstest.New(t, "print") // should the flag ever fall through to running
+	out := ns.Run(bin, "run", "--node-name", "n", "--print-rules", "--queues", "3", "--queue-num", "7",
+		"--fail-open", "--deny-action", "reject", "--mark-bits", "0x100000,0x200000/0x300000", "--health-addr", "")
+	c := iptables.Config{Marks: iptables.Marks{Allow: 0x100000, Deny: 0x200000, Mask: 0x300000}, QueueBase: 7, Queues: 3, FailOpen: true, Deny: iptables.Reject}
+	want := "# ipv4: iptables-restore --noflush\n" + iptables.RenderInstall(c, iptables.IPv4, "") +
+		"# ipv6: ip6tables-restore --noflush\n" + iptables.RenderInstall(c, iptables.IPv6, "")
+	if out != want {
+		t.Errorf("--print-rules printed\n%s\nwant\n%s", out, want)
+	}
+	if !strings.Contains(out, "-j NFQUEUE --queue-balance 7:9 --queue-bypass") {
+		t.Errorf("queue options missing from\n%s", out)
+	}
+}
