@@ -1,0 +1,449 @@
+// Package capture records decided packets in a bounded ring of pcapng
+// files, each packet carrying its verdict and reason as a packet comment,
+// so that a denied flow can be opened in Wireshark together with why it
+// was denied.
+//
+// The verdict path (OnVerdict) copies at most SnapLen bytes of the packet
+// into a fixed-size slot and offers it to a bounded channel; one writer
+// goroutine renders reasons and writes pcapng with gopacket's NgWriter. A
+// full channel drops the packet and counts it: the next packet written
+// carries the count in its pcapng drop-count option (and a comment), and
+// the interface statistics written at Close carry the total. Files rotate
+// FILE -> FILE.1 -> ... so the capture never grows past Segments files of
+// about SegmentBytes or SegmentPackets each.
+package capture
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/gopacket/gopacket/pcapgo"
+
+	"github.com/nfqpolicy/nfqpolicy/filter"
+)
+
+// MaxSnapLen is the most bytes kept of a packet: the NFQUEUE copy range,
+// enough for the IP and transport headers.
+const MaxSnapLen = 128
+
+// Select chooses which verdicts are captured (before the flow filter).
+type Select uint8
+
+const (
+	// SelectDenied captures packets whose flow was denied.
+	SelectDenied Select = iota
+	// SelectWouldDeny captures packets that were allowed but that staged
+	// (audit-mode) policies would deny: what promoting them would cut.
+	SelectWouldDeny
+	// SelectAll captures every decided packet.
+	SelectAll
+)
+
+// ParseSelect reads "denied", "would-deny" or "all".
+func ParseSelect(s string) (Select, error) {
+	switch strings.ToLower(s) {
+	case "denied", "deny", "":
+		return SelectDenied, nil
+	case "would-deny":
+		return SelectWouldDeny, nil
+	case "all":
+		return SelectAll, nil
+	}
+	return 0, fmt.Errorf("capture: unknown selection %q (want denied, would-deny or all)", s)
+}
+
+// Options configure a Capture. Path is required.
+type Options struct {
+	// Path is the current segment; older ones are Path.1, Path.2, ...
+	Path   string
+	Select Select
+	// Filter is a flow filter (see Match), e.g. "host 10.0.0.1 and port 80".
+	Filter string
+	// Segments is the number of files in the ring (default 2).
+	Segments int
+	// SegmentPackets and SegmentBytes end a segment at whichever comes
+	// first (defaults 100000 packets, 16 MiB).
+	SegmentPackets int
+	SegmentBytes   int64
+	// Buffer is how many packets may wait for the writer (default 1024).
+	Buffer int
+	// SnapLen caps the bytes kept per packet (default and maximum 128).
+	SnapLen int
+}
+
+// Stats are a Capture's running totals.
+type Stats struct {
+	Written uint64 // packets written
+	Lost    uint64 // packets dropped because the buffer was full (or after Close)
+	Errors  uint64 // packets the file refused
+}
+
+type slot struct {
+	time    int64
+	flow    filter.Flow
+	verdict filter.Verdict
+	latency time.Duration
+	lost    uint64
+	origLen uint32
+	n       uint8
+	data    [MaxSnapLen]byte
+}
+
+// Capture is a running packet capture. OnVerdict is safe for concurrent use.
+type Capture struct {
+	o     Options
+	match *Match
+	ch    chan slot
+
+	pendLost atomic.Uint64
+	lost     atomic.Uint64
+	written  atomic.Uint64
+	errs     atomic.Uint64
+	closed   atomic.Bool
+
+	done      chan struct{}
+	finished  chan struct{}
+	closeOnce sync.Once
+	err       error // first write error, read after finished
+
+	// writer goroutine state
+	f        *os.File
+	w        *pcapgo.NgWriter
+	segPkts  int
+	segBytes int64
+}
+
+// New opens Path (truncating it) and starts the writer; Close stops it.
+func New(o Options) (*Capture, error) {
+	if o.Path == "" {
+		return nil, errors.New("capture: no file name")
+	}
+	if o.Segments <= 0 {
+		o.Segments = 2
+	}
+	if o.SegmentPackets <= 0 {
+		o.SegmentPackets = 100000
+	}
+	if o.SegmentBytes <= 0 {
+		o.SegmentBytes = 16 << 20
+	}
+	if o.Buffer <= 0 {
+		o.Buffer = 1024
+	}
+	if o.SnapLen <= 0 || o.SnapLen > MaxSnapLen {
+		o.SnapLen = MaxSnapLen
+	}
+	if o.Select > SelectAll {
+		return nil, fmt.Errorf("capture: unknown selection %d", o.Select)
+	}
+	m, err := ParseMatch(o.Filter)
+	if err != nil {
+		return nil, fmt.Errorf("capture: %w", err)
+	}
+	c := &Capture{
+		o:        o,
+		match:    m,
+		ch:       make(chan slot, o.Buffer),
+		done:     make(chan struct{}),
+		finished: make(chan struct{}),
+	}
+	if err := c.openSegment(); err != nil {
+		return nil, err
+	}
+	go c.run()
+	return c, nil
+}
+
+func (c *Capture) selected(v *filter.Verdict) bool {
+	switch c.o.Select {
+	case SelectDenied:
+		return !v.Allow
+	case SelectWouldDeny:
+		return v.Allow && !v.Audit.Allow
+	}
+	return true
+}
+
+// OnVerdict offers a decided packet (starting at its IP header) to the
+// capture. It never blocks and allocates nothing.
+func (c *Capture) OnVerdict(f filter.Flow, v filter.Verdict, pkt []byte, latency time.Duration) {
+	if len(pkt) == 0 || !c.selected(&v) || !c.match.Matches(&f) {
+		return
+	}
+	if c.closed.Load() {
+		c.lost.Add(1)
+		return
+	}
+	s := slot{time: time.Now().UnixNano(), flow: f, verdict: v, latency: latency, origLen: origLen(pkt)}
+	s.n = uint8(copy(s.data[:c.o.SnapLen], pkt))
+	if c.pendLost.Load() != 0 {
+		s.lost = c.pendLost.Swap(0)
+	}
+	select {
+	case c.ch <- s:
+	default:
+		c.pendLost.Add(s.lost + 1)
+		c.lost.Add(1)
+	}
+}
+
+// origLen reads the packet's length from its IP header: NFQUEUE hands
+// over only the copy range, and pcapng wants both lengths.
+func origLen(pkt []byte) uint32 {
+	n := uint32(len(pkt))
+	switch pkt[0] >> 4 {
+	case 4:
+		if len(pkt) >= 4 {
+			n = max(n, uint32(binary.BigEndian.Uint16(pkt[2:4])))
+		}
+	case 6:
+		if len(pkt) >= 6 {
+			n = max(n, 40+uint32(binary.BigEndian.Uint16(pkt[4:6])))
+		}
+	}
+	return n
+}
+
+func (c *Capture) run() {
+	defer close(c.finished)
+	var s slot
+	for {
+		select {
+		case s = <-c.ch:
+			c.write(&s)
+			if len(c.ch) == 0 {
+				c.flush()
+			}
+		case <-c.done:
+			for {
+				select {
+				case s = <-c.ch:
+					c.write(&s)
+				default:
+					c.finish()
+					return
+				}
+			}
+		}
+	}
+}
+
+func (c *Capture) fail(err error) {
+	c.errs.Add(1)
+	if c.err == nil {
+		c.err = err
+	}
+}
+
+func (c *Capture) flush() {
+	if c.w == nil {
+		return
+	}
+	if err := c.w.Flush(); err != nil {
+		c.fail(fmt.Errorf("capture: flush %s: %w", c.o.Path, err))
+	}
+}
+
+// Comments renders the pcapng comments of a decided packet: a summary, the
+// reason, and the audit reason when staged policies would change it.
+func Comments(v *filter.Verdict, latency time.Duration, lost uint64) []string {
+	verdict := "deny"
+	if v.Allow {
+		verdict = "allow"
+	}
+	sum := "nfqpolicy verdict=" + verdict
+	if v.AuditDiffers() {
+		if v.Audit.Allow {
+			sum += " audit=would-allow"
+		} else {
+			sum += " audit=would-deny"
+		}
+	}
+	sum += " cached=" + strconv.FormatBool(v.Cached) +
+		" latency_us=" + strconv.FormatFloat(float64(latency)/float64(time.Microsecond), 'f', -1, 64)
+	out := []string{sum}
+	if v.Ruleset != nil {
+		out = append(out, "reason: "+v.Ruleset.Describe(*v))
+		if v.AuditDiffers() {
+			out = append(out, "audit: "+v.Ruleset.DescribeAudit(*v))
+		}
+	}
+	if lost > 0 {
+		out = append(out, "capture lost "+strconv.FormatUint(lost, 10)+" packets before this one")
+	}
+	return out
+}
+
+func (c *Capture) write(s *slot) {
+	if c.w == nil {
+		// An earlier rotation failed; keep counting what is not written.
+		c.errs.Add(1)
+		return
+	}
+	if c.segPkts >= c.o.SegmentPackets || c.segBytes >= c.o.SegmentBytes {
+		if err := c.rotate(); err != nil {
+			c.fail(err)
+			return
+		}
+	}
+	data := s.data[:s.n]
+	ci := gopacket.CaptureInfo{
+		Timestamp:     time.Unix(0, s.time),
+		CaptureLength: len(data),
+		Length:        int(s.origLen),
+	}
+	opts := pcapgo.NgPacketOptions{Comments: Comments(&s.verdict, s.latency, s.lost)}
+	if s.lost > 0 {
+		opts.DropCount = &s.lost
+	}
+	if err := c.w.WritePacketWithOptions(ci, data, opts); err != nil {
+		c.fail(fmt.Errorf("capture: write %s: %w", c.o.Path, err))
+		return
+	}
+	c.written.Add(1)
+	c.segPkts++
+	c.segBytes += epbSize(len(data), opts)
+}
+
+func pad4(n int) int64 { return int64((n + 3) &^ 3) }
+
+// epbSize is the size of an enhanced packet block as NgWriter lays it out,
+// so that segments are bounded without flushing after every packet.
+func epbSize(n int, o pcapgo.NgPacketOptions) int64 {
+	size := 32 + pad4(n)
+	var opts int64
+	for _, c := range o.Comments {
+		opts += 4 + pad4(len(c))
+	}
+	if o.DropCount != nil {
+		opts += 12
+	}
+	if opts > 0 {
+		opts += 4 // end of options
+	}
+	return size + opts
+}
+
+// countWriter counts what reaches the file.
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func (c *Capture) openSegment() error {
+	f, err := os.OpenFile(c.o.Path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
+	if err != nil {
+		return fmt.Errorf("capture: open %s: %w", c.o.Path, err)
+	}
+	cw := &countWriter{w: f}
+	intf := pcapgo.DefaultNgInterface
+	intf.Name = "nfqueue"
+	intf.Description = "first packets of flows decided by nfqpolicy (raw IP)"
+	intf.LinkType = layers.LinkTypeRaw
+	intf.SnapLength = uint32(c.o.SnapLen)
+	if c.o.Filter != "" {
+		intf.Filter = c.o.Filter
+	}
+	opts := pcapgo.DefaultNgWriterOptions
+	opts.SectionInfo.Application = "nfqpolicy"
+	w, err := pcapgo.NewNgWriterInterface(cw, intf, opts)
+	if err == nil {
+		err = w.Flush()
+	}
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("capture: write header of %s: %w", c.o.Path, err)
+	}
+	c.f, c.w = f, w
+	c.segPkts, c.segBytes = 0, cw.n
+	return nil
+}
+
+func (c *Capture) closeSegment() error {
+	if c.w == nil {
+		return nil
+	}
+	err := c.w.Flush()
+	if cerr := c.f.Close(); err == nil {
+		err = cerr
+	}
+	c.f, c.w = nil, nil
+	if err != nil {
+		return fmt.Errorf("capture: close %s: %w", c.o.Path, err)
+	}
+	return nil
+}
+
+func (c *Capture) rotate() error {
+	if err := c.closeSegment(); err != nil {
+		return err
+	}
+	// Oldest first, so nothing is overwritten before it has moved.
+	for i := c.o.Segments - 2; i >= 1; i-- {
+		from, to := c.o.Path+"."+strconv.Itoa(i), c.o.Path+"."+strconv.Itoa(i+1)
+		if err := os.Rename(from, to); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("capture: rotate %s: %w", from, err)
+		}
+	}
+	if c.o.Segments > 1 {
+		if err := os.Rename(c.o.Path, c.o.Path+".1"); err != nil {
+			return fmt.Errorf("capture: rotate %s: %w", c.o.Path, err)
+		}
+	}
+	return c.openSegment()
+}
+
+// finish records what was lost without a later packet to carry it, in the
+// interface statistics, and closes the file.
+func (c *Capture) finish() {
+	if c.w != nil {
+		lost := c.lost.Load()
+		if lost > 0 {
+			c.pendLost.Store(0)
+			err := c.w.WriteInterfaceStats(0, pcapgo.NgInterfaceStatistics{
+				LastUpdate:      time.Now(),
+				PacketsDropped:  lost,
+				PacketsReceived: c.written.Load() + lost,
+			})
+			if err != nil {
+				c.fail(fmt.Errorf("capture: write statistics to %s: %w", c.o.Path, err))
+			}
+		}
+	}
+	if err := c.closeSegment(); err != nil {
+		c.fail(err)
+	}
+}
+
+// Close writes every packet already accepted, the loss statistics, and
+// closes the file. Call it after the last OnVerdict has returned.
+func (c *Capture) Close() error {
+	c.closeOnce.Do(func() {
+		c.closed.Store(true)
+		close(c.done)
+	})
+	<-c.finished
+	return c.err
+}
+
+// Stats returns the running totals.
+func (c *Capture) Stats() Stats {
+	return Stats{Written: c.written.Load(), Lost: c.lost.Load(), Errors: c.errs.Load()}
+}
