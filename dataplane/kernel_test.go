@@ -191,9 +191,10 @@ func TestVerdictsAndFastPath(t *testing.T) {
 			}
 		})
 		t.Run("drop "+addr.String(), func(t *testing.T) {
-			before := sum(rs).Denied
+			before, queuedBefore := sum(rs).Denied, tp.queued(t)
 			start := time.Now()
-			c, err := tp.dial(addr, portDenied, time.Second)
+			// 1.5s: long enough for the first SYN retransmission (1s).
+			c, err := tp.dial(addr, portDenied, 1500*time.Millisecond)
 			if err == nil {
 				c.Close()
 				t.Fatal("denied connect succeeded")
@@ -203,8 +204,16 @@ func TestVerdictsAndFastPath(t *testing.T) {
 				t.Fatalf("denied connect with drop: %v, want a timeout", err)
 			}
 			t.Logf("drop: connect failed after %v: %v", time.Since(start).Round(time.Millisecond), err)
-			if got := sum(rs).Denied - before; got < 1 {
-				t.Errorf("denied counter moved by %d", got)
+			denied, requeued := sum(rs).Denied-before, tp.queued(t)-queuedBefore
+			t.Logf("drop: %d SYNs queued and denied", requeued)
+			if denied < 2 || requeued != denied {
+				t.Errorf("SYN and its retransmission: %d queued, %d denied; want each SYN queued and denied (>= 2)", requeued, denied)
+			}
+			// Why the deny is not saved in the connmark: a dropped first
+			// packet leaves no conntrack entry to carry it.
+			fam := map[bool]string{true: "ipv4", false: "ipv6"}[addr.Is4()]
+			if ct, _ := tp.node.Try("conntrack", "-L", "-f", fam, "-p", "tcp", "--dport", strconv.Itoa(portDenied)); strings.Contains(ct, "dport=") {
+				t.Errorf("a denied flow left a conntrack entry:\n%s", ct)
 			}
 		})
 	}

@@ -259,6 +259,17 @@ func TestAgentBinary(t *testing.T) {
 			t.Logf("a -> %s:8081 refused in %v", addr, time.Since(start).Round(time.Microsecond))
 		}
 	}
+	// The node itself (kubelet probes) reaches b on a port a may not use:
+	// OUTPUT is never diverted.
+	before := queued(t, r)
+	if c, err := r.Node.Dial(r.B4, 8081, 2*time.Second); err != nil {
+		t.Errorf("node -> b:8081 (kubelet probe path): %v", err)
+	} else {
+		c.Close()
+	}
+	if d := queued(t, r) - before; d != 0 {
+		t.Errorf("node -> b queued %d packets, want 0", d)
+	}
 	// b -> a: a is not isolated, b's egress is not either.
 	if c, err := r.B.Dial(r.A4, 9000, 2*time.Second); err != nil {
 		t.Errorf("b -> a:9000 (nothing isolates it): %v", err)
