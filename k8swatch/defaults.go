@@ -27,20 +27,29 @@ func DefaultNamespace(ns *corev1.Namespace) {
 }
 
 // DefaultPod puts a pod without namespace in "default", as kubectl does,
-// and gives container ports without protocol TCP.
+// gives container ports without protocol TCP, dnsPolicy ClusterFirst when
+// unset, and, for hostNetwork pods, hostPort = containerPort (the ports
+// are the node's).
 func DefaultPod(p *corev1.Pod) {
 	if p.Namespace == "" {
 		p.Namespace = metav1.NamespaceDefault
 	}
-	defaultContainerPorts(p.Spec.InitContainers)
-	defaultContainerPorts(p.Spec.Containers)
+	if p.Spec.DNSPolicy == "" {
+		p.Spec.DNSPolicy = corev1.DNSClusterFirst
+	}
+	defaultContainerPorts(p.Spec.InitContainers, p.Spec.HostNetwork)
+	defaultContainerPorts(p.Spec.Containers, p.Spec.HostNetwork)
 }
 
-func defaultContainerPorts(cs []corev1.Container) {
+func defaultContainerPorts(cs []corev1.Container, hostNetwork bool) {
 	for i := range cs {
 		for j := range cs[i].Ports {
-			if cs[i].Ports[j].Protocol == "" {
-				cs[i].Ports[j].Protocol = corev1.ProtocolTCP
+			port := &cs[i].Ports[j]
+			if port.Protocol == "" {
+				port.Protocol = corev1.ProtocolTCP
+			}
+			if hostNetwork && port.HostPort == 0 {
+				port.HostPort = port.ContainerPort
 			}
 		}
 	}

@@ -313,6 +313,14 @@ spec:
 	if ports[0].Protocol != corev1.ProtocolTCP || ports[1].Protocol != corev1.ProtocolUDP {
 		t.Errorf("container port protocols %q %q", ports[0].Protocol, ports[1].Protocol)
 	}
+	if ports[0].HostPort != 0 || c.Pods[0].Spec.DNSPolicy != corev1.DNSClusterFirst {
+		t.Errorf("hostPort %d, dnsPolicy %q", ports[0].HostPort, c.Pods[0].Spec.DNSPolicy)
+	}
+	hn := &corev1.Pod{Spec: corev1.PodSpec{HostNetwork: true, Containers: []corev1.Container{{Ports: []corev1.ContainerPort{{ContainerPort: 9100}}}}}}
+	DefaultPod(hn)
+	if got := hn.Spec.Containers[0].Ports[0]; got.HostPort != 9100 || got.Protocol != corev1.ProtocolTCP || hn.Namespace != "default" {
+		t.Errorf("hostNetwork pod defaults: %+v in %q", got, hn.Namespace)
+	}
 	types := map[string][]networkingv1.PolicyType{}
 	for _, p := range c.Policies {
 		types[p.Namespace+"/"+p.Name] = p.Spec.PolicyTypes
