@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -222,4 +223,59 @@ func TestPublicCorpusKernel(t *testing.T) {
 	assertNoLeftovers(t)
 	reportMismatches(t, rep, 50)
 	t.Logf("%d passed, %d failed, %d scenarios in %d topologies, in %s", rep.Passed, rep.Failed, len(scenarios), rep.Topologies, rep.Elapsed.Round(time.Millisecond))
+}
+
+// TestRunCleansUpWhenCancelled cancels a run once its topology is built
+// (as a signal would) and checks that Run reports it and deletes every
+// namespace.
+func TestRunCleansUpWhenCancelled(t *testing.T) {
+	requireKernel(t)
+	scenarios, err := LoadScenarios(filepath.Join(publicCorpus, "seed-1-docs-test-network-policy.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	built := 0
+	opts := Options{Log: testLogger(t), beforeProbes: func(top *topology) error {
+		built = len(top.all())
+		cancel()
+		return nil
+	}}
+	_, err = Run(ctx, scenarios, opts)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Run after cancel: %v, want context.Canceled", err)
+	}
+	if built == 0 {
+		t.Fatal("the topology was never built")
+	}
+	assertNoLeftovers(t)
+}
+
+// TestSweepStale checks that a namespace named for a dead pid is swept and
+// one named for a live pid is left alone.
+func TestSweepStale(t *testing.T) {
+	requireKernel(t)
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	deadName := fmt.Sprintf("%s%d-sweeptest", NamePrefix, dead.Process.Pid)
+	liveName := fmt.Sprintf("%s%d-sweeptest", NamePrefix, os.Getpid())
+	for _, n := range []string{deadName, liveName} {
+		ns, err := addNS(context.Background(), n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ns.del()
+	}
+	if _, err := SweepStale(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(netnsDir, deadName)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("namespace of dead pid %d not swept (stat: %v)", dead.Process.Pid, err)
+	}
+	if _, err := os.Stat(filepath.Join(netnsDir, liveName)); err != nil {
+		t.Errorf("namespace of this live process was swept: %v", err)
+	}
 }

@@ -111,9 +111,22 @@ func SweepStale() ([]string, error) {
 	return deleted, errors.Join(errs...)
 }
 
+// pidAlive reports whether pid runs; a zombie (killed, not yet reaped)
+// counts as dead.
 func pidAlive(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
+	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return !errors.Is(err, os.ErrNotExist)
+	}
+	// The state follows the parenthesised command name, which may itself
+	// hold spaces and parentheses.
+	if i := bytes.LastIndexByte(stat, ')'); i >= 0 && i+2 < len(stat) {
+		return stat[i+2] != 'Z'
+	}
+	return true
 }
 
 // Do runs fn on an OS thread that has entered the namespace. Sockets fn

@@ -328,6 +328,9 @@ func runProbes(ctx context.Context, pr *prober, p *prepared, opts Options, emit 
 					break
 				}
 			}
+			if ctx.Err() != nil {
+				return // interrupted: no verdict
+			}
 			r := Result{order: p.order, Scenario: p.s.Name, File: p.s.File, Index: i, Probe: probe, Attempts: n, Elapsed: time.Since(t0), Detail: o.detail}
 			switch {
 			case o.err != nil:
