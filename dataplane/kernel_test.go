@@ -218,6 +218,29 @@ func TestVerdictsAndFastPath(t *testing.T) {
 		})
 	}
 
+	// Pod to the node itself goes through INPUT: policed too.
+	gw := netip.MustParseAddr("10.99.1.1")
+	tp.node.ServeEcho(t, gw, portAllowed)
+	tp.node.ServeEcho(t, gw, portDenied)
+	t.Run("pod to node", func(t *testing.T) {
+		before := tp.queued(t)
+		c, err := tp.dial(gw, portAllowed, 2*time.Second)
+		if err != nil {
+			t.Fatalf("a -> node:%d (allowed): %v", portAllowed, err)
+		}
+		if err := echo(c, "to the node"); err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		if c, err := tp.dial(gw, portDenied, 500*time.Millisecond); err == nil {
+			c.Close()
+			t.Fatalf("a -> node:%d (denied) succeeded", portDenied)
+		}
+		if d := tp.queued(t) - before; d != 2 {
+			t.Errorf("pod -> node: %d packets queued, want 2 (one allowed SYN, one denied)", d)
+		}
+	})
+
 	rejecting := baseConfig
 	rejecting.Deny = iptables.Reject
 	tp.install(t, rejecting)
