@@ -66,6 +66,9 @@ type Config struct {
 	ResyncInterval time.Duration
 	// HealthAddr serves /healthz, /readyz and /debug/counters ("" none).
 	HealthAddr string
+	// Handlers are served on HealthAddr next to the agent's own paths, by
+	// pattern (e.g. "GET /metrics"): metrics and debugging plug in here.
+	Handlers map[string]http.Handler
 	// Observer sees every verdict (nil: none).
 	Observer dataplane.Observer
 	// OnSwap is called after each recompile with the previous and the new
@@ -114,6 +117,11 @@ func New(cfg Config, src k8swatch.Source) (*Agent, error) {
 	}
 	if src == nil {
 		return nil, errors.New("no cluster source")
+	}
+	for pattern, h := range cfg.Handlers {
+		if err := checkPattern(pattern, h); err != nil {
+			return nil, err
+		}
 	}
 	r := cfg.Runner
 	if r == nil {
@@ -414,6 +422,10 @@ func (a *Agent) Status() Status {
 	return s
 }
 
+// Engine returns the verdict engine the readers share; nil until the first
+// state has compiled.
+func (a *Agent) Engine() *filter.Engine { return a.engine.Load() }
+
 // Ready reports whether the agent enforces: first state compiled, queues
 // bound, rules and sets installed.
 func (a *Agent) Ready() bool { return a.ready.Load() }
@@ -442,5 +454,33 @@ func (a *Agent) Handler() http.Handler {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(a.Status())
 	})
+	for pattern, h := range a.cfg.Handlers {
+		mux.Handle(pattern, h)
+	}
 	return mux
+}
+
+// reserved are the agent's own paths.
+var reserved = map[string]bool{"GET /healthz": true, "GET /readyz": true, "GET /debug/counters": true}
+
+// checkPattern refuses what would make ServeMux panic: a nil handler, a
+// pattern it cannot parse, or one that clashes with the agent's own.
+func checkPattern(pattern string, h http.Handler) (err error) {
+	if h == nil {
+		return fmt.Errorf("handler for %q is nil", pattern)
+	}
+	if reserved[pattern] {
+		return fmt.Errorf("handler pattern %q is the agent's own", pattern)
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("handler pattern %q: %v", pattern, p)
+		}
+	}()
+	mux := http.NewServeMux()
+	for r := range reserved {
+		mux.HandleFunc(r, func(http.ResponseWriter, *http.Request) {})
+	}
+	mux.Handle(pattern, h)
+	return nil
 }
