@@ -1,0 +1,19 @@
+// Package conntrack re-decides established flows when the compiled policy
+// changes (the agent's --established=recheck).
+//
+// An allowed flow carries the allow value in its connmark, and the kernel
+// accepts every later packet of it on that mark alone: no policy change
+// reaches such a flow on its own. After each swap the Rechecker dumps the
+// conntrack entries that carry our mark, decides each against the new
+// Ruleset and deletes the entries whose verdict flipped, so that the next
+// packet of the flow is NEW again, is queued and gets the new verdict.
+//
+// It talks ctnetlink over a raw NETLINK_NETFILTER socket rather than through
+// github.com/ti-mo/conntrack, whose Dump and DumpFilter collect the whole
+// table into a []Flow before returning and whose Delete costs one netlink
+// round trip per entry: with 100,000 entries that is tens of megabytes and
+// most of the one-second budget. Here the dump is parsed in place from one
+// reused buffer, each entry is decided while its bytes are still in that
+// buffer, and deletes go out in batches of many messages per sendmsg. The
+// sockets live in the network namespace of the thread that opened them.
+package conntrack
