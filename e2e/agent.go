@@ -19,6 +19,8 @@ import (
 
 	"github.com/rs/zerolog"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/nfqpolicy/nfqpolicy/scenario"
 )
 
 // The agent's health endpoint inside each node namespace. Probe servers
@@ -52,7 +54,7 @@ type agentProc struct {
 
 // startAgents writes first's snapshot and starts one agent per node
 // namespace of t, returning once every agent reports ready.
-func startAgents(ctx context.Context, bin string, args []string, t *topology, first *Scenario, log zerolog.Logger) (_ *agentSet, err error) {
+func startAgents(ctx context.Context, bin string, args []string, t *topology, first *scenario.Scenario, log zerolog.Logger) (_ *agentSet, err error) {
 	dir, err := os.MkdirTemp("", "nfqp-e2e-")
 	if err != nil {
 		return nil, fmt.Errorf("agent directory: %w", err)
@@ -206,7 +208,7 @@ func (p *agentProc) counters(ctx context.Context) (compiles, errs uint64, err er
 
 // load swaps the snapshot for s's objects and returns once every agent
 // has compiled the new state: this exercises the agents' reload path.
-func (a *agentSet) load(ctx context.Context, s *Scenario) error {
+func (a *agentSet) load(ctx context.Context, s *scenario.Scenario) error {
 	data, err := encodeSnapshot(s)
 	if err != nil {
 		return err
@@ -313,7 +315,7 @@ func (a *agentSet) stop() error {
 }
 
 // encodeSnapshot renders the scenario's objects as one kind: List.
-func encodeSnapshot(s *Scenario) ([]byte, error) {
+func encodeSnapshot(s *scenario.Scenario) ([]byte, error) {
 	var items []any
 	c := s.Cluster
 	for _, ns := range c.Namespaces {
@@ -344,7 +346,7 @@ func encodeSnapshot(s *Scenario) ([]byte, error) {
 }
 
 // writeSnapshot writes the scenario's objects to path and returns them.
-func writeSnapshot(path string, s *Scenario) ([]byte, error) {
+func writeSnapshot(path string, s *scenario.Scenario) ([]byte, error) {
 	data, err := encodeSnapshot(s)
 	if err != nil {
 		return nil, err

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/nfqpolicy/nfqpolicy/scenario"
 )
 
 const publicCorpus = "../testdata/conformance/public"
@@ -67,7 +69,7 @@ func reportMismatches(t *testing.T, rep *Report, limit int) {
 // scenario is wired and served, for TCP, UDP and SCTP over both families.
 func TestTopologyNoAgent(t *testing.T) {
 	requireKernel(t)
-	scenarios, err := LoadScenarios(publicCorpus)
+	scenarios, err := scenario.LoadAll(publicCorpus)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,11 +103,11 @@ func TestTopologyNoAgent(t *testing.T) {
 // external addresses, over IPv4 and IPv6.
 func TestProbesSeeDropAndReject(t *testing.T) {
 	requireKernel(t, "iptables", "ip6tables")
-	base, err := LoadScenarios(filepath.Join(publicCorpus, "seed-6-hostnetwork-and-node-traffic.yaml"))
+	base, err := scenario.LoadAll(filepath.Join(publicCorpus, "seed-6-hostnetwork-and-node-traffic.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &Scenario{Name: "drop-and-reject", File: base[0].File, Cluster: base[0].Cluster}
+	s := &scenario.Scenario{Name: "drop-and-reject", File: base[0].File, Cluster: base[0].Cluster}
 	ends := map[int][]string{
 		4: {"app/web", "app/db", "app/client", "app/hn", "node/node-1", "node/node-2", "203.0.113.10"},
 		6: {"app/web", "app/db", "app/client", "2001:db8::10"},
@@ -137,7 +139,7 @@ func TestProbesSeeDropAndReject(t *testing.T) {
 					continue // one address
 				}
 				for _, c := range cases {
-					p := Probe{From: from, To: to, Port: c.port, Protocol: c.proto, Family: fam, Expect: c.expect}
+					p := scenario.Probe{From: from, To: to, Port: c.port, Protocol: c.proto, Family: fam, Expect: c.expect}
 					s.Probes = append(s.Probes, p)
 					detail := c.detail
 					if c.expect == "deny" && c.proto != "TCP" && (strings.HasPrefix(from, "node/") || from == "app/hn") {
@@ -177,7 +179,7 @@ func TestProbesSeeDropAndReject(t *testing.T) {
 		}
 		return nil
 	}}
-	rep, err := Run(context.Background(), []*Scenario{s}, opts)
+	rep, err := Run(context.Background(), []*scenario.Scenario{s}, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +214,7 @@ func agentBinary(t *testing.T) string {
 func TestPublicCorpusKernel(t *testing.T) {
 	requireKernel(t, "iptables", "ipset")
 	bin := agentBinary(t)
-	scenarios, err := LoadScenarios(publicCorpus)
+	scenarios, err := scenario.LoadAll(publicCorpus)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,7 +232,7 @@ func TestPublicCorpusKernel(t *testing.T) {
 // namespace.
 func TestRunCleansUpWhenCancelled(t *testing.T) {
 	requireKernel(t)
-	scenarios, err := LoadScenarios(filepath.Join(publicCorpus, "seed-1-docs-test-network-policy.yaml"))
+	scenarios, err := scenario.LoadAll(filepath.Join(publicCorpus, "seed-1-docs-test-network-policy.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/nfqpolicy/nfqpolicy/scenario"
 )
 
 // Options configure a kernel run.
@@ -59,7 +61,7 @@ type Result struct {
 	Scenario string
 	File     string
 	Index    int // of the probe in its scenario
-	Probe    Probe
+	Probe    scenario.Probe
 	// Got is allow, deny, or error when the harness could not send the
 	// probe (Detail says why).
 	Got      string
@@ -91,13 +93,13 @@ func (e *InputError) Unwrap() error { return e.Err }
 // prepared is a scenario with its endpoints resolved against its plan.
 type prepared struct {
 	order  int
-	s      *Scenario
+	s      *scenario.Scenario
 	pl     *plan
 	ends   [][2]endpoint // per probe: from, to
 	extern []netip.Addr
 }
 
-func prepare(s *Scenario) (*prepared, error) {
+func prepare(s *scenario.Scenario) (*prepared, error) {
 	pl, err := planCluster(s.Cluster)
 	if err != nil {
 		return nil, fmt.Errorf("scenario %s: %w", s.Name, err)
@@ -172,7 +174,7 @@ func groupScenarios(ps []*prepared) []*group {
 // Run builds the topologies the scenarios need, sends every probe, tears
 // everything down and reports each probe's kernel verdict. It returns an
 // *InputError, before building anything, when a scenario cannot be run.
-func Run(ctx context.Context, scenarios []*Scenario, opts Options) (*Report, error) {
+func Run(ctx context.Context, scenarios []*scenario.Scenario, opts Options) (*Report, error) {
 	opts = opts.withDefaults()
 	start := time.Now()
 	var ps []*prepared

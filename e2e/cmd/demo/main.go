@@ -29,6 +29,7 @@ import (
 	"github.com/nfqpolicy/nfqpolicy/e2e"
 	"github.com/nfqpolicy/nfqpolicy/filter"
 	"github.com/nfqpolicy/nfqpolicy/k8swatch"
+	"github.com/nfqpolicy/nfqpolicy/scenario"
 )
 
 // scenario.yaml is a copy of
@@ -56,7 +57,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		return 2
 	}
-	scenarios, err := e2e.ParseScenarios("scenario.yaml", scenarioYAML)
+	scenarios, err := scenario.Parse("scenario.yaml", scenarioYAML)
 	if err != nil {
 		fmt.Fprintf(stderr, "demo: embedded scenario: %v\n", err)
 		return 2
@@ -87,7 +88,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "demo: compile the scenario: %v\n", err)
 		return 2
 	}
-	ix := k8swatch.NewIndex(s.Cluster)
 	log := zerolog.New(zerolog.ConsoleWriter{Out: stdout, NoColor: true, TimeFormat: "15:04:05"}).
 		Level(zerolog.InfoLevel).With().Timestamp().Logger()
 	opts := e2e.Options{
@@ -98,7 +98,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		Log:      log,
 		OnResult: func(r e2e.Result) {
 			fmt.Fprintln(stdout, e2e.FormatVerdict(r))
-			if why := reason(rs, ix, r.Probe); why != "" {
+			if why := reason(rs, r.Probe); why != "" {
 				fmt.Fprintf(stdout, "       why: %s\n", why)
 			}
 		},
@@ -118,7 +118,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 // describe prints what the demo builds.
-func describe(w io.Writer, s *e2e.Scenario) {
+func describe(w io.Writer, s *scenario.Scenario) {
 	fmt.Fprintf(w, "\nscenario %s\n  %s\n\n", s.Name, s.Source)
 	for _, n := range s.Cluster.Nodes {
 		fmt.Fprintf(w, "node %-8s %s  (a network namespace with a bridge and an nfqpolicy agent)\n", n.Name, join(k8swatch.NodeAddrs(n)))
@@ -143,15 +143,10 @@ func join[T fmt.Stringer](xs []T) string {
 }
 
 // reason asks the policy engine why a probe is allowed or denied.
-func reason(rs *filter.Ruleset, ix *k8swatch.Index, p e2e.Probe) string {
-	from, err := ix.Resolve(p.From, p.Family)
-	if err != nil {
-		return ""
-	}
-	to, err := ix.Resolve(p.To, p.Family)
-	if err != nil {
+func reason(rs *filter.Ruleset, p scenario.Probe) string {
+	if !p.Src.Addr.IsValid() || !p.Dst.Addr.IsValid() {
 		return ""
 	}
 	proto := map[string]uint8{"TCP": filter.ProtoTCP, "UDP": filter.ProtoUDP, "SCTP": filter.ProtoSCTP}[p.Protocol]
-	return rs.Describe(rs.Decide(filter.Flow{Src: from.Addr, Dst: to.Addr, SrcPort: 40000, DstPort: uint16(p.Port), Proto: proto}))
+	return rs.Describe(rs.Decide(filter.Flow{Src: p.Src.Addr, Dst: p.Dst.Addr, SrcPort: 40000, DstPort: uint16(p.Port), Proto: proto}))
 }

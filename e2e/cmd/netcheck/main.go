@@ -27,6 +27,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/nfqpolicy/nfqpolicy/e2e"
+	"github.com/nfqpolicy/nfqpolicy/scenario"
 )
 
 func main() {
@@ -71,7 +72,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *quiet {
 		log = zerolog.Nop()
 	}
-	scenarios, err := e2e.LoadScenarios(fs.Args()...)
+	scenarios, err := scenario.LoadAll(fs.Args()...)
 	if err != nil {
 		fmt.Fprintf(stderr, "netcheck: %v\n", err)
 		return 2
