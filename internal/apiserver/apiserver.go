@@ -115,6 +115,7 @@ func Start(t testing.TB) *Server {
 	}
 	dir := t.TempDir()
 	s := &Server{Dir: dir}
+	start := time.Now()
 	// Cleanups run last-in first-out: the apiserver stops before etcd, and
 	// both before t.TempDir removes their directories.
 	etcdURL, err := s.startEtcd(t, etcdBin)
@@ -124,6 +125,7 @@ func Start(t testing.TB) *Server {
 	if err := s.startAPIServer(t, apiserverBin, etcdURL); err != nil {
 		t.Fatalf("apiserver: %v", err)
 	}
+	t.Logf("kube-apiserver %s ready at %s after %v", Version, s.URL, time.Since(start).Round(time.Millisecond))
 	return s
 }
 
@@ -202,6 +204,9 @@ func (s *Server) startAPIServer(t testing.TB, bin, etcdURL string) error {
 		// No controller-manager creates the "default" service account, so
 		// the admission plugin that requires it would reject every pod.
 		"--disable-admission-plugins=ServiceAccount",
+		// The endpoint reconciler refuses loopback advertise addresses; no
+		// test needs the kubernetes Service's endpoints.
+		"--endpoint-reconciler-type=none",
 		"--storage-media-type=application/vnd.kubernetes.protobuf",
 		"--v=0",
 	}

@@ -12,7 +12,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 cache=${NFQPOLICY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/nfqpolicy}
 bin=$cache/kube-apiserver-$version
 
-if [ -x "$bin" ] && "$bin" --version >/dev/null 2>&1; then
+if [ -x "$bin" ] && [ "$("$bin" --version 2>/dev/null)" = "Kubernetes $version" ]; then
 	echo "$bin"
 	exit 0
 fi
@@ -23,8 +23,13 @@ trap 'rm -f "$tmp"' EXIT
 start=$(date +%s)
 echo "building kube-apiserver $version into $bin (first build takes ~10 minutes)" >&2
 # CGO off: the binary must not depend on the build host's libc; -trimpath and
-# stripped symbols keep it small and reproducible.
-(cd "$here" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags='-s -w' \
+# stripped symbols keep it small and reproducible. The -X flags stamp the
+# version the way Kubernetes' own build does (hack/lib/version.sh); without
+# them the server reports v0.0.0-master.
+pkg=k8s.io/component-base/version
+ldflags="-s -w -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=37 -X $pkg.gitTreeState=clean"
+ldflags="$ldflags -X k8s.io/client-go/pkg/version.gitVersion=$version"
+(cd "$here" && CGO_ENABLED=0 go build -trimpath -ldflags="$ldflags" \
 	-o "$tmp" k8s.io/kubernetes/cmd/kube-apiserver)
 mv "$tmp" "$bin"
 echo "built $bin in $(($(date +%s) - start))s" >&2
