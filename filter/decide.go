@@ -67,20 +67,21 @@ func (rs *Ruleset) side(dir uint8, self, peer endpoint, selfAddr, peerAddr netip
 	if self.pod < 0 {
 		return s
 	}
-	p := &rs.pods[self.pod]
-	d := &p.enforced[dir]
+	h := &rs.hot[self.pod]
+	isolated, rules := h.isolated[dir], h.rules[dir]
 	if audit {
-		d = &p.audit[dir]
+		d := &rs.pods[self.pod].audit[dir]
+		isolated, rules = len(d.isolators) > 0, d.rules
 	}
-	if len(d.isolators) == 0 {
+	if !isolated {
 		s.Decision = NotIsolated
 		return s
 	}
-	if dir == ingress && peer.pod < 0 && peer.node >= 0 && peer.node == p.node {
+	if dir == ingress && peer.pod < 0 && peer.node >= 0 && peer.node == h.node {
 		s.Decision = NodeLocal
 		return s
 	}
-	for _, ri := range d.rules {
+	for _, ri := range rules {
 		r := &rs.rules[ri]
 		if !r.anyPort && !rs.portsMatch(r.ports, f.Proto, f.DstPort, dstPod) {
 			continue
@@ -129,7 +130,7 @@ func (rs *Ruleset) portsMatch(ports []portRange, proto uint8, port uint16, dstPo
 func peerMatch(peers []peer, pod int32, addr netip.Addr) int {
 	for i := range peers {
 		pe := &peers[i]
-		if pe.pods != nil {
+		if pe.isPods {
 			if pod >= 0 && pe.pods.has(pod) {
 				return i
 			}

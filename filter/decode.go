@@ -60,32 +60,36 @@ func (d *Decoder) Decode(pkt []byte) (Flow, error) {
 		return Flow{}, ErrEmpty
 	}
 	d.decoded = d.decoded[:0]
+	// The helpers fill f through a pointer: passing a Flow by value down
+	// and back up costs more than the rest of the work after parsing.
+	var f Flow
+	var err error
 	switch pkt[0] >> 4 {
 	case 4:
 		if err := d.p4.DecodeLayers(pkt, &d.decoded); err != nil {
 			return Flow{}, fmt.Errorf("decode IPv4: %w", err)
 		}
-		return d.flow4()
+		err = d.flow4(&f)
 	case 6:
 		if err := d.p6.DecodeLayers(pkt, &d.decoded); err != nil {
 			return Flow{}, fmt.Errorf("decode IPv6: %w", err)
 		}
-		return d.flow6()
+		err = d.flow6(&f)
+	default:
+		err = ErrVersion
 	}
-	return Flow{}, ErrVersion
+	return f, err
 }
 
-func (d *Decoder) flow4() (Flow, error) {
+func (d *Decoder) flow4(f *Flow) error {
 	if len(d.decoded) == 0 || d.decoded[0] != layers.LayerTypeIPv4 {
-		return Flow{}, ErrVersion
+		return ErrVersion
 	}
-	f := Flow{
-		Src:   netip.AddrFrom4([4]byte(d.ip4.SrcIP)),
-		Dst:   netip.AddrFrom4([4]byte(d.ip4.DstIP)),
-		Proto: uint8(d.ip4.Protocol),
-	}
+	f.Src = netip.AddrFrom4([4]byte(d.ip4.SrcIP))
+	f.Dst = netip.AddrFrom4([4]byte(d.ip4.DstIP))
+	f.Proto = uint8(d.ip4.Protocol)
 	if d.ip4.FragOffset != 0 {
-		return f, ErrLateFragment
+		return ErrLateFragment
 	}
 	if d.ip4.Flags&layers.IPv4MoreFragments != 0 {
 		// The parser stops at a first fragment; its transport header is
@@ -95,14 +99,12 @@ func (d *Decoder) flow4() (Flow, error) {
 	return d.finish(f)
 }
 
-func (d *Decoder) flow6() (Flow, error) {
+func (d *Decoder) flow6(f *Flow) error {
 	if len(d.decoded) == 0 || d.decoded[0] != layers.LayerTypeIPv6 {
-		return Flow{}, ErrVersion
+		return ErrVersion
 	}
-	f := Flow{
-		Src: netip.AddrFrom16([16]byte(d.ip6.SrcIP)).Unmap(),
-		Dst: netip.AddrFrom16([16]byte(d.ip6.DstIP)).Unmap(),
-	}
+	f.Src = netip.AddrFrom16([16]byte(d.ip6.SrcIP)).Unmap()
+	f.Dst = netip.AddrFrom16([16]byte(d.ip6.DstIP)).Unmap()
 	// The protocol is the Next Header of the last header decoded.
 	next := d.ip6.NextHeader
 	if d.ip6.HopByHop != nil {
@@ -120,7 +122,7 @@ func (d *Decoder) flow6() (Flow, error) {
 			next = d.frag.next
 			if d.frag.fragOffset != 0 {
 				f.Proto = uint8(next)
-				return f, ErrLateFragment
+				return ErrLateFragment
 			}
 		}
 	}
@@ -132,27 +134,41 @@ func (d *Decoder) flow6() (Flow, error) {
 // parser skips a transport header it cannot decode (truncated) only by
 // returning an error, so a TCP, UDP or SCTP flow without its layer in
 // decoded means the packet ended where the header should be.
-func (d *Decoder) finish(f Flow) (Flow, error) {
+func (d *Decoder) finish(f *Flow) error {
 	last := d.decoded[len(d.decoded)-1]
-	switch last {
-	case layers.LayerTypeTCP:
+	// Switch on the protocol byte (a jump table), then check the layer:
+	// LayerType values are variables, so switching on them compares one
+	// by one.
+	switch f.Proto {
+	case ProtoTCP:
+		if last != layers.LayerTypeTCP {
+			return ErrNoTransport
+		}
 		f.SrcPort, f.DstPort = uint16(d.tcp.SrcPort), uint16(d.tcp.DstPort)
-	case layers.LayerTypeUDP:
+	case ProtoUDP:
+		if last != layers.LayerTypeUDP {
+			return ErrNoTransport
+		}
 		f.SrcPort, f.DstPort = uint16(d.udp.SrcPort), uint16(d.udp.DstPort)
-	case layers.LayerTypeSCTP:
+	case ProtoSCTP:
+		if last != layers.LayerTypeSCTP {
+			return ErrNoTransport
+		}
 		f.SrcPort, f.DstPort = d.sctp.src, d.sctp.dst
-	case layers.LayerTypeICMPv4, layers.LayerTypeICMPv6:
-	default:
-		switch f.Proto {
-		case ProtoTCP, ProtoUDP, ProtoSCTP, ProtoICMP, ProtoICMPv6:
-			return f, ErrNoTransport
+	case ProtoICMP:
+		if last != layers.LayerTypeICMPv4 {
+			return ErrNoTransport
+		}
+	case ProtoICMPv6:
+		if last != layers.LayerTypeICMPv6 {
+			return ErrNoTransport
 		}
 	}
-	return f, nil
+	return nil
 }
 
 // transport decodes the ports of a first IPv4 fragment.
-func (d *Decoder) transport(f Flow, payload []byte) (Flow, error) {
+func (d *Decoder) transport(f *Flow, payload []byte) error {
 	var err error
 	switch f.Proto {
 	case ProtoTCP:
@@ -169,9 +185,9 @@ func (d *Decoder) transport(f Flow, payload []byte) (Flow, error) {
 		}
 	}
 	if err != nil {
-		return f, ErrNoTransport
+		return ErrNoTransport
 	}
-	return f, nil
+	return nil
 }
 
 // sctpHeader decodes the SCTP common header's ports. gopacket's SCTP layer
