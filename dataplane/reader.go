@@ -422,3 +422,16 @@ func (v CounterValues) Add(o CounterValues) CounterValues {
 		Panics:        v.Panics + o.Panics,
 	}
 }
+
+// Observers fans each verdict out to several observers, in order (metrics,
+// flow log, capture). Nil entries are skipped.
+type Observers []Observer
+
+// OnVerdict implements Observer.
+func (os Observers) OnVerdict(f filter.Flow, v filter.Verdict, pkt []byte, latency time.Duration) {
+	for _, o := range os {
+		if o != nil {
+			o.OnVerdict(f, v, pkt, latency)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"runtime"
 	"strings"
@@ -13,10 +14,12 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/nfqpolicy/nfqpolicy/conntrack"
 	"github.com/nfqpolicy/nfqpolicy/dataplane"
 	"github.com/nfqpolicy/nfqpolicy/dataplane/agent"
 	"github.com/nfqpolicy/nfqpolicy/dataplane/iptables"
 	"github.com/nfqpolicy/nfqpolicy/k8swatch"
+	"github.com/nfqpolicy/nfqpolicy/metrics"
 )
 
 // stringList is a repeatable string flag.
@@ -183,12 +186,32 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		src = is
 	}
-	if cfg.Established == agent.Recheck && cfg.OnSwap == nil {
-		// The conntrack recheck hook is not wired yet: say so rather than
-		// pretend established flows are re-decided.
-		log.Warn().Msg("--established recheck: no recheck hook is wired in this build; established flows are kept")
+	if cfg.Established == agent.Recheck {
+		// Deny values are never saved in the connmark (see package
+		// iptables), so only allowed connections have anything to recheck.
+		rc, err := conntrack.NewRechecker(cfg.Rules.Marks.Allow, 0, cfg.Rules.Marks.Mask, log)
+		if err != nil {
+			log.Error().Err(err).Msg("conntrack recheck")
+			return 2
+		}
+		defer rc.Close()
+		cfg.OnSwap = rc.OnSwap
 	}
-	a, err := agent.New(cfg, src)
+	var a *agent.Agent
+	m, err := metrics.New(metrics.Options{Ready: func() error {
+		if a != nil && a.Ready() {
+			return nil
+		}
+		return errors.New("not enforcing yet")
+	}})
+	if err != nil {
+		log.Error().Err(err).Msg("metrics")
+		return 2
+	}
+	cfg.Observer = m
+	cfg.OnCompile = m.ObserveCompile
+	cfg.Handlers = map[string]http.Handler{"GET /metrics": m.Handler()}
+	a, err = agent.New(cfg, src)
 	if err != nil {
 		log.Error().Err(err).Msg("bad configuration")
 		return 2

@@ -77,6 +77,9 @@ type Config struct {
 	// re-decided. It runs on the agent's loop: a slow hook delays the
 	// next recompile, not packets.
 	OnSwap func(old, new *filter.Ruleset)
+	// OnCompile, if set, is told how long each compile took and whether it
+	// failed (metrics).
+	OnCompile func(d time.Duration, err error)
 	// Runner runs iptables and ipset (nil: locally).
 	Runner iptables.Runner
 	Log    zerolog.Logger
@@ -177,7 +180,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil || cluster == nil {
 		return err
 	}
-	rs, err := filter.Compile(cluster)
+	rs, err := a.compile(cluster)
 	if err != nil {
 		return fmt.Errorf("compile the first cluster state: %w", err)
 	}
@@ -252,6 +255,19 @@ func (a *Agent) firstState(ctx context.Context, srcDone <-chan error) (*k8swatch
 	}
 }
 
+// compile compiles c, timing and counting it.
+func (a *Agent) compile(c *k8swatch.Cluster) (*filter.Ruleset, error) {
+	start := time.Now()
+	rs, err := filter.Compile(c)
+	if err != nil {
+		a.compileErrors.Add(1)
+	}
+	if a.cfg.OnCompile != nil {
+		a.cfg.OnCompile(time.Since(start), err)
+	}
+	return rs, err
+}
+
 func (a *Agent) compiled(rs *filter.Ruleset) {
 	a.compiles.Add(1)
 	pods, nodes, pols, rules := rs.Counts()
@@ -271,9 +287,8 @@ func (a *Agent) recompile(ctx context.Context) {
 	if !ok {
 		return
 	}
-	rs, err := filter.Compile(c)
+	rs, err := a.compile(c)
 	if err != nil {
-		a.compileErrors.Add(1)
 		a.log.Error().Err(err).Msg("cluster state does not compile; keeping the previous policies")
 		return
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -299,6 +300,18 @@ func TestAgentBinary(t *testing.T) {
 		t.Errorf("counters do not add up: %+v", st)
 	}
 
+	resp, err := cl.Get("http://127.0.0.1:9901/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`nfqpolicy_verdicts_total{mode="enforce",verdict="allow"}`, `nfqpolicy_compiles_total{result="ok"} 2`} {
+		if !bytes.Contains(body, []byte(want)) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+
 	// SIGTERM with an established connection: it keeps flowing.
 	c, err := r.A.Dial(r.B4, 8080, 2*time.Second)
 	if err != nil {
@@ -468,5 +481,65 @@ func TestPrintRules(t *testing.T) {
 	}
 	if !strings.Contains(out, "-j NFQUEUE --queue-balance 7:9 --queue-bypass") {
 		t.Errorf("queue options missing from\n%s", out)
+	}
+}
+
+// TestAgentRecheck: with --established recheck, a connection a policy
+// change denies is cut (conntrack entry deleted; its next packet is NEW
+// again, queued, denied and answered with a reset), while with keep (the
+// default, TestAgentBinary) it would go on.
+func TestAgentRecheck(t *testing.T) {
+	nstest.Require(t, append(iptables.Tools(iptables.Auto), "go", "conntrack")...)
+	nstest.Sweep(t)
+	bin, err := buildBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := nstest.NewRouted(t)
+	snap := filepath.Join(t.TempDir(), "cluster.yaml")
+	if err := os.WriteFile(snap, []byte(snapshot(r, 8080, 8081)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.B.ServeEcho(t, r.B4, 8080)
+	r.B.ServeEcho(t, r.B4, 8081)
+	ag := startAgent(t, r, bin, "--node-name", "node1", "--snapshot", snap, "--snapshot-poll", "100ms",
+		"--queues", "1", "--deny-action", "reject", "--established", "recheck", "--health-addr", "127.0.0.1:9901")
+	cl := httpInNode(r)
+	waitReady(t, cl, ag)
+
+	kept, err := r.A.Dial(r.B4, 8080, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kept.Close()
+	cut, err := r.A.Dial(r.B4, 8081, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cut.Close()
+	for _, c := range []net.Conn{kept, cut} {
+		if err := nstest.Echo(c, "before"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// 8081 no longer allowed.
+	if err := os.WriteFile(snap, []byte(snapshot(r, 8080)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var cutErr error
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if cutErr = nstest.Echo(cut, "x"); cutErr != nil {
+			break
+		}
+	}
+	if cutErr == nil {
+		t.Fatalf("connection to 8081 still flows 10s after the policy stopped allowing it\n%s", ag.logs.String())
+	}
+	t.Logf("connection to the now-denied port: %v", cutErr)
+	if err := nstest.Echo(kept, "still allowed"); err != nil {
+		t.Errorf("connection to the still-allowed port broke: %v", err)
+	}
+	if err := ag.stop(t); err != nil {
+		t.Errorf("agent exit: %v", err)
 	}
 }
