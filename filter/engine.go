@@ -4,7 +4,9 @@ import (
 	"encoding/binary"
 	"sync/atomic"
 
-	lru "github.com/hashicorp/golang-lru/v2"
+	"sync"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 )
 
 // cacheShards splits the flow cache so that concurrent queue readers rarely
@@ -42,11 +44,14 @@ func (k *flowKey) shard() int {
 }
 
 // shard is one lock's worth of cache, with its own counters so that
-// readers on different shards share no written cache line.
+// readers on different shards share no written cache line. It wraps
+// golang-lru's simplelru with a plain mutex: lru.Cache's RWMutex costs
+// more to take exclusively, and Get always takes it exclusively.
 type shard struct {
-	lru          *lru.Cache[flowKey, Verdict]
+	mu           sync.Mutex
+	lru          *simplelru.LRU[flowKey, Verdict]
 	hits, misses atomic.Uint64
-	_            [40]byte
+	_            [32]byte
 }
 
 // Engine decides flows against the current Ruleset through a flow cache.
@@ -67,8 +72,8 @@ func NewEngine(rs *Ruleset, cacheSize int) *Engine {
 	}
 	per := max(cacheSize/cacheShards, 1)
 	for i := range e.shards {
-		// lru.New fails only for a size below 1, which per never is.
-		e.shards[i].lru, _ = lru.New[flowKey, Verdict](per)
+		// NewLRU fails only for a size below 1, which per never is.
+		e.shards[i].lru, _ = simplelru.NewLRU[flowKey, Verdict](per, nil)
 	}
 	e.cached = true
 	return e
@@ -91,14 +96,19 @@ func (e *Engine) Decide(f Flow) Verdict {
 	}
 	k := keyOf(f)
 	sh := &e.shards[k.shard()]
-	if v, ok := sh.lru.Get(k); ok && v.Ruleset == rs {
+	sh.mu.Lock()
+	v, ok := sh.lru.Get(k)
+	sh.mu.Unlock()
+	if ok && v.Ruleset == rs {
 		sh.hits.Add(1)
 		v.Cached = true
 		return v
 	}
 	sh.misses.Add(1)
-	v := rs.Decide(f)
+	v = rs.Decide(f)
+	sh.mu.Lock()
 	sh.lru.Add(k, v)
+	sh.mu.Unlock()
 	return v
 }
 
@@ -115,8 +125,10 @@ func (e *Engine) CacheStats() (hits, misses uint64) {
 // e.g. by tests; Swap alone already invalidates).
 func (e *Engine) Purge() {
 	for i := range e.shards {
-		if e.shards[i].lru != nil {
-			e.shards[i].lru.Purge()
+		if sh := &e.shards[i]; sh.lru != nil {
+			sh.mu.Lock()
+			sh.lru.Purge()
+			sh.mu.Unlock()
 		}
 	}
 }
