@@ -1,0 +1,186 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	nfqueue "github.com/florianl/go-nfqueue/v2"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/nfqpolicy/nfqpolicy/dataplane"
+)
+
+// acceptAllCmd is the hidden first argument that makes this binary the
+// accept-everything queue reader of phase (b). It runs as a process of its
+// own, like the agent, so that (b) and (c) differ only in what answers the
+// queue.
+const acceptAllCmd = "__acceptall"
+
+// runAcceptAll binds queues base..base+n-1 of the current network
+// namespace with the agent's options (GSO, copy range 128, the same queue
+// length and socket buffer), accepts every packet, prints "ready" once
+// bound and its counts when SIGTERM or SIGINT ends it.
+func runAcceptAll(args []string, stdout, stderr io.Writer) int {
+	if len(args) != 2 {
+		fmt.Fprintf(stderr, "%s: want QUEUE_BASE QUEUES\n", acceptAllCmd)
+		return 2
+	}
+	base, err1 := strconv.ParseUint(args[0], 10, 16)
+	n, err2 := strconv.ParseUint(args[1], 10, 16)
+	if err := errors.Join(err1, err2); err != nil || n == 0 || base+n-1 > 65535 {
+		fmt.Fprintf(stderr, "%s: bad queue range %q %q: %v\n", acceptAllCmd, args[0], args[1], err)
+		return 2
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer cancel()
+	var accepted, noBufs, failed atomic.Uint64
+	var queues []*nfqueue.Nfqueue
+	defer func() {
+		for _, q := range queues {
+			_ = q.Close()
+		}
+	}()
+	for q := uint16(base); q < uint16(base+n); q++ {
+		nf, err := nfqueue.Open(&nfqueue.Config{
+			NfQueue:      q,
+			MaxQueueLen:  dataplane.DefaultMaxQueueLen,
+			MaxPacketLen: dataplane.CopyRange,
+			Copymode:     nfqueue.NfQnlCopyPacket,
+			Flags:        nfqueue.NfQaCfgFlagGSO,
+			AfFamily:     unix.AF_INET,
+		})
+		if err != nil {
+			fmt.Fprintf(stderr, "%s: open queue %d: %v\n", acceptAllCmd, q, err)
+			return 1
+		}
+		queues = append(queues, nf)
+		// The agent's reader enlarges its buffer the same way.
+		_ = nf.Con.SetReadBuffer(4 << 20)
+		hook := func(a nfqueue.Attribute) int {
+			if a.PacketID == nil {
+				return 0
+			}
+			if err := nf.SetVerdict(*a.PacketID, nfqueue.NfAccept); err != nil {
+				failed.Add(1)
+				return 0
+			}
+			accepted.Add(1)
+			return 0
+		}
+		onErr := func(err error) int {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) {
+				return 1
+			}
+			var op *netlink.OpError
+			if errors.As(err, &op) && op.Timeout() {
+				return 0
+			}
+			if errors.Is(err, unix.ENOBUFS) {
+				noBufs.Add(1)
+				return 0
+			}
+			failed.Add(1)
+			return 0
+		}
+		if err := nf.RegisterWithErrorFunc(ctx, hook, onErr); err != nil {
+			fmt.Fprintf(stderr, "%s: bind queue %d: %v\n", acceptAllCmd, q, err)
+			return 1
+		}
+	}
+	fmt.Fprintln(stdout, "ready")
+	<-ctx.Done()
+	fmt.Fprintf(stdout, "accepted %d enobufs %d errors %d\n", accepted.Load(), noBufs.Load(), failed.Load())
+	return 0
+}
+
+// acceptAllProc is the running child of phase (b).
+type acceptAllProc struct {
+	cmd    *exec.Cmd
+	lines  chan string
+	exited chan error
+	stderr strings.Builder
+}
+
+// startAcceptAll starts this binary as the accept-all reader inside ns and
+// returns once it has bound its queues.
+func startAcceptAll(ctx context.Context, sp *spawner, ns *netNS, base, n int) (*acceptAllProc, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("accept-all reader: find this binary: %w", err)
+	}
+	p := &acceptAllProc{lines: make(chan string, 4), exited: make(chan error, 1)}
+	p.cmd = exec.Command("ip", "netns", "exec", ns.name, self, acceptAllCmd, strconv.Itoa(base), strconv.Itoa(n))
+	p.cmd.Stderr = &p.stderr
+	out, err := p.cmd.StdoutPipe()
+	if err != nil {
+		return nil, fmt.Errorf("accept-all reader: %w", err)
+	}
+	if err := sp.start(p.cmd); err != nil {
+		return nil, fmt.Errorf("accept-all reader: %w", err)
+	}
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			p.lines <- sc.Text()
+		}
+		close(p.lines)
+		p.exited <- p.cmd.Wait()
+	}()
+	select {
+	case l, ok := <-p.lines:
+		if ok && l == "ready" {
+			return p, nil
+		}
+		_, _ = p.stop()
+		return nil, fmt.Errorf("accept-all reader did not start (%q): %s", l, strings.TrimSpace(p.stderr.String()))
+	case <-ctx.Done():
+		_, _ = p.stop()
+		return nil, ctx.Err()
+	case <-time.After(10 * time.Second):
+		_, _ = p.stop()
+		return nil, errors.New("accept-all reader: not ready in 10s")
+	}
+}
+
+// acceptAllCounts is what the child reports when it stops.
+type acceptAllCounts struct {
+	accepted, noBufs, errors uint64
+}
+
+// stop ends the child and returns its counts.
+func (p *acceptAllProc) stop() (acceptAllCounts, error) {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	var last string
+	timeout := time.After(5 * time.Second)
+	for {
+		select {
+		case l, ok := <-p.lines:
+			if ok {
+				last = l
+				continue
+			}
+			err := <-p.exited
+			var c acceptAllCounts
+			if _, serr := fmt.Sscanf(last, "accepted %d enobufs %d errors %d", &c.accepted, &c.noBufs, &c.errors); serr != nil {
+				return c, errors.Join(err, fmt.Errorf("accept-all reader: no final counts (%q): %s", last, strings.TrimSpace(p.stderr.String())))
+			}
+			return c, err
+		case <-timeout:
+			_ = p.cmd.Process.Kill()
+			return acceptAllCounts{}, errors.New("accept-all reader ignored SIGTERM for 5s and was killed")
+		}
+	}
+}

@@ -1,0 +1,341 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The first byte a client sends tells the server what the connection is.
+const (
+	modePing = 'p' // answer one byte, then wait for the client's reset
+	modeBulk = 'b' // count everything until the client goes away
+)
+
+// server is the Go server in the server pod's namespace.
+type server struct {
+	ln       *net.TCPListener
+	received atomic.Int64 // bytes of bulk connections
+	wg       sync.WaitGroup
+}
+
+func startServer(ns *netNS, addr netip.AddrPort) (*server, error) {
+	var ln net.Listener
+	if err := ns.do(func() (err error) {
+		ln, err = (&net.ListenConfig{}).Listen(context.Background(), "tcp4", addr.String())
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("listen on %s in %s: %w", addr, ns.name, err)
+	}
+	s := &server{ln: ln.(*net.TCPListener)}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			c, err := s.ln.AcceptTCP()
+			if err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+				continue // e.g. a connection reset before accept
+			}
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				s.serve(c)
+			}()
+		}
+	}()
+	return s, nil
+}
+
+func (s *server) serve(c *net.TCPConn) {
+	// Closing first must never leave TIME_WAIT behind on this side either.
+	_ = c.SetLinger(0)
+	defer c.Close()
+	var b [1]byte
+	if _, err := io.ReadFull(c, b[:]); err != nil {
+		return
+	}
+	switch b[0] {
+	case modePing:
+		if _, err := c.Write(b[:]); err != nil {
+			return
+		}
+		_, _ = io.Copy(io.Discard, c) // until the client's reset
+	case modeBulk:
+		buf := make([]byte, 256<<10)
+		for {
+			n, err := c.Read(buf)
+			s.received.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	}
+}
+
+func (s *server) close() {
+	_ = s.ln.Close()
+	s.wg.Wait()
+}
+
+// connResult is what a connection-rate run measured.
+type connResult struct {
+	ok, failed int
+	elapsed    time.Duration
+	// connect holds the time connect() took for each successful
+	// connection: from sending the SYN to processing the SYN-ACK.
+	connect []time.Duration
+	// firstErr is the first failure, for the report.
+	firstErr error
+}
+
+func (r connResult) rate() float64 {
+	if r.elapsed <= 0 {
+		return 0
+	}
+	return float64(r.ok) / r.elapsed.Seconds()
+}
+
+// Source ports the clients bind explicitly. Each worker walks its own
+// share of the range, so a 4-tuple repeats only after the whole range
+// has been used: a repeated one would be a flow-cache hit in the agent and
+// make the enforced figure look better than the miss path it stands for.
+const (
+	firstPort = 10000
+	lastPort  = 65000
+)
+
+// nextPort is the source port a worker uses after port: its share of
+// [firstPort, lastPort) is every workers-th port, wrapping to its first.
+func nextPort(port, workers int) int {
+	port += workers
+	if port >= lastPort {
+		port = firstPort + (port-firstPort)%workers
+	}
+	return port
+}
+
+// connRate runs workers clients in the client namespace, each opening,
+// using (one byte each way) and resetting connections to dst one after the
+// other, until d has passed, ctx ends, or maxConns connections (0: no
+// limit) were attempted in total.
+func connRate(ctx context.Context, ns *netNS, src netip.Addr, dst netip.AddrPort, workers int, d time.Duration, maxConns int) (connResult, error) {
+	results := make([]connResult, workers)
+	errs := make([]error, workers)
+	var attempts atomic.Int64
+	start := time.Now()
+	deadline := start.Add(d)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// The thread stays in the namespace and is discarded when
+			// this goroutine ends.
+			if err := ns.enterForGood(); err != nil {
+				errs[w] = err
+				return
+			}
+			results[w] = connLoop(ctx, src, dst, w, workers, deadline, &attempts, int64(maxConns))
+		}()
+	}
+	wg.Wait()
+	total := connResult{elapsed: time.Since(start)}
+	for i, r := range results {
+		if errs[i] != nil {
+			return connResult{}, errs[i]
+		}
+		total.ok += r.ok
+		total.failed += r.failed
+		total.connect = append(total.connect, r.connect...)
+		if total.firstErr == nil {
+			total.firstErr = r.firstErr
+		}
+	}
+	return total, ctx.Err()
+}
+
+// connLoop is one worker. It uses blocking system calls on its own
+// thread: cheaper than the Go netpoller for this pattern, and the client
+// must cost as little as it can, since it shares two cores with what it
+// measures.
+func connLoop(ctx context.Context, src netip.Addr, dst netip.AddrPort, w, workers int, deadline time.Time, attempts *atomic.Int64, maxConns int64) connResult {
+	var r connResult
+	sa := &unix.SockaddrInet4{Port: int(dst.Port()), Addr: dst.Addr().As4()}
+	local := &unix.SockaddrInet4{Addr: src.As4()}
+	port := firstPort + w
+	var b [1]byte
+	fail := func(err error) {
+		r.failed++
+		if r.firstErr == nil {
+			r.firstErr = err
+		}
+	}
+	for i := 0; ; i++ {
+		if i%64 == 0 && (time.Now().After(deadline) || ctx.Err() != nil) {
+			return r
+		}
+		if maxConns > 0 && attempts.Add(1) > maxConns {
+			return r
+		}
+		local.Port = port
+		port = nextPort(port, workers)
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			fail(fmt.Errorf("socket: %w", err))
+			continue
+		}
+		if err := prepare(fd, local); err != nil {
+			unix.Close(fd)
+			fail(err)
+			continue
+		}
+		t0 := time.Now()
+		if err := unix.Connect(fd, sa); err != nil {
+			unix.Close(fd)
+			fail(fmt.Errorf("connect from port %d: %w", local.Port, err))
+			continue
+		}
+		took := time.Since(t0)
+		b[0] = modePing
+		if _, err := unix.Write(fd, b[:]); err != nil {
+			unix.Close(fd)
+			fail(fmt.Errorf("write: %w", err))
+			continue
+		}
+		if n, err := unix.Read(fd, b[:]); err != nil || n != 1 {
+			unix.Close(fd)
+			fail(fmt.Errorf("read answer: n=%d: %w", n, err))
+			continue
+		}
+		unix.Close(fd) // SO_LINGER 0: a reset, no TIME_WAIT
+		r.ok++
+		r.connect = append(r.connect, took)
+	}
+}
+
+// prepare sets the options every client socket gets and binds it.
+func prepare(fd int, local *unix.SockaddrInet4) error {
+	// A dropped SYN must cost a failure, not the rest of the phase.
+	tv := unix.Timeval{Sec: 1}
+	for _, o := range []struct {
+		name string
+		set  func() error
+	}{
+		{"SO_REUSEADDR", func() error { return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1) }},
+		{"SO_LINGER", func() error {
+			return unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+		}},
+		{"SO_SNDTIMEO", func() error { return unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv) }},
+		{"SO_RCVTIMEO", func() error { return unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv) }},
+	} {
+		if err := o.set(); err != nil {
+			return fmt.Errorf("%s: %w", o.name, err)
+		}
+	}
+	if err := unix.Bind(fd, local); err != nil {
+		return fmt.Errorf("bind port %d: %w", local.Port, err)
+	}
+	return nil
+}
+
+// throughputResult is what a bulk run measured at the receiver.
+type throughputResult struct {
+	bytes   int64
+	elapsed time.Duration
+}
+
+func (t throughputResult) gbps() float64 {
+	if t.elapsed <= 0 {
+		return 0
+	}
+	return float64(t.bytes) * 8 / t.elapsed.Seconds() / 1e9
+}
+
+// bulkWarmup is sent before the measured window starts: slow start and
+// the first packet's trip through the queue are not what (d) and (e)
+// compare.
+const bulkWarmup = 300 * time.Millisecond
+
+// throughput sends one TCP flow from the client namespace to dst as fast
+// as it goes and counts what the server receives during d, after a
+// warm-up.
+func throughput(ctx context.Context, ns *netNS, src netip.Addr, dst netip.AddrPort, srv *server, d time.Duration) (throughputResult, error) {
+	var stop atomic.Bool
+	done := make(chan error, 1)
+	go func() {
+		done <- func() error {
+			if err := ns.enterForGood(); err != nil {
+				return err
+			}
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return fmt.Errorf("socket: %w", err)
+			}
+			defer unix.Close(fd)
+			if err := prepare(fd, &unix.SockaddrInet4{Addr: src.As4()}); err != nil {
+				return err
+			}
+			if err := unix.Connect(fd, &unix.SockaddrInet4{Port: int(dst.Port()), Addr: dst.Addr().As4()}); err != nil {
+				return fmt.Errorf("connect: %w", err)
+			}
+			buf := make([]byte, 256<<10)
+			buf[0] = modeBulk
+			for !stop.Load() {
+				if _, err := unix.Write(fd, buf); err != nil && !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EINTR) {
+					return fmt.Errorf("write: %w", err)
+				}
+				buf[0] = 0
+			}
+			return nil
+		}()
+	}()
+	sleep := func(d time.Duration) error {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-done:
+			if err == nil {
+				err = errors.New("sender stopped early")
+			}
+			return fmt.Errorf("bulk sender: %w", err)
+		case <-time.After(d):
+			return nil
+		}
+	}
+	finish := func(err error) (throughputResult, error) {
+		stop.Store(true)
+		select {
+		case serr := <-done:
+			err = errors.Join(err, serr)
+		case <-time.After(5 * time.Second):
+			err = errors.Join(err, errors.New("bulk sender did not stop"))
+		}
+		return throughputResult{}, err
+	}
+	if err := sleep(bulkWarmup); err != nil {
+		return finish(err)
+	}
+	b0, t0 := srv.received.Load(), time.Now()
+	if err := sleep(d); err != nil {
+		return finish(err)
+	}
+	res := throughputResult{bytes: srv.received.Load() - b0, elapsed: time.Since(t0)}
+	if _, err := finish(nil); err != nil {
+		return res, err
+	}
+	if res.bytes == 0 {
+		return res, errors.New("bulk flow: the server received nothing")
+	}
+	return res, nil
+}

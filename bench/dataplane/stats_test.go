@@ -1,0 +1,181 @@
+package main
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestPercentile(t *testing.T) {
+	us := func(v ...int) []time.Duration {
+		out := make([]time.Duration, len(v))
+		for i, x := range v {
+			out[i] = time.Duration(x) * time.Microsecond
+		}
+		return out
+	}
+	hundred := make([]time.Duration, 100)
+	for i := range hundred {
+		hundred[i] = time.Duration(100-i) * time.Microsecond // descending: must sort
+	}
+	for _, tc := range []struct {
+		name    string
+		xs      []time.Duration
+		p       float64
+		want    time.Duration
+		wantErr string
+	}{
+		{"one sample", us(7), 50, 7 * time.Microsecond, ""},
+		{"median of odd", us(5, 1, 3), 50, 3 * time.Microsecond, ""},
+		{"median of even is the lower", us(4, 1, 3, 2), 50, 2 * time.Microsecond, ""},
+		{"p99 of 100", hundred, 99, 99 * time.Microsecond, ""},
+		{"p100 is the max", hundred, 100, 100 * time.Microsecond, ""},
+		{"tiny p is the min", hundred, 0.001, 1 * time.Microsecond, ""},
+		{"p99 of 3 is the max", us(1, 2, 3), 99, 3 * time.Microsecond, ""},
+		{"no samples", nil, 50, 0, "no samples"},
+		{"p zero", us(1), 0, 0, "want 0 < p <= 100"},
+		{"p above 100", us(1), 101, 0, "want 0 < p <= 100"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := append([]time.Duration(nil), tc.xs...)
+			got, err := percentile(tc.xs, tc.p)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("percentile = %v, %v; want %v", got, err, tc.want)
+			}
+			for i := range before {
+				if before[i] != tc.xs[i] {
+					t.Fatalf("input modified")
+				}
+			}
+		})
+	}
+}
+
+func TestVerdictLatencies(t *testing.T) {
+	f := verdictFilter{src: netip.MustParseAddr("10.1.0.83"), dst: netip.MustParseAddr("10.7.0.81"), dport: 8080}
+	ours := `{"level":"debug","component":"agent","queue":100,"id":7,"allow":true,"latency":0.0125,"src":"10.1.0.83","dst":"10.7.0.81","proto":6,"sport":40001,"dport":8080,"message":"verdict"}`
+	for _, tc := range []struct {
+		name    string
+		log     string
+		want    []time.Duration
+		wantErr string
+	}{
+		{"one verdict", ours + "\n", []time.Duration{12500 * time.Nanosecond}, ""},
+		{"other messages and blank lines skipped", `{"level":"info","message":"enforcing"}` + "\n\n" + ours + "\n" + ours, []time.Duration{12500 * time.Nanosecond, 12500 * time.Nanosecond}, ""},
+		{"other flows skipped",
+			strings.Replace(ours, `"src":"10.1.0.83"`, `"src":"10.1.0.84"`, 1) + "\n" +
+				strings.Replace(ours, `"dport":8080`, `"dport":9090`, 1) + "\n" +
+				strings.Replace(ours, `"proto":6`, `"proto":17`, 1), nil, ""},
+		{"malformed verdict (no flow) skipped", `{"level":"debug","allow":false,"latency":0.002,"error":"short","message":"verdict"}`, nil, ""},
+		{"not JSON", "panic: boom\n", nil, "line 1: not JSON"},
+		{"verdict without latency", `{"message":"verdict","src":"10.1.0.83"}`, nil, "line 1: verdict without latency"},
+		{"negative latency", strings.Replace(ours, `0.0125`, `-1`, 1), nil, "latency -1"},
+		{"latency as a string", strings.Replace(ours, `0.0125`, `"12us"`, 1), nil, "not JSON"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := verdictLatencies(strings.NewReader(tc.log), f)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != len(tc.want) {
+				t.Fatalf("got %v, want %v", got, tc.want)
+			}
+			for i := range got {
+				if got[i] != tc.want[i] {
+					t.Fatalf("got %v, want %v", got, tc.want)
+				}
+			}
+		})
+	}
+}
+
+func TestRatioAndRounding(t *testing.T) {
+	if r, err := ratio("x", 93, 100); err != nil || r != 0.93 {
+		t.Errorf("ratio = %v, %v", r, err)
+	}
+	for _, b := range []float64{0, -1} {
+		if _, err := ratio("x", 1, b); err == nil {
+			t.Errorf("ratio with baseline %v: no error", b)
+		}
+	}
+	for _, tc := range []struct {
+		d    time.Duration
+		want string
+	}{{0, "0"}, {1499 * time.Nanosecond, "1"}, {1500 * time.Nanosecond, "2"}, {40 * time.Microsecond, "40"}} {
+		if got := roundUS(tc.d); got != tc.want {
+			t.Errorf("roundUS(%v) = %s, want %s", tc.d, got, tc.want)
+		}
+	}
+}
+
+func TestNextPort(t *testing.T) {
+	for _, workers := range []int{1, 3, 4, 7} {
+		// Each worker's ports stay in range, never collide with another
+		// worker's, and only repeat after the worker's whole share.
+		owner := map[int]int{}
+		for w := range workers {
+			p := firstPort + w
+			seen := map[int]bool{}
+			for range (lastPort - firstPort) / workers {
+				if p < firstPort || p >= lastPort {
+					t.Fatalf("workers=%d worker %d: port %d out of range", workers, w, p)
+				}
+				if seen[p] {
+					t.Fatalf("workers=%d worker %d: port %d repeated early", workers, w, p)
+				}
+				if o, ok := owner[p]; ok && o != w {
+					t.Fatalf("workers=%d: port %d used by workers %d and %d", workers, p, o, w)
+				}
+				seen[p], owner[p] = true, w
+				p = nextPort(p, workers)
+			}
+			// After its share, the worker wraps to where it started.
+			for p != firstPort+w {
+				if p < firstPort || p >= lastPort || seen[p] {
+					t.Fatalf("workers=%d worker %d: bad port %d at the end of its share", workers, w, p)
+				}
+				p = nextPort(p, workers)
+			}
+		}
+	}
+}
+
+func TestOptionsCheck(t *testing.T) {
+	good := options{duration: 3 * time.Second, workers: 4, queues: 2, latencyConns: 2000}
+	if err := good.check(0); err != nil {
+		t.Fatalf("defaults refused: %v", err)
+	}
+	for _, tc := range []struct {
+		name  string
+		edit  func(*options)
+		nargs int
+		want  string
+	}{
+		{"arguments", func(*options) {}, 1, "no arguments"},
+		{"short phase", func(o *options) { o.duration = time.Millisecond }, 0, "-duration"},
+		{"no workers", func(o *options) { o.workers = 0 }, 0, "-workers"},
+		{"no queues", func(o *options) { o.queues = 0 }, 0, "-queues"},
+		{"few latency conns", func(o *options) { o.latencyConns = 10 }, 0, "-latency-conns"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := good
+			tc.edit(&o)
+			if err := o.check(tc.nargs); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err %v, want %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,126 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+)
+
+// gateway is the node's address on both pod links: link-local, so that no
+// address of the workload is borrowed for plumbing (the e2e topology does
+// the same).
+const gateway = "169.254.1.1"
+
+// topology is the node namespace routing between one client pod and one
+// server pod namespace.
+type topology struct {
+	node, client, server *netNS
+	clientAddr           netip.Addr
+	serverAddr           netip.Addr
+}
+
+// Sysctls of every namespace: no reverse-path filter (pods have /32
+// addresses behind a link-local gateway), no redirects (a pod must never
+// learn to bypass its node).
+var baseSysctls = []string{
+	"net.ipv4.conf.all.rp_filter=0",
+	"net.ipv4.conf.default.rp_filter=0",
+	"net.ipv4.conf.all.accept_redirects=0",
+	"net.ipv4.conf.default.accept_redirects=0",
+	"net.ipv4.conf.all.send_redirects=0",
+	"net.ipv4.conf.default.send_redirects=0",
+}
+
+// Conntrack timeouts of the node namespace (they are per namespace): the
+// connection-rate phases leave tens of thousands of reset connections
+// behind, and the conntrack table is shared with the rest of the machine.
+var nodeCTSysctls = []string{
+	"net.netfilter.nf_conntrack_tcp_timeout_close=1",
+	"net.netfilter.nf_conntrack_tcp_timeout_time_wait=1",
+	"net.netfilter.nf_conntrack_tcp_timeout_close_wait=1",
+	"net.netfilter.nf_conntrack_tcp_timeout_fin_wait=1",
+	"net.netfilter.nf_conntrack_tcp_timeout_last_ack=1",
+}
+
+// buildTopology creates the three namespaces named prefix+{node,client,
+// server}. On error, what was created is deleted.
+func buildTopology(ctx context.Context, prefix string, client, server netip.Addr) (_ *topology, err error) {
+	if !client.Is4() || !server.Is4() {
+		return nil, fmt.Errorf("topology: IPv4 pod addresses only, got %s and %s", client, server)
+	}
+	t := &topology{clientAddr: client, serverAddr: server}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, t.close())
+		}
+	}()
+	if t.node, err = addNS(ctx, prefix+"node"); err != nil {
+		return nil, err
+	}
+	if t.client, err = addNS(ctx, prefix+"client"); err != nil {
+		return nil, err
+	}
+	if t.server, err = addNS(ctx, prefix+"server"); err != nil {
+		return nil, err
+	}
+	for _, n := range []*netNS{t.node, t.client, t.server} {
+		kv := baseSysctls
+		if n == t.node {
+			kv = append(append([]string(nil), baseSysctls...), "net.ipv4.ip_forward=1")
+		}
+		if err := n.exec(ctx, "sysctl", append([]string{"-q", "-w"}, kv...)...); err != nil {
+			return nil, fmt.Errorf("sysctl in %s: %w", n.name, err)
+		}
+	}
+	node := []string{"link set lo up"}
+	for _, p := range []struct {
+		port string
+		ns   *netNS
+		addr netip.Addr
+	}{{"vc", t.client, client}, {"vs", t.server, server}} {
+		node = append(node,
+			fmt.Sprintf("link add %s type veth peer name eth0 netns %s", p.port, p.ns.name),
+			fmt.Sprintf("addr add %s/32 dev %s", gateway, p.port),
+			fmt.Sprintf("link set %s up", p.port),
+			fmt.Sprintf("route add %s/32 dev %s", p.addr, p.port))
+	}
+	if err := t.node.ipBatch(ctx, node); err != nil {
+		return nil, err
+	}
+	for _, p := range []struct {
+		ns   *netNS
+		addr netip.Addr
+	}{{t.client, client}, {t.server, server}} {
+		if err := p.ns.ipBatch(ctx, []string{
+			"link set lo up",
+			"link set eth0 up",
+			fmt.Sprintf("addr add %s/32 dev eth0", p.addr),
+			fmt.Sprintf("route add %s/32 dev eth0 scope link", gateway),
+			fmt.Sprintf("route add default via %s dev eth0", gateway),
+		}); err != nil {
+			return nil, err
+		}
+	}
+	return t, nil
+}
+
+// setConntrackTimeouts shortens the node's conntrack timeouts. The
+// sysctls exist only once the conntrack module is loaded, which the
+// enforcing phases do anyway; missing ones are reported, not fatal.
+func (t *topology) setConntrackTimeouts(ctx context.Context) error {
+	return t.node.exec(ctx, "sysctl", append([]string{"-q", "-w"}, nodeCTSysctls...)...)
+}
+
+// close deletes the namespaces, pods first.
+func (t *topology) close() error {
+	var errs []error
+	for _, n := range []*netNS{t.client, t.server, t.node} {
+		if n != nil {
+			if err := n.del(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
