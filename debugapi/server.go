@@ -32,6 +32,10 @@ import (
 	"github.com/nfqpolicy/nfqpolicy/flowlog"
 )
 
+// DefaultSocket is where the agent serves the debug API unless told
+// otherwise, and where the CLI looks for it.
+const DefaultSocket = "/run/nfqpolicy/debug.sock"
+
 // StateFunc returns the Ruleset the agent decides with now (nil before
 // the first compile).
 type StateFunc func() *filter.Ruleset
