@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -300,4 +302,84 @@ func (s *nlSocket) flush(d *deleteBatch, buf []byte) deleteResult {
 	}
 	r.deleted = max(d.n-r.vanished-r.failed, 0)
 	return r
+}
+
+// threadNetns is the network namespace of the calling thread.
+const threadNetns = "/proc/thread-self/ns/net"
+
+// nsHandle pins the network namespace a Rechecker works in, so that a
+// socket reopened later (after an aborted dump) lands in the same one, not
+// in whatever namespace the thread that happens to reopen it is in.
+type nsHandle struct {
+	f        *os.File
+	dev, ino uint64
+}
+
+// pinNetns pins the calling thread's network namespace.
+func pinNetns() (*nsHandle, error) {
+	f, err := os.Open(threadNetns)
+	if err != nil {
+		return nil, fmt.Errorf("open own network namespace: %w", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("stat own network namespace: %w", err)
+	}
+	return &nsHandle{f: f, dev: st.Dev, ino: st.Ino}, nil
+}
+
+func (h *nsHandle) close() {
+	if h != nil {
+		h.f.Close()
+	}
+}
+
+// openSocketIn opens a socket in the pinned namespace. When the thread
+// that runs this is already there (always, in an agent process, which
+// lives in one namespace) that is a plain open, needing no privilege
+// beyond the socket's. Otherwise the socket is opened on a thread switched
+// into the namespace for the purpose (which takes CAP_SYS_ADMIN) and
+// switched back; a thread that cannot be switched back is never reused.
+func openSocketIn(h *nsHandle) (*nlSocket, error) {
+	if h == nil {
+		return openSocket()
+	}
+	type result struct {
+		s   *nlSocket
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		var st unix.Stat_t
+		if err := unix.Stat(threadNetns, &st); err == nil && st.Dev == h.dev && st.Ino == h.ino {
+			s, err := openSocket()
+			runtime.UnlockOSThread()
+			ch <- result{s, err}
+			return
+		}
+		orig, err := os.Open(threadNetns)
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{nil, fmt.Errorf("open own network namespace: %w", err)}
+			return
+		}
+		defer orig.Close()
+		if err := unix.Setns(int(h.f.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{nil, fmt.Errorf("enter the recheck's network namespace: %w", err)}
+			return
+		}
+		s, err := openSocket()
+		if serr := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); serr != nil {
+			// Stay locked: the thread exits with this goroutine.
+			ch <- result{s, err}
+			return
+		}
+		runtime.UnlockOSThread()
+		ch <- result{s, err}
+	}()
+	r := <-ch
+	return r.s, r.err
 }

@@ -55,6 +55,7 @@ type Rechecker struct {
 	run func(ctx context.Context, rs *filter.Ruleset) (Stats, error)
 
 	mu      sync.Mutex // one recheck at a time; guards the sockets and buffers
+	netns   *nsHandle  // where the sockets are opened
 	dumpSk  *nlSocket
 	delSk   *nlSocket
 	dumpBuf []byte
@@ -76,10 +77,10 @@ type Rechecker struct {
 
 // NewRechecker returns a Rechecker for the dataplane's connmark values
 // (markDeny 0: denials are never saved in the connmark, so only allowed
-// entries are rechecked). It opens its netlink sockets right away, in the
-// network namespace of the calling thread, where they stay; if that fails
-// it logs and tries again at the next recheck. Only invalid marks are an
-// error.
+// entries are rechecked). It works in the network namespace of the calling
+// thread: it opens its netlink sockets there right away, and reopens them
+// there when needed; if opening fails it logs and tries again at the next
+// recheck. Only invalid marks are an error.
 func NewRechecker(markAllow, markDeny, mask uint32, log zerolog.Logger) (*Rechecker, error) {
 	m := Marks{Allow: markAllow, Deny: markDeny, Mask: mask}
 	if err := m.Validate(); err != nil {
@@ -97,6 +98,13 @@ func NewRechecker(markAllow, markDeny, mask uint32, log zerolog.Logger) (*Rechec
 	}
 	r.run = r.Recheck
 	r.mu.Lock()
+	ns, err := pinNetns()
+	if err != nil {
+		// Without /proc the sockets open wherever the reopening thread
+		// is, which in an agent process is its one namespace.
+		r.log.Warn().Err(err).Msg("cannot pin the network namespace")
+	}
+	r.netns = ns
 	if err := r.openLocked(); err != nil {
 		r.log.Error().Err(err).Msg("conntrack netlink unavailable; will retry at the next policy change")
 	}
@@ -106,14 +114,14 @@ func NewRechecker(markAllow, markDeny, mask uint32, log zerolog.Logger) (*Rechec
 
 func (r *Rechecker) openLocked() error {
 	if r.dumpSk == nil {
-		s, err := openSocket()
+		s, err := openSocketIn(r.netns)
 		if err != nil {
 			return err
 		}
 		r.dumpSk = s
 	}
 	if r.delSk == nil {
-		s, err := openSocket()
+		s, err := openSocketIn(r.netns)
 		if err != nil {
 			return err
 		}
@@ -135,6 +143,8 @@ func (r *Rechecker) Close() error {
 	r.dumpSk.close()
 	r.delSk.close()
 	r.dumpSk, r.delSk = nil, nil
+	r.netns.close()
+	r.netns = nil
 	return nil
 }
 
