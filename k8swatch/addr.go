@@ -259,7 +259,10 @@ func (ix *Index) Resolve(endpoint string, family int) (Endpoint, error) {
 		}
 		return Endpoint{Kind: EndpointNode, Node: n, NodeName: n.Name, Addr: a}, nil
 	}
-	if ns, name, ok := strings.Cut(endpoint, "/"); ok && !strings.Contains(endpoint, ":") {
+	if _, err := netip.ParsePrefix(endpoint); err == nil {
+		return Endpoint{}, fmt.Errorf("endpoint %q: a CIDR is not an endpoint; give one address", endpoint)
+	}
+	if ns, name, ok := strings.Cut(endpoint, "/"); ok {
 		p, found := ix.pods[ns+"/"+name]
 		if !found {
 			return Endpoint{}, fmt.Errorf("endpoint %q: unknown pod %s/%s", endpoint, ns, name)

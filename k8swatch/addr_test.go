@@ -98,6 +98,7 @@ func TestResolve(t *testing.T) {
 		{"2001:db8::1", 4, "not an IPv4 address", 0},
 		{"::ffff:10.244.1.10", 6, "IPv6 zones and IPv4-mapped addresses are not endpoints", 0},
 		{"fe80::1%eth0", 6, "IPv6 zones and IPv4-mapped addresses are not endpoints", 0},
+		{"10.244.1.10/32", 4, "a CIDR is not an endpoint; give one address", 0},
 		{"nonsense", 4, "not ns/pod, node/NAME or an IP address", 0},
 		{"x/a", 5, "family must be 4 or 6, not 5", 0},
 	}
