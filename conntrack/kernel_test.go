@@ -236,6 +236,12 @@ func TestRecheckKernel100k(t *testing.T) {
 	}
 
 	r := newRecheckerIn(t, ns, markDeny)
+	var observed []Stats
+	r.SetObserver(func(st Stats, err error) {
+		if err == nil {
+			observed = append(observed, st)
+		}
+	})
 
 	st, err := r.Recheck(context.Background(), compileYAML(t, clusterIsolateC))
 	if err != nil {
@@ -279,6 +285,9 @@ func TestRecheckKernel100k(t *testing.T) {
 	c := r.Counters()
 	if c.Rechecks != 1 || c.Cuts != uint64(wantCut) || c.Errors != 0 || c.LastChecked != uint64(st.Checked) {
 		t.Errorf("counters %+v", c)
+	}
+	if len(observed) != 1 || observed[0] != st {
+		t.Errorf("observer saw %+v, want the one recheck %+v", observed, st)
 	}
 
 	// Again: nothing left to cut.

@@ -53,6 +53,8 @@ type Rechecker struct {
 
 	// run is Recheck; the coalescing tests replace it.
 	run func(ctx context.Context, rs *filter.Ruleset) (Stats, error)
+	// observe sees every recheck's outcome (metrics); guarded by mu.
+	observe func(Stats, error)
 
 	mu      sync.Mutex // one recheck at a time; guards the sockets and buffers
 	netns   *nsHandle  // where the sockets are opened
@@ -148,6 +150,14 @@ func (r *Rechecker) Close() error {
 	return nil
 }
 
+// SetObserver has fn called after every recheck with its outcome (e.g. to
+// feed metrics). fn runs on the recheck's goroutine and must not block.
+func (r *Rechecker) SetObserver(fn func(Stats, error)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.observe = fn
+}
+
 // Counters returns the totals so far.
 func (r *Rechecker) Counters() Counters {
 	d := time.Duration(r.lastDuration.Load())
@@ -233,6 +243,9 @@ func (r *Rechecker) Recheck(ctx context.Context, rs *filter.Ruleset) (Stats, err
 	}
 	ev.Int("checked", st.Checked).Int("cut", st.Cut).Int("vanished", st.Vanished).
 		Int("malformed", st.Malformed).Dur("duration", st.Duration).Msg("established flows rechecked")
+	if r.observe != nil {
+		r.observe(st, err)
+	}
 	return st, err
 }
 
