@@ -2,6 +2,7 @@ package k8swatch
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -452,6 +453,38 @@ func TestBrokenYAML(t *testing.T) {
 		if lines[l.n-1] != l.text {
 			t.Errorf("line %d is %q, want %q", l.n, lines[l.n-1], l.text)
 		}
+	}
+}
+
+func TestAnchorsAndMergeKeys(t *testing.T) {
+	in := `apiVersion: v1
+kind: List
+items:
+- &base
+  apiVersion: networking.k8s.io/v1
+  kind: NetworkPolicy
+  metadata: {name: a, namespace: x, labels: &labels {team: a}}
+  spec: {podSelector: {matchLabels: *labels}}
+- <<: *base
+  metadata: {name: b, namespace: x}
+- <<: [{metadata: {name: c, namespace: y}}, *base]
+  spec: {podSelector: {}}
+`
+	c, err := Decode("merge.yaml", []byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, p := range c.Policies {
+		got[p.Namespace+"/"+p.Name] = fmt.Sprint(p.Spec.PodSelector.MatchLabels)
+	}
+	want := map[string]string{"x/a": "map[team:a]", "x/b": "map[team:a]", "y/c": "map[]"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("policies %v, want %v", got, want)
+	}
+	_, err = Decode("merge.yaml", []byte("a: &a [1]\nb: {<<: *a}\n"))
+	if got := errorStrings(t, err); len(got) != 1 || !strings.Contains(got[0], "merge key (<<) must refer to a mapping") {
+		t.Errorf("merge of a list: %q", got)
 	}
 }
 

@@ -208,24 +208,18 @@ func (e *jsonEncoder) append(b []byte, n *yaml.Node, depth int) ([]byte, error) 
 		}
 		return append(b, ']'), nil
 	case yaml.MappingNode:
+		pairs, err := mappingPairs(n, depth)
+		if err != nil {
+			return nil, err
+		}
 		b = append(b, '{')
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, v := n.Content[i], n.Content[i+1]
-			if k.Kind == yaml.AliasNode {
-				k = k.Alias
-			}
-			if k.Kind != yaml.ScalarNode {
-				return nil, fmt.Errorf("line %d: a mapping key must be a scalar", k.Line)
-			}
-			if k.ShortTag() == "!!merge" {
-				return nil, fmt.Errorf("line %d: merge keys (<<) are not supported", k.Line)
-			}
+		for i, kv := range pairs {
 			if i > 0 {
 				b = append(b, ',')
 			}
-			b = appendString(b, k.Value)
+			b = appendString(b, kv[0].Value)
 			b = append(b, ':')
-			if b, err = e.append(b, v, depth); err != nil {
+			if b, err = e.append(b, kv[1], depth); err != nil {
 				return nil, err
 			}
 		}
@@ -234,6 +228,68 @@ func (e *jsonEncoder) append(b []byte, n *yaml.Node, depth int) ([]byte, error) 
 		return appendScalar(b, n)
 	}
 	return nil, fmt.Errorf("line %d: unsupported YAML node", n.Line)
+}
+
+// mappingPairs returns the key/value pairs of a mapping with YAML merge
+// keys ("<<: *base") applied as kubectl's YAML 1.1 reader applies them:
+// the mapping's own keys win, then earlier merged mappings over later ones.
+func mappingPairs(n *yaml.Node, depth int) ([][2]*yaml.Node, error) {
+	pairs := make([][2]*yaml.Node, 0, len(n.Content)/2)
+	var merges []*yaml.Node
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if k.Kind == yaml.AliasNode {
+			k = k.Alias
+		}
+		if k.Kind != yaml.ScalarNode {
+			return nil, fmt.Errorf("line %d: a mapping key must be a scalar", k.Line)
+		}
+		if k.ShortTag() == "!!merge" {
+			merges = append(merges, v)
+			continue
+		}
+		pairs = append(pairs, [2]*yaml.Node{k, v})
+	}
+	if len(merges) == 0 {
+		return pairs, nil
+	}
+	if depth >= maxAliasDepth {
+		return nil, fmt.Errorf("line %d: merge keys nested too deeply", n.Line)
+	}
+	seen := make(map[string]bool, len(pairs))
+	for _, kv := range pairs {
+		seen[kv[0].Value] = true
+	}
+	var sources []*yaml.Node
+	for _, m := range merges {
+		if m.Kind == yaml.AliasNode {
+			m = m.Alias
+		}
+		if m.Kind == yaml.SequenceNode {
+			sources = append(sources, m.Content...)
+		} else {
+			sources = append(sources, m)
+		}
+	}
+	for _, src := range sources {
+		if src.Kind == yaml.AliasNode {
+			src = src.Alias
+		}
+		if src.Kind != yaml.MappingNode {
+			return nil, fmt.Errorf("line %d: a merge key (<<) must refer to a mapping or a list of mappings", src.Line)
+		}
+		more, err := mappingPairs(src, depth+1)
+		if err != nil {
+			return nil, err
+		}
+		for _, kv := range more {
+			if !seen[kv[0].Value] {
+				seen[kv[0].Value] = true
+				pairs = append(pairs, kv)
+			}
+		}
+	}
+	return pairs, nil
 }
 
 func appendScalar(b []byte, n *yaml.Node) ([]byte, error) {
