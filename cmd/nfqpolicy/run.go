@@ -186,6 +186,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		src = is
 	}
+	var rechecker *conntrack.Rechecker
 	if cfg.Established == agent.Recheck {
 		// Deny values are never saved in the connmark (see package
 		// iptables), so only allowed connections have anything to recheck.
@@ -196,6 +197,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		defer rc.Close()
 		cfg.OnSwap = rc.OnSwap
+		rechecker = rc
 	}
 	var a *agent.Agent
 	m, err := metrics.New(metrics.Options{Ready: func() error {
@@ -211,6 +213,9 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cfg.Observer = m
 	cfg.OnCompile = m.ObserveCompile
 	cfg.Handlers = map[string]http.Handler{"GET /metrics": m.Handler()}
+	if rechecker != nil {
+		rechecker.SetObserver(func(st conntrack.Stats, _ error) { m.ConntrackRecheck(st.Checked, st.Cut) })
+	}
 	a, err = agent.New(cfg, src)
 	if err != nil {
 		log.Error().Err(err).Msg("bad configuration")
