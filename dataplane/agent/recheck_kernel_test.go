@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -43,6 +45,31 @@ func quickEcho(c net.Conn, msg string) error {
 		return fmt.Errorf("echo %q, want %q", buf, msg)
 	}
 	return nil
+}
+
+// metricValue reads one unlabelled sample from the agent's /metrics.
+func metricValue(t *testing.T, cl *http.Client, name string) float64 {
+	t.Helper()
+	resp, err := cl.Get("http://127.0.0.1:9901/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(body)) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("metric %s: %v", name, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("no %s in /metrics:\n%s", name, body)
+	return 0
 }
 
 // TestEstablishedOnPolicyChange: an established connection (IPv4 and IPv6)
@@ -129,6 +156,9 @@ func TestEstablishedOnPolicyChange(t *testing.T) {
 				}
 				if !strings.Contains(ag.logs.String(), "established flows rechecked") {
 					t.Errorf("agent never logged a recheck:\n%s", ag.logs.String())
+				}
+				if n := metricValue(t, httpInNode(r), "nfqpolicy_conntrack_cut_total"); n < float64(len(conns)) {
+					t.Errorf("nfqpolicy_conntrack_cut_total %v, want at least %d", n, len(conns))
 				}
 			}
 
