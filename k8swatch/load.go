@@ -240,7 +240,7 @@ func (b *builder) object(d Document, where string, raw []byte, depth int) {
 	strict, err := sigsjson.UnmarshalStrict(raw, obj)
 	if err != nil {
 		field, msg := typeErrorMsg(err)
-		fail(name, field, msg)
+		fail(name, indexPath(raw, field, err), msg)
 		return
 	}
 	bad := false
@@ -362,6 +362,81 @@ func typeErrorMsg(err error) (string, string) {
 		return te.Field, fmt.Sprintf("expected %s, got %s", goTypeName(te.Type.String()), te.Value)
 	}
 	return "", strings.TrimPrefix(err.Error(), "json: ")
+}
+
+// indexPath adds the list indexes that encoding/json leaves out of a type
+// error's field ("spec.ingress.ports.port" becomes
+// "spec.ingress[0].ports[1].port"), by finding the first value of the
+// reported JSON type at that path. It returns field unchanged when it
+// cannot tell.
+func indexPath(raw []byte, field string, err error) string {
+	var te *json.UnmarshalTypeError
+	if field == "" || !errors.As(err, &te) {
+		return field
+	}
+	kind, _, _ := strings.Cut(te.Value, " ")
+	var doc any
+	if json.Unmarshal(raw, &doc) != nil {
+		return field
+	}
+	segs := strings.Split(field, ".")
+	var walk func(v any, i int, path string) (string, bool)
+	walk = func(v any, i int, path string) (string, bool) {
+		if i == len(segs) && jsonKind(v) == kind {
+			return path, true
+		}
+		switch v := v.(type) {
+		case []any:
+			for j, e := range v {
+				if p, ok := walk(e, i, fmt.Sprintf("%s[%d]", path, j)); ok {
+					return p, true
+				}
+			}
+		case map[string]any:
+			if i < len(segs) {
+				if c, ok := v[segs[i]]; ok {
+					p := segs[i]
+					if path != "" {
+						p = path + "." + segs[i]
+					}
+					return walk(c, i+1, p)
+				}
+				break
+			}
+			// A map field (labels): the culprit is one of its values.
+			keys := make([]string, 0, len(v))
+			for k := range v {
+				keys = append(keys, k)
+			}
+			sort.Strings(keys)
+			for _, k := range keys {
+				if jsonKind(v[k]) == kind {
+					return path + "." + k, true
+				}
+			}
+		}
+		return "", false
+	}
+	if p, ok := walk(doc, 0, ""); ok {
+		return p
+	}
+	return field
+}
+
+func jsonKind(v any) string {
+	switch v.(type) {
+	case []any:
+		return "array"
+	case map[string]any:
+		return "object"
+	case string:
+		return "string"
+	case float64:
+		return "number"
+	case bool:
+		return "bool"
+	}
+	return "null"
 }
 
 // goTypeName says what a Go type is in the words of the API reference.

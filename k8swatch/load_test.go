@@ -171,8 +171,14 @@ func TestValidationErrors(t *testing.T) {
 			[]string{`bad.yaml:1: metadata.name: invalid value "a.b": must not contain dots (Namespace a.b)`}},
 		{"wrong type", policyDoc("x", `  podSelector: {}
   ingress:
-  - ports: [{port: [80]}]
-`), []string{`bad.yaml:1: spec.ingress.ports.port: expected an integer, got array (NetworkPolicy default/x)`}},
+  - ports: [{port: 80}]
+  - ports: [{port: 81}, {port: [80]}]
+`), []string{`bad.yaml:1: spec.ingress[1].ports[1].port: expected an integer, got array (NetworkPolicy default/x)`}},
+		{"wrong type in a list", policyDoc("x", `  podSelector: {}
+  policyTypes: [Ingress, 5]
+`), []string{`bad.yaml:1: spec.policyTypes[1]: expected a string, got number (NetworkPolicy default/x)`}},
+		{"wrong type of a label", policyDoc("x", `  podSelector: {matchLabels: {version: 2}}
+`), []string{`bad.yaml:1: spec.podSelector.matchLabels.version: expected a string, got number (NetworkPolicy default/x)`}},
 		{"unknown field", policyDoc("x", `  podSelecter: {matchLabels: {app: a}}
 `), []string{`bad.yaml:1: spec.podSelecter: unknown field (NetworkPolicy default/x)`}},
 		{"wrong apiVersion", "apiVersion: extensions/v1beta1\nkind: NetworkPolicy\nmetadata: {name: x}\nspec: {podSelector: {}}\n",
