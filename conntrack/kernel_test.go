@@ -1,10 +1,14 @@
 package conntrack
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"os/exec"
 	"runtime"
 	"sync"
 	"testing"
@@ -398,5 +402,51 @@ spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
 			b.ReportMetric(float64(last.Checked), "checked/op")
 			b.ReportMetric(float64(last.Cut), "cut/op")
 		})
+	}
+}
+
+// TestRecheckWithoutNetAdmin: without CAP_NET_ADMIN ctnetlink refuses the
+// dump; the recheck reports EPERM, counts it and touches nothing. The
+// test binary re-runs itself without the capability, in a namespace.
+func TestRecheckWithoutNetAdmin(t *testing.T) {
+	if os.Getenv("NFQPCT_NO_NET_ADMIN") == "1" {
+		r, err := NewRechecker(markAllow, 0, markMask, nopLog)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		_, err = r.Recheck(context.Background(), compileYAML(t, clusterIsolateC))
+		if !errors.Is(err, unix.EPERM) {
+			t.Fatalf("recheck without CAP_NET_ADMIN: %v, want EPERM", err)
+		}
+		if c := r.Counters(); c.Errors != 1 || c.Cuts != 0 {
+			t.Fatalf("counters %+v, want one error", c)
+		}
+		fmt.Println("HELPER-OK:", err)
+		return
+	}
+	requireRoot(t)
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Skip("SKIP KERNEL TEST: setpriv not in PATH")
+	}
+	sweepNetns(t)
+	ns := newNetns(t, "eperm")
+	conns := dialIn(t, ns, 1)
+	specs := genSpecs(100, false)
+	create(t, conns, specs)
+	cmd := exec.Command("ip", "netns", "exec", ns, "setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin",
+		os.Args[0], "-test.run=^TestRecheckWithoutNetAdmin$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), "NFQPCT_NO_NET_ADMIN=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !bytes.Contains(out, []byte("HELPER-OK")) {
+		t.Fatalf("helper without CAP_NET_ADMIN: %v\n%s", err, out)
+	}
+	for line := range bytes.Lines(out) {
+		if bytes.HasPrefix(line, []byte("HELPER-OK")) {
+			t.Logf("%s", bytes.TrimSpace(line))
+		}
+	}
+	if got := len(tableKeys(t, conns[0])); got != len(specs) {
+		t.Errorf("%d entries left of %d", got, len(specs))
 	}
 }

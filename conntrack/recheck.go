@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -111,8 +113,19 @@ func NewRechecker(markAllow, markDeny, mask uint32, log zerolog.Logger) (*Rechec
 		r.log.Error().Err(err).Msg("conntrack netlink unavailable; will retry at the next policy change")
 	}
 	r.mu.Unlock()
+	if b, err := os.ReadFile(tcpLooseSysctl); err == nil && strings.TrimSpace(string(b)) == "0" {
+		// Without loose pickup the packet after a delete is INVALID, not
+		// NEW: it is not queued, and unless something drops INVALID
+		// (kube-proxy's KUBE-FORWARD does) a cut TCP connection flows on.
+		r.log.Warn().Str("sysctl", tcpLooseSysctl).
+			Msg("nf_conntrack_tcp_loose is 0: cut TCP connections are stopped only if INVALID packets are dropped")
+	}
 	return r, nil
 }
+
+// tcpLooseSysctl decides whether a mid-stream TCP packet without a
+// conntrack entry starts a NEW one (1, the default) or is INVALID (0).
+const tcpLooseSysctl = "/proc/sys/net/netfilter/nf_conntrack_tcp_loose"
 
 func (r *Rechecker) openLocked() error {
 	if r.dumpSk == nil {
