@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -32,7 +33,10 @@ const acceptAllCmd = "__acceptall"
 // runAcceptAll binds queues base..base+n-1 of the current network
 // namespace with the agent's options (GSO, copy range 128, the same queue
 // length and socket buffer), accepts every packet, prints "ready" once
-// bound and its counts when SIGTERM or SIGINT ends it.
+// bound and its counts when SIGTERM or SIGINT ends it. It times each
+// packet the way the agent's reader does (hook entry to verdict sent), so
+// that the agent's figure has a reference with no decision in it; SIGUSR1
+// drops the samples so far and is acknowledged with "reset".
 func runAcceptAll(args []string, stdout, stderr io.Writer) int {
 	if len(args) != 2 {
 		fmt.Fprintf(stderr, "%s: want QUEUE_BASE QUEUES\n", acceptAllCmd)
@@ -48,6 +52,7 @@ func runAcceptAll(args []string, stdout, stderr io.Writer) int {
 	defer cancel()
 	var accepted, noBufs, failed atomic.Uint64
 	var queues []*nfqueue.Nfqueue
+	var recs []*latencyRecord
 	defer func() {
 		for _, q := range queues {
 			_ = q.Close()
@@ -69,7 +74,10 @@ func runAcceptAll(args []string, stdout, stderr io.Writer) int {
 		queues = append(queues, nf)
 		// The agent's reader enlarges its buffer the same way.
 		_ = nf.Con.SetReadBuffer(4 << 20)
+		rec := &latencyRecord{}
+		recs = append(recs, rec)
 		hook := func(a nfqueue.Attribute) int {
+			start := time.Now()
 			if a.PacketID == nil {
 				return 0
 			}
@@ -78,6 +86,7 @@ func runAcceptAll(args []string, stdout, stderr io.Writer) int {
 				return 0
 			}
 			accepted.Add(1)
+			rec.add(time.Since(start))
 			return 0
 		}
 		onErr := func(err error) int {
@@ -100,10 +109,65 @@ func runAcceptAll(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 	}
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
 	fmt.Fprintln(stdout, "ready")
-	<-ctx.Done()
-	fmt.Fprintf(stdout, "accepted %d enobufs %d errors %d\n", accepted.Load(), noBufs.Load(), failed.Load())
+	for ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-usr1:
+			for _, r := range recs {
+				r.reset()
+			}
+			fmt.Fprintln(stdout, "reset")
+		}
+	}
+	for _, q := range queues {
+		_ = q.Close()
+	}
+	queues = nil
+	var lat []time.Duration
+	for _, r := range recs {
+		lat = append(lat, r.take()...)
+	}
+	var s summary
+	if len(lat) > 0 {
+		s, _ = summarize(lat)
+	}
+	fmt.Fprintf(stdout, "accepted %d enobufs %d errors %d latency_ns n %d p50 %d p90 %d p99 %d max %d\n",
+		accepted.Load(), noBufs.Load(), failed.Load(), s.n, s.p50, s.p90, s.p99, s.max)
 	return 0
+}
+
+// latencyRecord holds one queue's per-packet times. Its reader appends;
+// the main goroutine resets and takes, hence the lock (uncontended on the
+// packet path).
+type latencyRecord struct {
+	mu sync.Mutex
+	xs []time.Duration
+}
+
+// maxLatencySamples bounds the memory of a long run.
+const maxLatencySamples = 1 << 20
+
+func (r *latencyRecord) add(d time.Duration) {
+	r.mu.Lock()
+	if len(r.xs) < maxLatencySamples {
+		r.xs = append(r.xs, d)
+	}
+	r.mu.Unlock()
+}
+
+func (r *latencyRecord) reset() {
+	r.mu.Lock()
+	r.xs = r.xs[:0]
+	r.mu.Unlock()
+}
+
+func (r *latencyRecord) take() []time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]time.Duration(nil), r.xs...)
 }
 
 // acceptAllProc is the running child of phase (b).
@@ -158,6 +222,25 @@ func startAcceptAll(ctx context.Context, sp *spawner, ns *netNS, base, n int) (*
 // acceptAllCounts is what the child reports when it stops.
 type acceptAllCounts struct {
 	accepted, noBufs, errors uint64
+	// latency is the reader-side time per packet since the last reset.
+	latency summary
+}
+
+// reset asks the child to drop its latency samples and waits until it
+// has.
+func (p *acceptAllProc) reset() error {
+	if err := p.cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+		return fmt.Errorf("accept-all reader: %w", err)
+	}
+	select {
+	case l, ok := <-p.lines:
+		if ok && l == "reset" {
+			return nil
+		}
+		return fmt.Errorf("accept-all reader: got %q, want reset", l)
+	case <-time.After(5 * time.Second):
+		return errors.New("accept-all reader: no reset acknowledgement in 5s")
+	}
 }
 
 // stop ends the child and returns its counts.
@@ -174,7 +257,9 @@ func (p *acceptAllProc) stop() (acceptAllCounts, error) {
 			}
 			err := <-p.exited
 			var c acceptAllCounts
-			if _, serr := fmt.Sscanf(last, "accepted %d enobufs %d errors %d", &c.accepted, &c.noBufs, &c.errors); serr != nil {
+			ls := &c.latency
+			if _, serr := fmt.Sscanf(last, "accepted %d enobufs %d errors %d latency_ns n %d p50 %d p90 %d p99 %d max %d",
+				&c.accepted, &c.noBufs, &c.errors, &ls.n, &ls.p50, &ls.p90, &ls.p99, &ls.max); serr != nil {
 				return c, errors.Join(err, fmt.Errorf("accept-all reader: no final counts (%q): %s", last, strings.TrimSpace(p.stderr.String())))
 			}
 			return c, err

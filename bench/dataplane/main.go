@@ -52,6 +52,7 @@ type options struct {
 	workload     string
 	nfqpolicy    string
 	duration     time.Duration
+	rounds       int
 	workers      int
 	queues       int
 	latencyConns int
@@ -70,7 +71,8 @@ func cmdMain(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.workload, "workload", "testdata/bench/knp-workload.yaml", "scenario file with the cluster and the probe to reproduce")
 	fs.StringVar(&o.nfqpolicy, "nfqpolicy", "", "agent binary (default: go build ./cmd/nfqpolicy into a temporary directory)")
-	fs.DurationVar(&o.duration, "duration", 3*time.Second, "length of each connection-rate and throughput phase")
+	fs.DurationVar(&o.duration, "duration", 3*time.Second, "measured time per mode of the connection-rate and of the throughput comparison, split into -rounds")
+	fs.IntVar(&o.rounds, "rounds", 3, "alternating rounds the -duration of each mode is split into")
 	fs.IntVar(&o.workers, "workers", 4, "parallel clients of the connection-rate phases")
 	fs.IntVar(&o.queues, "queues", runtime.NumCPU(), "NFQUEUE queues of the agent and of the accept-all reader (the agent's default)")
 	fs.IntVar(&o.latencyConns, "latency-conns", 2000, "connections of each sequential latency phase (also bounded by -duration)")
@@ -101,6 +103,9 @@ func (o options) check(nargs int) error {
 	if o.duration < 500*time.Millisecond || o.duration > 5*time.Minute {
 		errs = append(errs, fmt.Errorf("-duration %v: want 500ms..5m", o.duration))
 	}
+	if o.rounds < 1 || o.rounds > 100 || (o.rounds > 0 && o.duration/time.Duration(o.rounds) < 200*time.Millisecond) {
+		errs = append(errs, fmt.Errorf("-rounds %d: want 1..100 rounds of at least 200ms each", o.rounds))
+	}
 	if o.workers < 1 || o.workers > 64 {
 		errs = append(errs, fmt.Errorf("-workers %d: want 1..64", o.workers))
 	}
@@ -119,12 +124,49 @@ type bench struct {
 	out    io.Writer
 	errOut io.Writer
 	sp     *spawner
-	topo   *topology
-	srv    *server
 	pair   pair
 	dst    netip.AddrPort
+	ports  portCursor
 	dir    string // temporary: snapshot, agent binary and logs
 	bin    string
+
+	// The three lanes are identical topologies that differ only in what
+	// the node runs, so that the modes can be measured in alternating
+	// rounds: on two shared cores the background load drifts within
+	// seconds, and a ratio of figures taken seconds apart measures the
+	// drift as much as the dataplane.
+	lanes                        []*lane
+	norules, acceptall, enforced *lane
+	reader                       *acceptAllProc
+	agent                        *agentProc
+}
+
+// lane is one topology with its server.
+type lane struct {
+	name string
+	topo *topology
+	srv  *server
+}
+
+// close stops what runs in the lanes and deletes them.
+func (b *bench) close() error {
+	var errs []error
+	if b.agent != nil {
+		errs = append(errs, b.agent.stop())
+	}
+	if b.reader != nil {
+		_, err := b.reader.stop()
+		errs = append(errs, err)
+	}
+	for _, l := range b.lanes {
+		if l.srv != nil {
+			l.srv.close()
+		}
+		if l.topo != nil {
+			errs = append(errs, l.topo.close())
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func run(ctx context.Context, o options, stdout, stderr io.Writer) (err error) {
@@ -184,231 +226,273 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) (err error) {
 	b.sp = newSpawner()
 	defer b.sp.close()
 	prefix := fmt.Sprintf("%s%d-", namePrefix, os.Getpid())
-	if b.topo, err = buildTopology(ctx, prefix, b.pair.client, b.pair.server); err != nil {
-		return err
-	}
-	defer func() {
-		if cerr := b.topo.close(); cerr != nil {
-			err = errors.Join(err, cerr)
+	// Deferred in reverse: agent and reader stop before their namespaces
+	// go, servers close before theirs.
+	defer func() { err = errors.Join(err, b.close()) }()
+	for _, name := range []string{"norules", "acceptall", "enforced"} {
+		l := &lane{name: name}
+		b.lanes = append(b.lanes, l)
+		if l.topo, err = buildTopology(ctx, prefix+name[:1]+"-", b.pair.client, b.pair.server); err != nil {
+			return err
 		}
-	}()
-	if b.srv, err = startServer(b.topo.server, b.dst); err != nil {
-		return err
+		if l.srv, err = startServer(l.topo.server, b.dst); err != nil {
+			return err
+		}
+		if err := b.warmUp(ctx, l); err != nil {
+			return err
+		}
 	}
-	defer b.srv.close()
+	b.norules, b.acceptall, b.enforced = b.lanes[0], b.lanes[1], b.lanes[2]
 	return b.phases(ctx, snapshot)
+}
+
+// warmUp checks a lane's path with a connection before anything is
+// measured; the first also resolves the neighbours, which the first
+// measured round would otherwise pay for alone.
+func (b *bench) warmUp(ctx context.Context, l *lane) error {
+	var last error
+	for range 5 {
+		rr, err := connRate(ctx, l.topo.client, b.pair.client, b.dst, &b.ports, 1, 2*time.Second, 1)
+		if err != nil {
+			return fmt.Errorf("warm-up of %s: %w", l.name, err)
+		}
+		if rr.ok == 1 {
+			return nil
+		}
+		last = rr.firstErr
+	}
+	return fmt.Errorf("warm-up of %s: no connection from %s to %s: %v", l.name, b.pair.client, b.dst, last)
 }
 
 // result collects the figures the summary lines are made of.
 type result struct {
-	rateNoRules, rateAcceptAll, rateEnforced float64
-	tputNoRules, tputEnforced                float64
-	seqNoRules, seqAcceptAll, seqEnforced    summary
-	verdict                                  summary
+	connRatios, tputRatios                []float64 // per round
+	rateNoRules, rateEnforcedOverNoRules  float64
+	seqNoRules, seqAcceptAll, seqEnforced summary
+	verdict, readerAcceptAll              summary
 }
 
 func (b *bench) printf(format string, args ...any) { fmt.Fprintf(b.out, format, args...) }
 
-func (b *bench) phases(ctx context.Context, snapshot string) error {
+func (b *bench) phases(ctx context.Context, snapshot string) (err error) {
 	o := b.o
+	round := o.duration / time.Duration(o.rounds)
 	b.printf("# nfqpolicy dataplane benchmark, %s, %d CPUs, GOMAXPROCS %d\n", time.Now().UTC().Format(time.RFC3339), runtime.NumCPU(), runtime.GOMAXPROCS(0))
-	b.printf("# NOTE: figures are noisy: client, server, kernel and queue reader share this machine's cores with each other and with other work; compare ratios, not absolutes, and rerun before concluding.\n")
+	b.printf("# NOTE: figures are noisy: client, server, kernel and queue reader share this machine's cores with each other and with other work. The modes run on three identical namespace topologies, measured in alternating rounds (each round starting with the next mode) so that drifting background load hits them alike; ratios are medians of per-round ratios. Compare ratios, not absolutes, and rerun before concluding.\n")
 	b.printf("# workload %s; agent --node-name %s --queues %d\n", o.workload, b.pair.node, o.queues)
 	b.printf("# flow %s\n", b.pair)
-	b.printf("# connection phases: %d workers for %v, each connection = connect + 1 byte each way + close with SO_LINGER 0 (reset), fresh source port each; latency phases: 1 worker, up to %d connections\n", o.workers, o.duration, o.latencyConns)
+	b.printf("# connection rate: %d rounds x %v per mode, %d workers, each connection = connect + 1 byte each way + close with SO_LINGER 0 (reset), a fresh source port each; throughput: %d rounds x %v per mode, one flow each (after %v warm-up); latency: 1 worker, up to %d connections\n",
+		o.rounds, round, o.workers, o.rounds, round, bulkWarmup, o.latencyConns)
+
+	// (b): our reader behind the simplest diversion rule. Reader first,
+	// as the agent does: a rule without a reader drops.
+	if b.reader, err = startAcceptAll(ctx, b.sp, b.acceptall.topo.node, queueBase, o.queues); err != nil {
+		return fmt.Errorf("phase b: %w", err)
+	}
+	target := fmt.Sprintf("--queue-num %d", queueBase)
+	if o.queues > 1 {
+		target = fmt.Sprintf("--queue-balance %d:%d", queueBase, queueBase+o.queues-1)
+	}
+	rule := append([]string{"-w", "-A", "FORWARD", "-m", "conntrack", "--ctstate", "NEW", "-j", "NFQUEUE"}, strings.Fields(target)...)
+	if err := b.acceptall.topo.node.exec(ctx, "iptables", rule...); err != nil {
+		return fmt.Errorf("phase b: install the diversion rule: %w", err)
+	}
+	// (c): the agent.
+	if b.agent, err = startAgent(ctx, b.sp, b.bin, b.enforced.topo.node, b.pair.node, snapshot, o.queues, filepath.Join(b.dir, "agent.log")); err != nil {
+		return fmt.Errorf("phase c: %w", err)
+	}
+	// Both rule sets loaded conntrack, so its per-namespace timeouts exist.
+	for _, l := range []*lane{b.acceptall, b.enforced} {
+		if err := l.topo.setConntrackTimeouts(ctx); err != nil {
+			fmt.Fprintf(b.errOut, "warning: cannot shorten conntrack timeouts in %s: %v\n", l.topo.node.name, err)
+		}
+		if err := b.warmUp(ctx, l); err != nil {
+			return err
+		}
+	}
+
 	var r result
-	var err error
-
-	// Nothing installed yet: not even conntrack is active in the node.
-	rr, err := b.connPhase(ctx, "a", "norules")
-	if err != nil {
+	if err := b.connRounds(ctx, round, &r); err != nil {
 		return err
 	}
-	r.rateNoRules = rr.rate()
-	if r.seqNoRules, err = b.latencyPhase(ctx, "a", "norules"); err != nil {
+	if err := b.throughputRounds(ctx, round, &r); err != nil {
 		return err
 	}
-	tp, err := b.throughputPhase(ctx, "d", "norules")
-	if err != nil {
-		return err
-	}
-	r.tputNoRules = tp.gbps()
-
-	if err := b.acceptAllPhases(ctx, &r); err != nil {
-		return err
-	}
-	if err := b.enforcedPhases(ctx, snapshot, &r); err != nil {
+	if err := b.latencyPhases(ctx, snapshot, &r); err != nil {
 		return err
 	}
 	return b.summary(r)
 }
 
-// connPhase runs one connection-rate phase and prints it.
-func (b *bench) connPhase(ctx context.Context, phase, mode string) (connResult, error) {
-	rr, err := connRate(ctx, b.topo.client, b.pair.client, b.dst, b.o.workers, b.o.duration, 0)
-	if err != nil {
-		return rr, fmt.Errorf("phase %s (%s connection rate): %w", phase, mode, err)
-	}
-	if rr.ok == 0 {
-		return rr, fmt.Errorf("phase %s (%s connection rate): no connection completed (%d failed; first: %v)", phase, mode, rr.failed, rr.firstErr)
-	}
-	s, _ := summarize(rr.connect)
-	b.printf("conn_rate %-9s phase=%s conns=%d failed=%d elapsed=%.2fs rate=%.0f/s connect(SYN->SYN-ACK under load): p50=%.1fus p99=%.1fus\n",
-		mode, phase, rr.ok, rr.failed, rr.elapsed.Seconds(), rr.rate(), us(s.p50), us(s.p99))
-	if rr.failed > 0 {
-		b.printf("  %s: first failure: %v\n", mode, rr.firstErr)
-	}
-	return rr, nil
+// modeFigures accumulates one mode's rounds.
+type modeFigures struct {
+	rates         []float64
+	ok, failed    int
+	connect       []time.Duration
+	firstErr      error
+	roundFailures []string
 }
 
-// latencyPhase opens connections one at a time and returns the spread of
-// connect() times: the SYN -> SYN-ACK round trip through the node.
-func (b *bench) latencyPhase(ctx context.Context, phase, mode string) (summary, error) {
-	rr, err := connRate(ctx, b.topo.client, b.pair.client, b.dst, 1, b.o.duration, b.o.latencyConns)
+// connRounds are (a), (b) and (c): rounds of norules, acceptall,
+// enforced.
+func (b *bench) connRounds(ctx context.Context, round time.Duration, r *result) error {
+	lanes := []*lane{b.norules, b.acceptall, b.enforced}
+	figs := make([]modeFigures, len(lanes))
+	before, err := b.agent.status(ctx)
 	if err != nil {
-		return summary{}, fmt.Errorf("phase %s (%s sequential latency): %w", phase, mode, err)
+		return fmt.Errorf("phase c: %w", err)
 	}
-	s, err := summarize(rr.connect)
-	if err != nil {
-		return summary{}, fmt.Errorf("phase %s (%s sequential latency): no connection completed (%d failed; first: %v)", phase, mode, rr.failed, rr.firstErr)
-	}
-	b.printf("syn_synack %-9s phase=%s sequential %s failed=%d\n", mode, phase, s, rr.failed)
-	return s, nil
-}
-
-func (b *bench) throughputPhase(ctx context.Context, phase, mode string) (throughputResult, error) {
-	tp, err := throughput(ctx, b.topo.client, b.pair.client, b.dst, b.srv, b.o.duration)
-	if err != nil {
-		return tp, fmt.Errorf("phase %s (%s throughput): %w", phase, mode, err)
-	}
-	b.printf("throughput %-9s phase=%s bytes=%d elapsed=%.2fs rate=%.2f Gbit/s\n", mode, phase, tp.bytes, tp.elapsed.Seconds(), tp.gbps())
-	return tp, nil
-}
-
-// acceptAllPhases is (b): our own reader accepting every queued packet,
-// behind the simplest diversion rule.
-func (b *bench) acceptAllPhases(ctx context.Context, r *result) (err error) {
-	target := fmt.Sprintf("--queue-num %d", queueBase)
-	if b.o.queues > 1 {
-		target = fmt.Sprintf("--queue-balance %d:%d", queueBase, queueBase+b.o.queues-1)
-	}
-	rule := append([]string{"-w", "-A", "FORWARD", "-m", "conntrack", "--ctstate", "NEW", "-j", "NFQUEUE"}, strings.Fields(target)...)
-	// Reader first, as the agent does: a rule without a reader drops.
-	p, err := startAcceptAll(ctx, b.sp, b.topo.node, queueBase, b.o.queues)
-	if err != nil {
-		return fmt.Errorf("phase b: %w", err)
-	}
-	stopped := false
-	defer func() {
-		if !stopped {
-			_, serr := p.stop()
-			err = errors.Join(err, serr)
+	for k := range b.o.rounds {
+		rates := make([]float64, len(lanes))
+		for _, i := range rotated(len(lanes), k) {
+			l := lanes[i]
+			rr, err := connRate(ctx, l.topo.client, b.pair.client, b.dst, &b.ports, b.o.workers, round, 0)
+			if err != nil {
+				return fmt.Errorf("connection rate (%s): %w", l.name, err)
+			}
+			if rr.ok == 0 {
+				return fmt.Errorf("connection rate (%s): no connection completed (%d failed; first: %v)", l.name, rr.failed, rr.firstErr)
+			}
+			f := &figs[i]
+			f.rates = append(f.rates, rr.rate())
+			f.ok += rr.ok
+			f.failed += rr.failed
+			f.connect = append(f.connect, rr.connect...)
+			if f.firstErr == nil {
+				f.firstErr = rr.firstErr
+			}
+			rates[i] = rr.rate()
 		}
-	}()
-	if err := b.topo.node.exec(ctx, "iptables", rule...); err != nil {
-		return fmt.Errorf("phase b: install the diversion rule: %w", err)
+		r.connRatios = append(r.connRatios, rates[2]/rates[1])
 	}
-	// The rule loaded conntrack; the node's conntrack timeouts are now
-	// settable.
-	if err := b.topo.setConntrackTimeouts(ctx); err != nil {
-		fmt.Fprintf(b.errOut, "warning: cannot shorten conntrack timeouts in the node namespace: %v\n", err)
-	}
-	rr, err := b.connPhase(ctx, "b", "acceptall")
-	if err != nil {
-		return err
-	}
-	r.rateAcceptAll = rr.rate()
-	if r.seqAcceptAll, err = b.latencyPhase(ctx, "b", "acceptall"); err != nil {
-		return err
-	}
-	stopped = true
-	c, err := p.stop()
-	if err != nil {
-		return fmt.Errorf("phase b: %w", err)
-	}
-	b.printf("acceptall reader: queued_and_accepted=%d enobufs=%d verdict_errors=%d\n", c.accepted, c.noBufs, c.errors)
-	if c.accepted < uint64(rr.ok) {
-		return fmt.Errorf("phase b: the reader accepted %d packets for %d connections: the rule does not divert the flow", c.accepted, rr.ok)
-	}
-	if err := b.topo.node.exec(ctx, "iptables", "-w", "-F", "FORWARD"); err != nil {
-		return fmt.Errorf("phase b: remove the diversion rule: %w", err)
-	}
-	return nil
-}
-
-// enforcedPhases are (c), (e) and (f): the agent enforcing the workload.
-func (b *bench) enforcedPhases(ctx context.Context, snapshot string, r *result) (err error) {
-	a, err := startAgent(ctx, b.sp, b.bin, b.topo.node, b.pair.node, snapshot, b.o.queues, filepath.Join(b.dir, "agent.log"))
+	after, err := b.agent.status(ctx)
 	if err != nil {
 		return fmt.Errorf("phase c: %w", err)
 	}
-	defer func() { err = errors.Join(err, a.stop()) }()
-	before, err := a.status(ctx)
-	if err != nil {
-		return fmt.Errorf("phase c: %w", err)
+	for i, l := range lanes {
+		f := figs[i]
+		s, _ := summarize(f.connect)
+		b.printf("conn_rate %-9s phase=%c rate=%.0f/s (median of rounds: %s) conns=%d failed=%d connect(SYN->SYN-ACK under load): p50=%.1fus p99=%.1fus\n",
+			l.name, "abc"[i], median(f.rates), formatFloats(f.rates, "%.0f"), f.ok, f.failed, us(s.p50), us(s.p99))
+		if f.failed > 0 {
+			b.printf("  %s: first failure: %v\n", l.name, f.firstErr)
+		}
 	}
-	rr, err := b.connPhase(ctx, "c", "enforced")
-	if err != nil {
-		return fmt.Errorf("%w; agent log:\n%s", err, a.logTail())
-	}
-	after, err := a.status(ctx)
-	if err != nil {
-		return fmt.Errorf("phase c: %w", err)
-	}
+	r.rateNoRules = median(figs[0].rates)
+	b.printf("ratio per round conn_rate_enforced_vs_acceptall: %s\n", formatFloats(r.connRatios, "%.2f"))
 	allowed := after.Total.Allowed - before.Total.Allowed
 	b.printf("agent during phase c: allowed=%d denied=%d cache_misses=%d cache_hits=%d enobufs=%d kernel_queue_drops=%d (the flow cache's key has no source port: one client/server pair is one entry)\n",
 		allowed, after.Total.Denied-before.Total.Denied, after.CacheMisses-before.CacheMisses, after.CacheHits-before.CacheHits,
 		after.Total.NoBufs-before.Total.NoBufs, after.kernelDrops()-before.kernelDrops())
-	if allowed < uint64(rr.ok) {
-		return fmt.Errorf("phase c: the agent allowed %d packets for %d connections: it is not deciding this flow", allowed, rr.ok)
+	if allowed < uint64(figs[2].ok) {
+		return fmt.Errorf("phase c: the agent allowed %d packets for %d connections: it is not deciding this flow", allowed, figs[2].ok)
 	}
-	r.rateEnforced = rr.rate()
-
-	before = after
-	tp, err := b.throughputPhase(ctx, "e", "enforced")
-	if err != nil {
-		return err
-	}
-	if after, err = a.status(ctx); err != nil {
-		return fmt.Errorf("phase e: %w", err)
-	}
-	b.printf("agent during phase e: verdicts=%d (the bulk flow's first packet; every later one stays in the kernel)\n",
-		after.Total.Allowed+after.Total.Denied-before.Total.Allowed-before.Total.Denied)
-	r.tputEnforced = tp.gbps()
-	if err := a.stop(); err != nil {
-		return fmt.Errorf("phase e: %w", err)
-	}
-	return b.latencyPhaseEnforced(ctx, snapshot, r)
+	r.rateEnforcedOverNoRules = median(figs[2].rates) / r.rateNoRules
+	return nil
 }
 
-// latencyPhaseEnforced is (f): the agent restarted at debug level, which
-// logs every verdict with the time from receiving the packet to having
-// sent the verdict (the latency its Observer hook gets), while one client
-// opens connections one at a time. The flow cache's key leaves the source
-// port out, so with the cache on every connection of one client/server
-// pair after the first is a hit; the agent runs with --cache-size 0 here,
-// which sends every packet down the miss path (decide against the compiled
+// throughputRounds are (d) and (e): rounds of norules, enforced.
+func (b *bench) throughputRounds(ctx context.Context, round time.Duration, r *result) error {
+	lanes := []*lane{b.norules, b.enforced}
+	rates := make([][]float64, len(lanes))
+	before, err := b.agent.status(ctx)
+	if err != nil {
+		return fmt.Errorf("phase e: %w", err)
+	}
+	for k := range b.o.rounds {
+		for _, i := range rotated(len(lanes), k) {
+			l := lanes[i]
+			tp, err := throughput(ctx, l.topo.client, b.pair.client, b.dst, l.srv, round)
+			if err != nil {
+				return fmt.Errorf("throughput (%s): %w", l.name, err)
+			}
+			rates[i] = append(rates[i], tp.gbps())
+		}
+		n := len(rates[0]) - 1
+		r.tputRatios = append(r.tputRatios, rates[1][n]/rates[0][n])
+	}
+	after, err := b.agent.status(ctx)
+	if err != nil {
+		return fmt.Errorf("phase e: %w", err)
+	}
+	for i, l := range lanes {
+		b.printf("throughput %-9s phase=%c rate=%.2f Gbit/s (median of rounds: %s)\n", l.name, "de"[i], median(rates[i]), formatFloats(rates[i], "%.2f"))
+	}
+	b.printf("ratio per round throughput_enforced_vs_norules: %s\n", formatFloats(r.tputRatios, "%.2f"))
+	b.printf("agent during phase e: verdicts=%d for %d bulk flows (each flow's first packet; every later one stays in the kernel)\n",
+		after.Total.Allowed+after.Total.Denied-before.Total.Allowed-before.Total.Denied, b.o.rounds)
+	return nil
+}
+
+// seqLatency opens connections one at a time in a lane and returns the
+// spread of connect() times: the SYN -> SYN-ACK round trip through the
+// node.
+func (b *bench) seqLatency(ctx context.Context, phase string, l *lane) (summary, error) {
+	rr, err := connRate(ctx, l.topo.client, b.pair.client, b.dst, &b.ports, 1, b.o.duration, b.o.latencyConns)
+	if err != nil {
+		return summary{}, fmt.Errorf("phase %s (%s sequential latency): %w", phase, l.name, err)
+	}
+	s, err := summarize(rr.connect)
+	if err != nil {
+		return summary{}, fmt.Errorf("phase %s (%s sequential latency): no connection completed (%d failed; first: %v)", phase, l.name, rr.failed, rr.firstErr)
+	}
+	b.printf("syn_synack %-9s phase=%s sequential %s failed=%d\n", l.name, phase, s, rr.failed)
+	return s, nil
+}
+
+// latencyPhases are the sequential runs of each lane and (f). For (f) the
+// agent is restarted at debug level, which logs every verdict with the
+// time from receiving the packet to having sent the verdict (the latency
+// its Observer hook gets). The flow cache's key leaves the source port
+// out, so with the cache on every connection of one client/server pair
+// after the first is a hit; the agent runs with --cache-size 0 here, which
+// sends every packet down the miss path (decide against the compiled
 // policies) minus the LRU lookup and insert.
-func (b *bench) latencyPhaseEnforced(ctx context.Context, snapshot string, r *result) (err error) {
-	logPath := filepath.Join(b.dir, "agent-debug.log")
-	a, err := startAgent(ctx, b.sp, b.bin, b.topo.node, b.pair.node, snapshot, b.o.queues, logPath, "--log-level", "debug", "--cache-size", "0")
-	if err != nil {
-		return fmt.Errorf("phase f: %w", err)
-	}
-	defer func() { err = errors.Join(err, a.stop()) }()
-	before, err := a.status(ctx)
-	if err != nil {
-		return fmt.Errorf("phase f: %w", err)
-	}
-	if r.seqEnforced, err = b.latencyPhase(ctx, "f", "enforced"); err != nil {
+func (b *bench) latencyPhases(ctx context.Context, snapshot string, r *result) (err error) {
+	if r.seqNoRules, err = b.seqLatency(ctx, "a", b.norules); err != nil {
 		return err
 	}
-	after, err := a.status(ctx)
+	// The reader's own timing covers its sequential run only, like the
+	// agent's in (f).
+	if err := b.reader.reset(); err != nil {
+		return fmt.Errorf("phase b: %w", err)
+	}
+	if r.seqAcceptAll, err = b.seqLatency(ctx, "b", b.acceptall); err != nil {
+		return err
+	}
+	c, err := b.reader.stop()
+	b.reader = nil
+	if err != nil {
+		return fmt.Errorf("phase b: %w", err)
+	}
+	r.readerAcceptAll = c.latency
+	b.printf("verdict_latency acceptall phase=b %s (reader-side, sequential: packet handed to the reader -> NfAccept sent)\n", c.latency)
+	b.printf("acceptall reader: queued_and_accepted=%d (whole run) enobufs=%d verdict_errors=%d\n", c.accepted, c.noBufs, c.errors)
+
+	if err := b.agent.stop(); err != nil {
+		return fmt.Errorf("phase f: %w", err)
+	}
+	logPath := filepath.Join(b.dir, "agent-debug.log")
+	if b.agent, err = startAgent(ctx, b.sp, b.bin, b.enforced.topo.node, b.pair.node, snapshot, b.o.queues, logPath,
+		"--log-level", "debug", "--cache-size", "0"); err != nil {
+		return fmt.Errorf("phase f: %w", err)
+	}
+	before, err := b.agent.status(ctx)
 	if err != nil {
 		return fmt.Errorf("phase f: %w", err)
 	}
-	if err := a.stop(); err != nil {
+	if r.seqEnforced, err = b.seqLatency(ctx, "f", b.enforced); err != nil {
+		return err
+	}
+	after, err := b.agent.status(ctx)
+	if err != nil {
 		return fmt.Errorf("phase f: %w", err)
+	}
+	if err := b.agent.stop(); err != nil {
+		return fmt.Errorf("phase f: %w", err)
+	}
+	if hits := after.CacheHits - before.CacheHits; hits > 0 {
+		return fmt.Errorf("phase f: %d cache hits with --cache-size 0", hits)
 	}
 	f, err := os.Open(logPath)
 	if err != nil {
@@ -422,12 +506,8 @@ func (b *bench) latencyPhaseEnforced(ctx context.Context, snapshot string, r *re
 	if r.verdict, err = summarize(lat); err != nil {
 		return fmt.Errorf("phase f: no verdict for the flow in the agent's debug log %s", logPath)
 	}
-	allowed := after.Total.Allowed - before.Total.Allowed
-	if hits := after.CacheHits - before.CacheHits; hits > 0 {
-		return fmt.Errorf("phase f: %d cache hits with --cache-size 0", hits)
-	}
-	b.printf("verdict_latency agent     phase=f %s verdicts=%d cache=off (every verdict decided against the compiled policies; agent-side: packet handed to the reader -> verdict sent, from its debug log)\n",
-		r.verdict, allowed)
+	b.printf("verdict_latency enforced  phase=f %s verdicts=%d cache=off (agent-side, sequential: packet handed to the reader -> verdict sent, every verdict decided against the compiled policies; from its debug log)\n",
+		r.verdict, after.Total.Allowed-before.Total.Allowed)
 	return nil
 }
 
@@ -438,29 +518,23 @@ func (b *bench) summary(r result) error {
 	}
 	delta("acceptall", r.seqAcceptAll, r.seqNoRules)
 	delta("enforced", r.seqEnforced, r.seqNoRules)
-	connVsAcceptAll, err := ratio("conn_rate_enforced_vs_acceptall", r.rateEnforced, r.rateAcceptAll)
-	if err != nil {
-		return err
+	b.printf("verdict_latency_added_by_agent p50=%+.1fus p99=%+.1fus (agent's reader-side time minus the accept-all reader's: decode, decide, NF_REPEAT's second pass through the chain)\n",
+		us(r.verdict.p50-r.readerAcceptAll.p50), us(r.verdict.p99-r.readerAcceptAll.p99))
+	if len(r.connRatios) == 0 || len(r.tputRatios) == 0 {
+		return errors.New("no rounds measured")
 	}
-	connVsNoRules, err := ratio("conn_rate_enforced_vs_norules", r.rateEnforced, r.rateNoRules)
-	if err != nil {
-		return err
-	}
-	tput, err := ratio("throughput_enforced_vs_norules", r.tputEnforced, r.tputNoRules)
-	if err != nil {
-		return err
-	}
-	b.printf("ratio conn_rate_enforced_vs_norules=%.2f (for reference; no target)\n", connVsNoRules)
+	conn, tput := median(r.connRatios), median(r.tputRatios)
+	b.printf("ratio conn_rate_enforced_vs_norules=%.2f (medians of rounds; for reference, no target)\n", r.rateEnforcedOverNoRules)
 	met := func(ok bool) string {
 		if ok {
 			return "met"
 		}
 		return "MISSED"
 	}
-	b.printf("target conn_rate_enforced_vs_acceptall >= %.2f: %s\n", targetConnRatio, met(connVsAcceptAll >= targetConnRatio))
+	b.printf("target conn_rate_enforced_vs_acceptall >= %.2f: %s\n", targetConnRatio, met(conn >= targetConnRatio))
 	b.printf("target throughput_enforced_vs_norules >= %.2f: %s\n", targetThroughputRatio, met(tput >= targetThroughputRatio))
 	b.printf("target verdict_latency p99 <= %dus: %s\n", targetP99/time.Microsecond, met(r.verdict.p99 <= targetP99))
-	b.printf("ratio conn_rate_enforced_vs_acceptall=%.2f\n", connVsAcceptAll)
+	b.printf("ratio conn_rate_enforced_vs_acceptall=%.2f\n", conn)
 	b.printf("ratio throughput_enforced_vs_norules=%.2f\n", tput)
 	b.printf("verdict_latency_us p50=%s p99=%s\n", roundUS(r.verdict.p50), roundUS(r.verdict.p99))
 	return nil
@@ -469,4 +543,24 @@ func (b *bench) summary(r result) error {
 // roundUS renders d in whole microseconds, rounded.
 func roundUS(d time.Duration) string {
 	return strconv.FormatInt(int64((d+time.Microsecond/2)/time.Microsecond), 10)
+}
+
+// rotated is the order the n modes run in round k: each round starts with
+// the next mode, so that none always runs first (after the previous
+// phase's load) or last.
+func rotated(n, k int) []int {
+	out := make([]int, n)
+	for i := range out {
+		out[i] = (i + k) % n
+	}
+	return out
+}
+
+// formatFloats renders xs with format, space-separated.
+func formatFloats(xs []float64, format string) string {
+	parts := make([]string, len(xs))
+	for i, x := range xs {
+		parts[i] = fmt.Sprintf(format, x)
+	}
+	return strings.Join(parts, " ")
 }

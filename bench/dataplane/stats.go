@@ -116,3 +116,18 @@ func ratio(name string, a, b float64) (float64, error) {
 	}
 	return a / b, nil
 }
+
+// median of xs (the mean of the middle two for an even count); NaN for
+// none.
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return math.NaN()
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	m := len(s) / 2
+	if len(s)%2 == 1 {
+		return s[m]
+	}
+	return (s[m-1] + s[m]) / 2
+}

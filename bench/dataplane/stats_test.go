@@ -1,7 +1,9 @@
 package main
 
 import (
+	"math"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -121,40 +123,27 @@ func TestRatioAndRounding(t *testing.T) {
 	}
 }
 
-func TestNextPort(t *testing.T) {
-	for _, workers := range []int{1, 3, 4, 7} {
-		// Each worker's ports stay in range, never collide with another
-		// worker's, and only repeat after the worker's whole share.
-		owner := map[int]int{}
-		for w := range workers {
-			p := firstPort + w
-			seen := map[int]bool{}
-			for range (lastPort - firstPort) / workers {
-				if p < firstPort || p >= lastPort {
-					t.Fatalf("workers=%d worker %d: port %d out of range", workers, w, p)
-				}
-				if seen[p] {
-					t.Fatalf("workers=%d worker %d: port %d repeated early", workers, w, p)
-				}
-				if o, ok := owner[p]; ok && o != w {
-					t.Fatalf("workers=%d: port %d used by workers %d and %d", workers, p, o, w)
-				}
-				seen[p], owner[p] = true, w
-				p = nextPort(p, workers)
-			}
-			// After its share, the worker wraps to where it started.
-			for p != firstPort+w {
-				if p < firstPort || p >= lastPort || seen[p] {
-					t.Fatalf("workers=%d worker %d: bad port %d at the end of its share", workers, w, p)
-				}
-				p = nextPort(p, workers)
-			}
+func TestPortCursor(t *testing.T) {
+	var c portCursor
+	span := lastPort - firstPort
+	seen := map[int]bool{}
+	for range span {
+		p := c.next()
+		if p < firstPort || p >= lastPort {
+			t.Fatalf("port %d out of [%d, %d)", p, firstPort, lastPort)
 		}
+		if seen[p] {
+			t.Fatalf("port %d repeated before the range was used up", p)
+		}
+		seen[p] = true
+	}
+	if p := c.next(); p != firstPort {
+		t.Fatalf("after the whole range: %d, want a wrap to %d", p, firstPort)
 	}
 }
 
 func TestOptionsCheck(t *testing.T) {
-	good := options{duration: 3 * time.Second, workers: 4, queues: 2, latencyConns: 2000}
+	good := options{duration: 3 * time.Second, rounds: 3, workers: 4, queues: 2, latencyConns: 2000}
 	if err := good.check(0); err != nil {
 		t.Fatalf("defaults refused: %v", err)
 	}
@@ -167,6 +156,8 @@ func TestOptionsCheck(t *testing.T) {
 		{"arguments", func(*options) {}, 1, "no arguments"},
 		{"short phase", func(o *options) { o.duration = time.Millisecond }, 0, "-duration"},
 		{"no workers", func(o *options) { o.workers = 0 }, 0, "-workers"},
+		{"no rounds", func(o *options) { o.rounds = 0 }, 0, "-rounds"},
+		{"rounds too short", func(o *options) { o.rounds = 30 }, 0, "-rounds"},
 		{"no queues", func(o *options) { o.queues = 0 }, 0, "-queues"},
 		{"few latency conns", func(o *options) { o.latencyConns = 10 }, 0, "-latency-conns"},
 	} {
@@ -177,5 +168,48 @@ func TestOptionsCheck(t *testing.T) {
 				t.Fatalf("err %v, want %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestMedian(t *testing.T) {
+	for _, tc := range []struct {
+		xs   []float64
+		want float64
+	}{
+		{[]float64{3}, 3},
+		{[]float64{3, 1, 2}, 2},
+		{[]float64{4, 1, 3, 2}, 2.5},
+		{[]float64{0.9, 0.95, 0.2}, 0.9},
+	} {
+		in := append([]float64(nil), tc.xs...)
+		if got := median(tc.xs); got != tc.want {
+			t.Errorf("median(%v) = %v, want %v", tc.xs, got, tc.want)
+		}
+		for i := range in {
+			if in[i] != tc.xs[i] {
+				t.Fatalf("median modified its input")
+			}
+		}
+	}
+	if got := median(nil); !math.IsNaN(got) {
+		t.Errorf("median(nil) = %v, want NaN", got)
+	}
+}
+
+func TestRotated(t *testing.T) {
+	for _, tc := range []struct {
+		n, k int
+		want []int
+	}{
+		{3, 0, []int{0, 1, 2}},
+		{3, 1, []int{1, 2, 0}},
+		{3, 4, []int{1, 2, 0}},
+		{2, 1, []int{1, 0}},
+		{1, 5, []int{0}},
+	} {
+		got := rotated(tc.n, tc.k)
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("rotated(%d, %d) = %v, want %v", tc.n, tc.k, got, tc.want)
+		}
 	}
 }
