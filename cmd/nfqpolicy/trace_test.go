@@ -111,6 +111,14 @@ spec: {podSelector: {matchLabels: {app: b}}}
 			if c := <-code; c != 0 {
 				t.Fatalf("exit %d; stderr %s", c, errb.String())
 			}
+			// The agent drops the subscription once it notices the client
+			// left; the next subtest counts on that.
+			for i := 0; hub.Subscribers() != 0; i++ {
+				if i > 500 {
+					t.Fatal("the agent kept the subscription of a client that left")
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
 			got := out.String()
 			if strings.Count(got, "\n") != 1 {
 				t.Fatalf("printed %q, want exactly the one matching decision", got)
