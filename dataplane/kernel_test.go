@@ -37,6 +37,7 @@ const (
 	portAllowed  = 8080 // the test decider allows TCP to this port
 	portAllowed2 = 8082
 	portDenied   = 8081 // and denies everything else
+	portBaseline = 7    // connectivity check before the rules
 	queueBase    = 100
 )
 
@@ -62,8 +63,10 @@ type topo struct {
 	decider    *portDecider
 }
 
-func setup(t *testing.T) *topo {
-	nstest.Require(t, iptables.Tools(iptables.Auto)...)
+func setup(t *testing.T) *topo { return setupWith(t, iptables.Auto) }
+
+func setupWith(t *testing.T, b iptables.Backend) *topo {
+	nstest.Require(t, iptables.Tools(b)...)
 	nstest.Sweep(t)
 	r := nstest.NewRouted(t)
 	if r.A4 != podA4 || r.B4 != podB4 || r.A6 != podA6 || r.B6 != podB6 {
@@ -74,8 +77,38 @@ func setup(t *testing.T) *topo {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.Close() })
-	return &topo{node: r.Node, a: r.A, b: r.B, nodeFD: int(f.Fd()), decider: &portDecider{},
-		tables: iptables.New(iptables.Exec{Prefix: r.Node.Prefix()}, iptables.Auto)}
+	tp := &topo{node: r.Node, a: r.A, b: r.B, nodeFD: int(f.Fd()), decider: &portDecider{},
+		tables: iptables.New(iptables.Exec{Prefix: r.Node.Prefix()}, b)}
+	// Baseline: the topology routes both families before any rule of
+	// ours exists, so a failure later is the dataplane's.
+	for _, addr := range []netip.Addr{podB4, podB6} {
+		tp.b.ServeEcho(t, addr, portBaseline)
+		c, err := tp.dial(addr, portBaseline, 2*time.Second)
+		if err != nil {
+			t.Fatalf("topology broken before any rule was installed: a -> %s: %v\n%s", addr, err, tp.diagnose())
+		}
+		c.Close()
+	}
+	return tp
+}
+
+// diagnose collects the node's view for a failure message.
+func (tp *topo) diagnose() string {
+	var b strings.Builder
+	for _, args := range [][]string{
+		{"iptables-save", "-c"}, {"ip6tables-save", "-c"}, {"ipset", "list"}, {"ip", "neigh"}, {"ip", "-s", "link"},
+		{"conntrack", "-L"}, {"cat", dataplane.ProcQueuePath}, {"sysctl", "net.ipv4.ip_forward"},
+	} {
+		out, err := tp.node.Try(args...)
+		fmt.Fprintf(&b, "[node] %s: %v\n%s\n", strings.Join(args, " "), err, out)
+	}
+	for _, ns := range []*nstest.Namespace{tp.a, tp.b} {
+		for _, args := range [][]string{{"ip", "neigh"}, {"ip", "route"}, {"ss", "-tan"}, {"ip", "-s", "link"}, {"ip", "addr"}, {"nstat", "-asz"}} {
+			out, err := ns.Try(args...)
+			fmt.Fprintf(&b, "[%s] %s: %v\n%s\n", ns.Name, strings.Join(args, " "), err, out)
+		}
+	}
+	return b.String()
 }
 
 func (tp *topo) install(t *testing.T, c iptables.Config) {
@@ -159,7 +192,15 @@ var baseConfig = iptables.Config{Marks: iptables.DefaultMarks, QueueBase: queueB
 // ones time out (drop) or are refused at once (reject), and after the first
 // packet an allowed connection never reaches the queue again.
 func TestVerdictsAndFastPath(t *testing.T) {
-	tp := setup(t)
+	for _, b := range []iptables.Backend{iptables.Auto, iptables.Legacy} {
+		t.Run("backend="+map[iptables.Backend]string{iptables.Auto: "auto", iptables.Legacy: "legacy"}[b], func(t *testing.T) {
+			testVerdictsAndFastPath(t, b)
+		})
+	}
+}
+
+func testVerdictsAndFastPath(t *testing.T, b iptables.Backend) {
+	tp := setupWith(t, b)
 	tp.install(t, baseConfig)
 	rs := tp.readers(t, baseConfig)
 	for _, addr := range []netip.Addr{podB4, podB6} {
@@ -172,7 +213,7 @@ func TestVerdictsAndFastPath(t *testing.T) {
 			before := tp.queued(t)
 			c, err := tp.dial(addr, portAllowed, 2*time.Second)
 			if err != nil {
-				t.Fatalf("allowed connect failed: %v", err)
+				t.Fatalf("allowed connect failed: %v\n%s", err, tp.diagnose())
 			}
 			defer c.Close()
 			for i := range 100 {
@@ -309,7 +350,7 @@ func TestRestart(t *testing.T) {
 	// Neighbour discovery must work with no agent: forget every neighbour
 	// and the IPv6 connection must still find its way.
 	for _, ns := range []*nstest.Namespace{tp.node, tp.a, tp.b} {
-		ns.Run("ip", "-6", "neigh", "flush", "all")
+		ns.Run("ip", "-6", "neigh", "flush", "all", "nud", "all") // the topology's static entries too
 	}
 	if err := echo(c6, "after neighbour flush"); err != nil {
 		t.Fatalf("IPv6 connection broke after a neighbour flush with no agent: %v", err)

@@ -161,7 +161,19 @@ func (ns *Namespace) Do(fn func() error) error {
 			runtime.UnlockOSThread()
 			return
 		}
-		ferr := fn()
+		// Never run fn anywhere but in the namespace asked for: compare
+		// the thread's namespace with the target's identity.
+		var want, got unix.Stat_t
+		ferr := unix.Fstat(int(target.Fd()), &want)
+		if ferr == nil {
+			ferr = unix.Stat("/proc/thread-self/ns/net", &got)
+		}
+		if ferr == nil && (want.Dev != got.Dev || want.Ino != got.Ino) {
+			ferr = fmt.Errorf("thread is in netns %d:%d after setns, want %s (%d:%d)", got.Dev, got.Ino, ns.Name, want.Dev, want.Ino)
+		}
+		if ferr == nil {
+			ferr = fn()
+		}
 		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
 			// Leave the thread locked: it dies with this goroutine.
 			errc <- fmt.Errorf("setns back from %s: %w", ns.Name, err)

@@ -1,6 +1,7 @@
 package nstest
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -45,8 +46,34 @@ func NewRouted(t testing.TB) *Routed {
 		p.ns.Run("ip", "link", "set", "eth0", "up")
 		p.ns.Run("ip", "route", "add", "default", "via", p.g4.String())
 		p.ns.Run("ip", "-6", "route", "add", "default", "via", p.g6.String())
+		// Static neighbours, both ways. The kernel's neighbour tables are
+		// shared by all namespaces and capped (gc_thresh3, 1024 by
+		// default) as a whole: other tests with many namespaces can fill
+		// them, and then every new ARP/ND entry fails here too and the
+		// test sees IPv4 or IPv6 die for no reason of its own. Permanent
+		// entries are exempt from that cap.
+		hostMAC, podMAC := mac(t, r.Node, host), mac(t, p.ns, "eth0")
+		for _, g := range []netip.Addr{p.g4, p.g6} {
+			p.ns.Run("ip", "neigh", "replace", g.String(), "lladdr", hostMAC, "dev", "eth0", "nud", "permanent")
+		}
+		for _, a := range []netip.Addr{p.v4, p.v6} {
+			r.Node.Run("ip", "neigh", "replace", a.String(), "lladdr", podMAC, "dev", host, "nud", "permanent")
+		}
 	}
 	return r
+}
+
+// mac returns the hardware address of dev in ns.
+func mac(t testing.TB, ns *Namespace, dev string) string {
+	t.Helper()
+	out := ns.Run("ip", "-j", "link", "show", "dev", dev)
+	var links []struct {
+		Address string `json:"address"`
+	}
+	if err := json.Unmarshal([]byte(out), &links); err != nil || len(links) != 1 || links[0].Address == "" {
+		t.Fatalf("hardware address of %s in %s: %v: %s", dev, ns.Name, err, out)
+	}
+	return links[0].Address
 }
 
 // ServeEcho runs a TCP echo server on addr:port inside ns until t ends.
