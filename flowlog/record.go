@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nfqpolicy/nfqpolicy/filter"
@@ -156,13 +157,13 @@ func (rd *Renderer) Fields(e *zerolog.Event, r *Record) *zerolog.Event {
 		Bytes("dst", f.Dst.AppendTo(scratch[:0])).Uint16("dst_port", f.DstPort)
 	src, dst := PodNames(v)
 	if src != "" {
-		e = e.Str("src_pod", src)
+		e = e.Str("src_pod", src).Str("src_namespace", namespaceOf(src))
 		if l := v.Ruleset.PodLabels(v.Egress.Pod); rd.Labels && len(l) > 0 {
 			e = e.Dict("src_labels", labelDict(l))
 		}
 	}
 	if dst != "" {
-		e = e.Str("dst_pod", dst)
+		e = e.Str("dst_pod", dst).Str("dst_namespace", namespaceOf(dst))
 		if l := v.Ruleset.PodLabels(v.Ingress.Pod); rd.Labels && len(l) > 0 {
 			e = e.Dict("dst_labels", labelDict(l))
 		}
@@ -181,6 +182,13 @@ func (rd *Renderer) Fields(e *zerolog.Event, r *Record) *zerolog.Event {
 		e = e.Uint64("rate_limited", r.RateLimited)
 	}
 	return e
+}
+
+// namespaceOf returns the namespace of "ns/name"; a separate field lets
+// log queries select a namespace without parsing pod names.
+func namespaceOf(pod string) string {
+	ns, _, _ := strings.Cut(pod, "/")
+	return ns
 }
 
 func labelDict(l map[string]string) *zerolog.Event {
@@ -222,7 +230,9 @@ type Entry struct {
 	Dst            string            `json:"dst,omitempty"`
 	DstPort        uint16            `json:"dst_port,omitempty"`
 	SrcPod         string            `json:"src_pod,omitempty"`
+	SrcNamespace   string            `json:"src_namespace,omitempty"`
 	DstPod         string            `json:"dst_pod,omitempty"`
+	DstNamespace   string            `json:"dst_namespace,omitempty"`
 	SrcLabels      map[string]string `json:"src_labels,omitempty"`
 	DstLabels      map[string]string `json:"dst_labels,omitempty"`
 	Reason         string            `json:"reason,omitempty"`

@@ -130,6 +130,12 @@ func TestRulesetFields(t *testing.T) {
 				t.Fatalf("%d lines, want 1", len(es))
 			}
 			e := es[0]
+			if ns, _, _ := strings.Cut(tc.dst, "/"); e.DstNamespace != ns {
+				t.Errorf("dst_namespace %q, want %q", e.DstNamespace, ns)
+			}
+			if ns, _, _ := strings.Cut(tc.src, "/"); e.SrcNamespace != ns {
+				t.Errorf("src_namespace %q, want %q", e.SrcNamespace, ns)
+			}
 			if e.Verdict != tc.verdict || e.SrcPod != tc.src || e.DstPod != tc.dst {
 				t.Errorf("verdict %s %s -> %s, want %s %s -> %s", e.Verdict, e.SrcPod, e.DstPod, tc.verdict, tc.src, tc.dst)
 			}

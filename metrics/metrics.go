@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/nfqpolicy/nfqpolicy/conntrack"
 	"github.com/nfqpolicy/nfqpolicy/dataplane"
 	"github.com/nfqpolicy/nfqpolicy/filter"
 )
@@ -71,8 +72,10 @@ type Metrics struct {
 	cache         [2]prometheus.Counter  // [hit]
 	compiles      [2]prometheus.Counter  // [failed]
 	compileTime   prometheus.Histogram
+	rechecks      [2]prometheus.Counter // [failed]
 	rechecked     prometheus.Counter
 	cut           prometheus.Counter
+	recheckTime   prometheus.Histogram
 	auditVec      *prometheus.CounterVec
 	auditChildren sync.Map // auditKey -> prometheus.Counter
 }
@@ -128,6 +131,16 @@ func New(o Options) (*Metrics, error) {
 		Namespace: namespace, Name: "compile_duration_seconds",
 		Help: "Time to compile the cluster's policies.", Buckets: CompileBuckets,
 	})
+	rechecks := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "conntrack_rechecks_total",
+		Help: "Passes over established connections after a policy change, by result (ok or error).",
+	}, []string{"result"})
+	m.rechecks[0] = rechecks.WithLabelValues("ok")
+	m.rechecks[1] = rechecks.WithLabelValues("error")
+	m.recheckTime = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: namespace, Name: "conntrack_recheck_duration_seconds",
+		Help: "Time to re-decide the established connections.", Buckets: CompileBuckets,
+	})
 	m.rechecked = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: namespace, Name: "conntrack_rechecked_total",
 		Help: "Established connections re-decided after a policy change.",
@@ -141,7 +154,7 @@ func New(o Options) (*Metrics, error) {
 		Help: "Flows whose verdict a staged (audit-mode) policy would change, by staged policy and audit verdict (would-deny, would-allow).",
 	}, []string{"policy", "audit_verdict"})
 
-	cs := []prometheus.Collector{verdicts, m.malformed, latency, cache, compiles, m.compileTime, m.rechecked, m.cut, m.auditVec}
+	cs := []prometheus.Collector{verdicts, m.malformed, latency, cache, compiles, m.compileTime, rechecks, m.recheckTime, m.rechecked, m.cut, m.auditVec}
 	if o.QueueStatsPath != "-" {
 		cs = append(cs, newQueueCollector(o.QueueStatsPath))
 	}
@@ -209,11 +222,13 @@ func (m *Metrics) ObserveCompile(d time.Duration, err error) {
 	m.compileTime.Observe(d.Seconds())
 }
 
-// ConntrackRecheck records one recheck pass over established connections:
-// how many were re-decided and how many of those were cut.
-func (m *Metrics) ConntrackRecheck(rechecked, cut int) {
-	m.rechecked.Add(float64(max(rechecked, 0)))
-	m.cut.Add(float64(max(cut, 0)))
+// ObserveRecheck records one pass over established connections; it fits
+// conntrack.Rechecker.SetObserver.
+func (m *Metrics) ObserveRecheck(st conntrack.Stats, err error) {
+	m.rechecks[b2i(err != nil)].Inc()
+	m.recheckTime.Observe(st.Duration.Seconds())
+	m.rechecked.Add(float64(max(st.Checked, 0)))
+	m.cut.Add(float64(max(st.Cut, 0)))
 }
 
 // Register adds /metrics, /healthz, /readyz (and /debug/pprof/ when

@@ -14,6 +14,7 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/nfqpolicy/nfqpolicy/conntrack"
 	"github.com/nfqpolicy/nfqpolicy/filter"
 	"github.com/nfqpolicy/nfqpolicy/k8swatch"
 )
@@ -248,8 +249,8 @@ func TestComponentsAndCompile(t *testing.T) {
 	m.ObserveCompile(20*time.Millisecond, nil)
 	m.ObserveCompile(time.Millisecond, errors.New("bad"))
 	m.ObserveCompile(time.Millisecond, nil)
-	m.ConntrackRecheck(10, 2)
-	m.ConntrackRecheck(5, 0)
+	m.ObserveRecheck(conntrack.Stats{Checked: 10, Cut: 2, Duration: 3 * time.Millisecond}, nil)
+	m.ObserveRecheck(conntrack.Stats{Checked: 5}, errors.New("netlink"))
 	for _, c := range []struct {
 		name   string
 		labels map[string]string
@@ -265,6 +266,9 @@ func TestComponentsAndCompile(t *testing.T) {
 		{"nfqpolicy_compile_duration_seconds", nil, 3},
 		{"nfqpolicy_conntrack_rechecked_total", nil, 15},
 		{"nfqpolicy_conntrack_cut_total", nil, 2},
+		{"nfqpolicy_conntrack_rechecks_total", map[string]string{"result": "ok"}, 1},
+		{"nfqpolicy_conntrack_rechecks_total", map[string]string{"result": "error"}, 1},
+		{"nfqpolicy_conntrack_recheck_duration_seconds", nil, 2},
 	} {
 		mustValue(t, m, c.name, c.labels, c.want)
 	}
