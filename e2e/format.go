@@ -7,6 +7,9 @@ import "fmt"
 // got.
 func FormatMismatch(r Result) string {
 	p := r.Probe
+	if r.Skipped() {
+		return fmt.Sprintf("SKIP %s: probes[%d] %s -> %s %d/%s IPv%d: %s", r.Scenario, r.Index, p.From, p.To, p.Port, p.Protocol, p.Family, r.Detail)
+	}
 	got := r.Got
 	if r.Detail != "" {
 		got += " (" + r.Detail + ")"
@@ -24,7 +27,10 @@ func FormatVerdict(r Result) string {
 		verdict = r.Got
 	}
 	mark := "ok  "
-	if !r.Pass() {
+	switch {
+	case r.Skipped():
+		mark = "SKIP"
+	case !r.Pass():
 		mark = "FAIL"
 	}
 	detail := ""

@@ -151,10 +151,10 @@ func planCluster(c *k8swatch.Cluster) (*plan, error) {
 	sort.Slice(pl.Nodes, func(i, j int) bool { return pl.Nodes[i].Name < pl.Nodes[j].Name })
 	ownerName := map[netip.Addr]string{}
 	for i, n := range pl.Nodes {
-		if len(n.Addrs) == 0 {
-			return nil, fmt.Errorf("node %s has no InternalIP and no pod names its hostIP: nothing to route to", n.Name)
-		}
 		for _, a := range n.Addrs {
+			if why := unroutable(a); why != "" {
+				return nil, fmt.Errorf("node %s: address %s cannot be wired: %s", n.Name, a, why)
+			}
 			if other, dup := ownerName[a]; dup {
 				return nil, fmt.Errorf("address %s belongs to both node %s and %s", a, other, n.Name)
 			}
@@ -176,6 +176,9 @@ func planCluster(c *k8swatch.Cluster) (*plan, error) {
 	})
 	for i, p := range pl.Pods {
 		for _, a := range p.Addrs {
+			if why := unroutable(a); why != "" {
+				return nil, fmt.Errorf("pod address %s on node %s cannot be wired: %s", a, p.Node, why)
+			}
 			if other, dup := ownerName[a]; dup {
 				return nil, fmt.Errorf("address %s belongs to both %s and a pod on node %s", a, other, p.Node)
 			}
@@ -184,6 +187,27 @@ func planCluster(c *k8swatch.Cluster) (*plan, error) {
 		}
 	}
 	return pl, nil
+}
+
+// unroutable says why an address cannot be given to a namespace and
+// reached through a router like any other ("" when it can): the kernel
+// keeps loopback addresses to the host itself, refuses to forward
+// unspecified, multicast and broadcast destinations, and link-local ones
+// are the topology's own gateways and next hops.
+func unroutable(a netip.Addr) string {
+	switch {
+	case a.IsLoopback():
+		return "a loopback address never leaves the namespace that sends it"
+	case a.IsUnspecified():
+		return "the unspecified address is not a destination"
+	case a.IsMulticast():
+		return "a multicast address is not one endpoint"
+	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return "the broadcast address is not one endpoint"
+	case a.IsLinkLocalUnicast():
+		return "link-local addresses are not routed (the harness uses them for gateways)"
+	}
+	return ""
 }
 
 func addrsKey(as []netip.Addr) string {

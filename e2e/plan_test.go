@@ -61,7 +61,7 @@ func TestPlanClusterErrors(t *testing.T) {
 			pod("a", "", false, "192.168.56.1", "10.244.1.1")}, ""},
 		{"node known only from a pod's hostIP", []string{
 			pod("a", "n9", false, "192.168.56.9", "10.244.1.1")}, ""},
-		{"node without any address", []string{pod("a", "n9", false, "", "10.244.1.1")}, "nothing to route to"},
+		{"node without any address", []string{pod("a", "n9", false, "", "10.244.1.1")}, ""},
 		{"hostNetwork pod on its node", []string{node("n1", "192.168.56.1"),
 			pod("h", "n1", true, "192.168.56.1", "192.168.56.1")}, ""},
 	}
@@ -145,5 +145,31 @@ func TestFingerprintGroups(t *testing.T) {
 	}
 	if fp(base) == fp(moved) {
 		t.Errorf("a different pod address kept the topology fingerprint")
+	}
+}
+
+func TestUnroutable(t *testing.T) {
+	tests := []struct {
+		addr string
+		skip bool
+	}{
+		{"127.167.98.1", true},
+		{"::1", true},
+		{"0.0.0.0", true},
+		{"224.0.0.5", true},
+		{"ff02::1", true},
+		{"255.255.255.255", true},
+		{"169.254.1.1", true},
+		{"fe80::1", true},
+		{"10.244.1.1", false},
+		{"203.0.113.10", false},
+		{"129.211.249.1", false},
+		{"fd00::1", false},
+		{"2001:db8::1", false},
+	}
+	for _, tc := range tests {
+		if got := unroutable(netip.MustParseAddr(tc.addr)) != ""; got != tc.skip {
+			t.Errorf("unroutable(%s) = %v, want %v", tc.addr, got, tc.skip)
+		}
 	}
 }

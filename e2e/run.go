@@ -75,12 +75,19 @@ type Result struct {
 // Pass reports whether the kernel agreed with the scenario.
 func (r Result) Pass() bool { return r.Got == r.Probe.Expect }
 
+// Skipped reports a probe the kernel cannot carry (an endpoint address
+// that cannot be routed, see Detail): it has no kernel verdict.
+func (r Result) Skipped() bool { return r.Got == "skip" }
+
 // Report is the outcome of a run.
 type Report struct {
 	Results        []Result
 	Passed, Failed int
-	Topologies     int
-	Elapsed        time.Duration
+	// Skipped probes have no kernel verdict; they are neither passed nor
+	// failed.
+	Skipped    int
+	Topologies int
+	Elapsed    time.Duration
 }
 
 // InputError is returned for scenarios that cannot be run at all (an
@@ -96,6 +103,7 @@ type prepared struct {
 	s      *scenario.Scenario
 	pl     *plan
 	ends   [][2]endpoint // per probe: from, to
+	skip   []string      // per probe: why it cannot be sent ("" when it can)
 	extern []netip.Addr
 }
 
@@ -119,6 +127,16 @@ func prepare(s *scenario.Scenario) (*prepared, error) {
 			return nil, fmt.Errorf("scenario %s: probes[%d]: source and destination are the same address %s", s.Name, i, from.addr)
 		}
 		p.ends = append(p.ends, [2]endpoint{from, to})
+		why := ""
+		for _, e := range []endpoint{from, to} {
+			if w := unroutable(e.addr); w != "" && e.place.kind == placeExt {
+				why = e.addr.String() + ": " + w
+			}
+		}
+		p.skip = append(p.skip, why)
+		if why != "" {
+			continue
+		}
 		for _, e := range []endpoint{from, to} {
 			if e.place.kind == placeExt {
 				p.extern = appendUnique(p.extern, e.addr)
@@ -157,7 +175,7 @@ func groupScenarios(ps []*prepared) []*group {
 		seen := map[serverKey]bool{}
 		for _, p := range g.scenarios {
 			for i, pr := range p.s.Probes {
-				if pr.Protocol == "SCTP" {
+				if pr.Protocol == "SCTP" || p.skip[i] != "" {
 					continue
 				}
 				k := serverKey{place: p.ends[i][1].place, addr: p.ends[i][1].addr, port: pr.Port, proto: pr.Protocol}
@@ -198,9 +216,12 @@ func Run(ctx context.Context, scenarios []*scenario.Scenario, opts Options) (*Re
 		mu.Lock()
 		defer mu.Unlock()
 		rep.Results = append(rep.Results, r)
-		if r.Pass() {
+		switch {
+		case r.Skipped():
+			rep.Skipped++
+		case r.Pass():
 			rep.Passed++
-		} else {
+		default:
 			rep.Failed++
 		}
 		if opts.OnResult != nil {
@@ -307,6 +328,10 @@ func runProbes(ctx context.Context, pr *prober, p *prepared, opts Options, emit 
 	sem := make(chan struct{}, opts.Parallel)
 	var wg sync.WaitGroup
 	for i, probe := range p.s.Probes {
+		if p.skip[i] != "" {
+			emit(Result{order: p.order, Scenario: p.s.Name, File: p.s.File, Index: i, Probe: probe, Got: "skip", Detail: p.skip[i]})
+			continue
+		}
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
@@ -359,7 +384,10 @@ func warmUp(ctx context.Context, pr *prober, g *group, parallel int) {
 	seen := map[pair]bool{}
 	var pairs []pair
 	for _, p := range g.scenarios {
-		for _, e := range p.ends {
+		for i, e := range p.ends {
+			if p.skip[i] != "" {
+				continue
+			}
 			k := pair{e[0], e[1]}
 			if !seen[k] {
 				seen[k] = true

@@ -20,6 +20,24 @@ const (
 // nodeLL is node i's link-local address on the underlay.
 func nodeLL(i int) string { return fmt.Sprintf("fe80::100:%x", i+1) }
 
+// Every interface gets a fixed, locally administered MAC address so that
+// every neighbour entry can be written as a permanent one. The kernel's
+// ARP and NDP tables are shared by all namespaces and hold 1024 learnt
+// entries (gc_thresh3, settable only in the root namespace): a topology of
+// a thousand pods would overflow them and drop packets, while permanent
+// entries are exempt from that limit and are never resolved at all.
+const (
+	macBridge   = iota + 1 // node i's br0
+	macUnderlay            // node i's ul0
+	macPod                 // pod j's eth0
+	macPodPort             // the node side of pod j's veth
+	macExt                 // the external namespace's ul0
+)
+
+func mac(kind, i int) string {
+	return fmt.Sprintf("02:6e:%02x:%02x:%02x:%02x", kind, (i>>16)&0xff, (i>>8)&0xff, i&0xff)
+}
+
 // topology is a built set of namespaces for one plan.
 type topology struct {
 	pl        *plan
@@ -97,6 +115,17 @@ var baseSysctls = []string{
 	"net.ipv4.conf.default.send_redirects=0",
 	"net.ipv4.conf.all.rp_filter=0",
 	"net.ipv4.conf.default.rp_filter=0",
+	// Nor router solicitations: a node answering one learns a neighbour
+	// entry for the pod's link-local address (see mac).
+	"net.ipv6.conf.all.router_solicitations=0",
+	"net.ipv6.conf.default.router_solicitations=0",
+	// A rejected probe is told so by an ICMP error; hundreds of probes
+	// rejected within a second would otherwise exceed the ICMP rate limits
+	// and some would look dropped.
+	"net.ipv4.icmp_ratelimit=0",
+	"net.ipv4.icmp_msgs_per_sec=1000000",
+	"net.ipv4.icmp_msgs_burst=1000000",
+	"net.ipv6.icmp.ratelimit=0",
 }
 
 // Routers (the node namespaces) forward; nothing else does.
@@ -149,13 +178,13 @@ func buildTopology(ctx context.Context, prefix string, pl *plan, externals []net
 	for i, n := range t.nodes {
 		port := fmt.Sprintf("n%d", i)
 		ul = append(ul,
-			fmt.Sprintf("link add %s type veth peer name ul0 netns %s", port, n.Name),
+			fmt.Sprintf("link add %s type veth peer name ul0 address %s netns %s", port, mac(macUnderlay, i), n.Name),
 			fmt.Sprintf("link set %s master br0", port),
 			fmt.Sprintf("link set %s up", port))
 	}
 	if t.ext != nil {
 		ul = append(ul,
-			fmt.Sprintf("link add x0 type veth peer name ul0 netns %s", t.ext.Name),
+			fmt.Sprintf("link add x0 type veth peer name ul0 address %s netns %s", mac(macExt, 0), t.ext.Name),
 			"link set x0 master br0", "link set x0 up")
 	}
 	if err := t.ul.ipBatch(ctx, ul); err != nil {
@@ -168,6 +197,7 @@ func buildTopology(ctx context.Context, prefix string, pl *plan, externals []net
 		}
 	}
 	for j, p := range pl.Pods {
+		br := mac(macBridge, pl.nodeIndex(p.Node))
 		var cmds []string
 		cmds = append(cmds, "link set lo up", "link set eth0 up")
 		for _, a := range p.Addrs {
@@ -180,10 +210,13 @@ func buildTopology(ctx context.Context, prefix string, pl *plan, externals []net
 		if _, ok := pickFamily(p.Addrs, 4); ok {
 			cmds = append(cmds,
 				"route add "+gateway4+"/32 dev eth0 scope link",
-				"route add default via "+gateway4+" dev eth0")
+				"route add default via "+gateway4+" dev eth0",
+				"neigh replace "+gateway4+" lladdr "+br+" dev eth0 nud permanent")
 		}
 		if _, ok := pickFamily(p.Addrs, 6); ok {
-			cmds = append(cmds, "route add ::/0 via "+gateway6+" dev eth0")
+			cmds = append(cmds,
+				"route add ::/0 via "+gateway6+" dev eth0",
+				"neigh replace "+gateway6+" lladdr "+br+" dev eth0 nud permanent")
 		}
 		if err := t.pods[j].ipBatch(ctx, cmds); err != nil {
 			return nil, err
@@ -199,6 +232,7 @@ func buildTopology(ctx context.Context, prefix string, pl *plan, externals []net
 			}
 		}
 		cmds = append(cmds, t.remoteRoutes(-1)...)
+		cmds = append(cmds, t.underlayNeighbours(-1)...)
 		if err := t.ext.ipBatch(ctx, cmds); err != nil {
 			return nil, err
 		}
@@ -228,7 +262,7 @@ func (t *topology) nodeCommands(i int) []string {
 			cmds = append(cmds, "addr add "+prefixFor(a)+" dev ul0 nodad")
 		}
 	}
-	cmds = append(cmds, "link add br0 type bridge", "link set br0 up",
+	cmds = append(cmds, "link add br0 address "+mac(macBridge, i)+" type bridge", "link set br0 up",
 		"addr add "+gateway4+"/32 dev br0", "addr add "+gateway6+"/64 dev br0 nodad")
 	src4 := ""
 	if a, ok := pickFamily(node.Addrs, 4); ok {
@@ -242,7 +276,7 @@ func (t *topology) nodeCommands(i int) []string {
 		}
 		port := fmt.Sprintf("v%d", j)
 		cmds = append(cmds,
-			fmt.Sprintf("link add %s type veth peer name eth0 netns %s", port, t.pods[j].Name),
+			fmt.Sprintf("link add %s address %s type veth peer name eth0 address %s netns %s", port, mac(macPodPort, j), mac(macPod, j), t.pods[j].Name),
 			fmt.Sprintf("link set %s master br0", port),
 			fmt.Sprintf("link set %s up", port))
 		for _, a := range p.Addrs {
@@ -251,43 +285,62 @@ func (t *topology) nodeCommands(i int) []string {
 			} else {
 				cmds = append(cmds, "route add "+prefixFor(a)+" dev br0")
 			}
+			cmds = append(cmds, "neigh replace "+a.String()+" lladdr "+mac(macPod, j)+" dev br0 nud permanent")
 		}
 	}
 	cmds = append(cmds, t.remoteRoutes(i)...)
-	for _, a := range t.externals {
-		cmds = append(cmds, "route add "+prefixFor(a)+" dev ul0")
-	}
-	return cmds
+	return append(cmds, t.underlayNeighbours(i)...)
 }
 
 // remoteRoutes are the underlay routes of node self (-1: the external
-// namespace): every other node's addresses on-link, and every pod of
-// another node via that node.
+// namespace): every other node's addresses and pods via that node's
+// link-local address, and (for nodes) every external address via the
+// external namespace's. Next hops are always link-local IPv6, IPv4 routes
+// included (RTA_VIA), so that a node needs no IPv4 address of its own and
+// no scenario address is ever used as a gateway it was not meant to be.
 func (t *topology) remoteRoutes(self int) []string {
 	var cmds []string
+	via := func(dst netip.Addr, ll string) string {
+		if dst.Is4() {
+			return "route add " + prefixFor(dst) + " via inet6 " + ll + " dev ul0"
+		}
+		return "route add " + prefixFor(dst) + " via " + ll + " dev ul0"
+	}
 	for k, n := range t.pl.Nodes {
 		if k == self {
 			continue
 		}
 		for _, a := range n.Addrs {
-			cmds = append(cmds, "route add "+prefixFor(a)+" dev ul0")
-		}
-		via4 := "via inet6 " + nodeLL(k)
-		if a, ok := pickFamily(n.Addrs, 4); ok {
-			via4 = "via " + a.String()
+			cmds = append(cmds, via(a, nodeLL(k)))
 		}
 		for _, p := range t.pl.Pods {
 			if p.Node != n.Name {
 				continue
 			}
 			for _, a := range p.Addrs {
-				if a.Is4() {
-					cmds = append(cmds, "route add "+prefixFor(a)+" "+via4+" dev ul0 onlink")
-				} else {
-					cmds = append(cmds, "route add "+prefixFor(a)+" via "+nodeLL(k)+" dev ul0")
-				}
+				cmds = append(cmds, via(a, nodeLL(k)))
 			}
 		}
+	}
+	if self >= 0 {
+		for _, a := range t.externals {
+			cmds = append(cmds, via(a, extLL))
+		}
+	}
+	return cmds
+}
+
+// underlayNeighbours are the permanent neighbour entries of node self (-1:
+// the external namespace) for every other underlay next hop.
+func (t *topology) underlayNeighbours(self int) []string {
+	var cmds []string
+	for k := range t.pl.Nodes {
+		if k != self {
+			cmds = append(cmds, "neigh replace "+nodeLL(k)+" lladdr "+mac(macUnderlay, k)+" dev ul0 nud permanent")
+		}
+	}
+	if self >= 0 && t.ext != nil {
+		cmds = append(cmds, "neigh replace "+extLL+" lladdr "+mac(macExt, 0)+" dev ul0 nud permanent")
 	}
 	return cmds
 }

@@ -111,13 +111,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	} else {
 		for _, r := range rep.Results {
 			switch {
+			case r.Skipped():
+				fmt.Fprintln(stderr, e2e.FormatMismatch(r))
 			case !r.Pass():
 				fmt.Fprintln(stdout, e2e.FormatMismatch(r))
 			case *all:
 				fmt.Fprintf(stdout, "%s: probes[%d] %s\n", r.Scenario, r.Index, e2e.FormatVerdict(r))
 			}
 		}
-		fmt.Fprintf(stdout, "%d passed, %d failed\n", rep.Passed, rep.Failed)
+		if rep.Skipped > 0 {
+			fmt.Fprintf(stdout, "%d passed, %d failed, %d skipped (no kernel verdict possible)\n", rep.Passed, rep.Failed, rep.Skipped)
+		} else {
+			fmt.Fprintf(stdout, "%d passed, %d failed\n", rep.Passed, rep.Failed)
+		}
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "netcheck: run stopped: %v\n", err)
@@ -154,11 +160,13 @@ func writeJSON(w io.Writer, rep *e2e.Report, runErr error) {
 	out := struct {
 		Passed     int            `json:"passed"`
 		Failed     int            `json:"failed"`
+		Skipped    int            `json:"skipped"`
 		Topologies int            `json:"topologies"`
 		Seconds    float64        `json:"seconds"`
 		Error      string         `json:"error,omitempty"`
 		Mismatches []jsonMismatch `json:"mismatches"`
-	}{Passed: rep.Passed, Failed: rep.Failed, Topologies: rep.Topologies, Seconds: rep.Elapsed.Seconds(), Mismatches: []jsonMismatch{}}
+		Skips      []jsonMismatch `json:"skips,omitempty"`
+	}{Passed: rep.Passed, Failed: rep.Failed, Skipped: rep.Skipped, Topologies: rep.Topologies, Seconds: rep.Elapsed.Seconds(), Mismatches: []jsonMismatch{}}
 	if runErr != nil {
 		out.Error = runErr.Error()
 	}
@@ -167,10 +175,15 @@ func writeJSON(w io.Writer, rep *e2e.Report, runErr error) {
 			continue
 		}
 		p := r.Probe
-		out.Mismatches = append(out.Mismatches, jsonMismatch{
+		m := jsonMismatch{
 			Scenario: r.Scenario, File: r.File, Probe: r.Index, From: p.From, To: p.To, Port: p.Port,
 			Protocol: p.Protocol, Family: p.Family, Expect: p.Expect, Got: r.Got, Detail: r.Detail, Attempts: r.Attempts,
-		})
+		}
+		if r.Skipped() {
+			out.Skips = append(out.Skips, m)
+		} else {
+			out.Mismatches = append(out.Mismatches, m)
+		}
 	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")

@@ -21,8 +21,10 @@ func TestExitCodes(t *testing.T) {
 		{"unknown endpoint", []string{"testdata/badprobe.yaml"}, false, 2, "nobody"},
 		{"address collision", []string{"--no-agent", "testdata/collide.yaml"}, true, 2, "belongs to both"},
 		{"mismatch", []string{"--no-agent", "--quiet", "testdata/tiny.yaml"}, true, 1,
-			"FAIL tiny: probes[1] x/b -> x/a 53/UDP IPv6: expect deny, got allow (echoed)\n1 passed, 1 failed"},
-		{"json", []string{"--no-agent", "--quiet", "--json", "testdata/tiny.yaml"}, true, 1, `"got": "allow"`},
+			"FAIL tiny: probes[1] x/b -> x/a 53/UDP IPv6: expect deny, got allow (echoed)\n1 passed, 1 failed, 1 skipped"},
+		{"skip reason", []string{"--no-agent", "--quiet", "testdata/tiny.yaml"}, true, 1,
+			"SKIP tiny: probes[2] x/a -> 127.1.2.3 443/TCP IPv4: 127.1.2.3: a loopback address never leaves"},
+		{"json", []string{"--no-agent", "--quiet", "--json", "testdata/tiny.yaml"}, true, 1, `"skipped": 1`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
