@@ -102,6 +102,9 @@ func TestKustomizationListsEveryManifest(t *testing.T) {
 // with dryRun=All: schema, defaulting, validation and admission all run,
 // nothing is stored.
 func TestIntegrationManifestsDryRun(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts kube-apiserver")
+	}
 	srv := apiserver.Start(t)
 	ctx := context.Background()
 	client := srv.Client(t)
@@ -140,6 +143,9 @@ func TestIntegrationManifestsDryRun(t *testing.T) {
 // get/list/watch on the four resources, and a service account without the
 // binding must be refused, so the test sees RBAC actually enforced.
 func TestIntegrationRBAC(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts kube-apiserver")
+	}
 	srv := apiserver.Start(t)
 	ctx := context.Background()
 	client := srv.Client(t)

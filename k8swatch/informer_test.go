@@ -215,7 +215,10 @@ func TestInformerCoalescesStorm(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "ns", Labels: map[string]string{"gen": "0"}},
 		Status:     corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.0.0.1"},
 	}
-	client := fake.NewSimpleClientset( //nolint:staticcheck // NewClientset tracks managed fields: 8ms per update, too slow for a 10,000-update storm
+	// NewClientset tracks managed fields (8ms per update here), too slow
+	// for a 10,000-update storm; the simple one is deprecated but fast.
+	//lint:ignore SA1019 see above
+	client := fake.NewSimpleClientset(
 		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns"}},
 		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}},
 		pod,
@@ -298,7 +301,7 @@ func TestInformerQuietRebuild(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go src.Run(ctx) //nolint:errcheck // Run returns nil on cancel; checked in the storm test
+	go func() { _ = src.Run(ctx) }() // returns nil on cancel; checked in the storm test
 	waitFor(t, src, 5*time.Second, func(c *Cluster) bool { return len(c.Namespaces) == 1 })
 	select { // drain the first sync's notification
 	case <-src.Changed():
@@ -452,7 +455,8 @@ func TestInformerDropsInvalidPolicy(t *testing.T) {
 			From: []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: "10.0.0.0/33"}}}}}},
 	}
 	good := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "good", Namespace: "ns"}}
-	client := fake.NewSimpleClientset(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns"}}, bad, good) //nolint:staticcheck // see the storm test
+	//lint:ignore SA1019 the fake that tracks managed fields is needlessly slow (see the storm test)
+	client := fake.NewSimpleClientset(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns"}}, bad, good)
 	var logs informerLogBuffer
 	src, err := NewInformerSourceForClient(client, InformerOptions{Quiet: 10 * time.Millisecond}, zerolog.New(&logs))
 	if err != nil {
@@ -460,7 +464,7 @@ func TestInformerDropsInvalidPolicy(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go src.Run(ctx) //nolint:errcheck // returns nil on cancel
+	go func() { _ = src.Run(ctx) }() // returns nil on cancel; checked in the storm test
 	c := waitFor(t, src, 5*time.Second, func(*Cluster) bool { return true })
 	if got := names(c.Policies); len(got) != 1 || got[0] != "good" {
 		t.Fatalf("policies = %v, want [good]", got)
