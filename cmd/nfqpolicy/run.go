@@ -214,7 +214,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cfg.OnCompile = m.ObserveCompile
 	cfg.Handlers = map[string]http.Handler{"GET /metrics": m.Handler()}
 	if rechecker != nil {
-		rechecker.SetObserver(func(st conntrack.Stats, _ error) { m.ConntrackRecheck(st.Checked, st.Cut) })
+		rechecker.SetObserver(m.ObserveRecheck)
 	}
 	a, err = agent.New(cfg, src)
 	if err != nil {
