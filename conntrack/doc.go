@@ -14,6 +14,12 @@
 // round trip per entry: with 100,000 entries that is tens of megabytes and
 // most of the one-second budget. Here the dump is parsed in place from one
 // reused buffer, each entry is decided while its bytes are still in that
-// buffer, and deletes go out in batches of many messages per sendmsg. The
-// sockets live in the network namespace of the thread that opened them.
+// buffer, and deletes go out in batches of many messages per sendmsg from
+// a second goroutine and socket, so that deleting overlaps dumping. The
+// sockets live in the network namespace the Rechecker was made in.
+//
+// Deleting relies on the next packet of a cut flow being NEW: true for UDP
+// and ICMP, and for TCP with nf_conntrack_tcp_loose=1 (the default). With
+// 0 it is INVALID instead, never queued, and only a rule dropping INVALID
+// (kube-proxy has one) stops the connection; NewRechecker warns then.
 package conntrack

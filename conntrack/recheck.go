@@ -64,7 +64,7 @@ type Rechecker struct {
 	delSk   *nlSocket
 	dumpBuf []byte
 	ackBuf  []byte
-	batch   deleteBatch
+	batches [3]deleteBatch
 
 	// OnSwap's coalescing state.
 	swapMu  sync.Mutex
@@ -96,11 +96,13 @@ func NewRechecker(markAllow, markDeny, mask uint32, log zerolog.Logger) (*Rechec
 		log:     log.With().Str("component", "conntrack-recheck").Logger(),
 		dumpBuf: make([]byte, recvBufSize),
 		ackBuf:  make([]byte, recvBufSize),
-		batch:   deleteBatch{buf: make([]byte, 0, batchSize*128)},
 		ctx:     ctx,
 		cancel:  cancel,
 	}
 	r.run = r.Recheck
+	for i := range r.batches {
+		r.batches[i].buf = make([]byte, 0, batchSize*128)
+	}
 	r.mu.Lock()
 	ns, err := pinNetns()
 	if err != nil {
@@ -270,17 +272,36 @@ func (r *Rechecker) recheckLocked(ctx context.Context, rs *filter.Ruleset) (Stat
 	if err := r.openLocked(); err != nil {
 		return st, err
 	}
-	var firstErr error
-	var malformedErr error
-	flush := func() {
-		res := r.delSk.flush(&r.batch, r.ackBuf)
-		st.Cut += res.deleted
-		st.Vanished += res.vanished
-		if res.err != nil && firstErr == nil {
-			firstErr = res.err
-		}
+
+	// Deletes go out from a goroutine of their own, so that the kernel
+	// work of deleting (in its sendmsg) overlaps the kernel work of
+	// dumping (in the dumper's recvmsg). Batches circulate between the
+	// two; the dumper blocks only when all of them are in flight.
+	full := make(chan *deleteBatch, len(r.batches))
+	free := make(chan *deleteBatch, len(r.batches))
+	for i := range r.batches {
+		free <- &r.batches[i]
 	}
+	done := make(chan deleteResult, 1)
+	go func() {
+		var tot deleteResult
+		for b := range full {
+			res := r.delSk.flush(b, r.ackBuf)
+			tot.deleted += res.deleted
+			tot.vanished += res.vanished
+			tot.failed += res.failed
+			if tot.err == nil {
+				tot.err = res.err
+			}
+			free <- b
+		}
+		done <- tot
+	}()
+
+	var malformedErr error
 	var e entry
+	var seq uint32
+	cur := <-free
 	decide := func(family uint8, attrs []byte) error {
 		if err := parseEntry(family, attrs, &e); err != nil {
 			st.Malformed++
@@ -295,9 +316,11 @@ func (r *Rechecker) recheckLocked(ctx context.Context, rs *filter.Ruleset) (Stat
 		}
 		// The entry's bytes live in the dump buffer until the next
 		// receive; add copies them into the batch.
-		r.batch.add(&e, r.delSk.nextSeq())
-		if r.batch.n >= batchSize {
-			flush()
+		seq++
+		cur.add(&e, seq)
+		if cur.n >= batchSize {
+			full <- cur
+			cur = <-free
 		}
 		return nil
 	}
@@ -305,19 +328,27 @@ func (r *Rechecker) recheckLocked(ctx context.Context, rs *filter.Ruleset) (Stat
 	if r.marks.Deny != 0 {
 		marks = append(marks, r.marks.Deny)
 	}
+	var dumpErr error
 	for _, m := range marks {
 		if err := r.dumpSk.dump(ctx, r.dumpBuf, m, r.marks.Mask, decide); err != nil {
 			// The rest of the dump is still queued on the socket; a fresh
 			// one is cheaper than draining it.
 			r.dumpSk.close()
 			r.dumpSk = nil
-			flush()
-			return st, fmt.Errorf("recheck mark %#x/%#x: %w", m, r.marks.Mask, err)
+			dumpErr = fmt.Errorf("recheck mark %#x/%#x: %w", m, r.marks.Mask, err)
+			break
 		}
-		flush()
 	}
+	// What was decided is deleted even when the dump broke off.
+	full <- cur
+	close(full)
+	tot := <-done
+	st.Cut, st.Vanished = tot.deleted, tot.vanished
 	if malformedErr != nil {
 		r.log.Warn().Err(malformedErr).Int("malformed", st.Malformed).Msg("conntrack entries kept unread")
 	}
-	return st, firstErr
+	if dumpErr != nil {
+		return st, dumpErr
+	}
+	return st, tot.err
 }
