@@ -1,0 +1,7 @@
+//go:build race
+
+package k8swatch
+
+// raceEnabled: the race detector slows loading several times, so timing
+// limits are not checked under it.
+const raceEnabled = true
