@@ -266,8 +266,15 @@ func runGroup(ctx context.Context, prefix string, g *group, opts Options, emit f
 	log.Info().Int("nodes", len(g.pl.Nodes)).Int("pods", len(g.pl.Pods)).Int("externals", len(g.externals)).
 		Int("servers", len(g.servers)).Int("scenarios", len(g.scenarios)).Dur("took", time.Since(t0)).Msg("topology built")
 
-	warmUp(ctx, pr, g, opts.Parallel)
-	log.Debug().Dur("took", time.Since(t0)).Msg("neighbours resolved")
+	if broken := warmUp(ctx, pr, g, opts.Parallel); len(broken) > 0 {
+		// Every verdict of these pairs would be a denial the agents did
+		// not make.
+		if len(broken) > 10 {
+			broken = append(broken[:10], fmt.Sprintf("and %d more", len(broken)-10))
+		}
+		log.Error().Strs("pairs", broken).Msg("topology self-check: some address pairs cannot reach each other even without agents")
+	}
+	log.Debug().Dur("took", time.Since(t0)).Msg("topology self-check done")
 	if opts.beforeProbes != nil {
 		if err := opts.beforeProbes(t); err != nil {
 			return err
@@ -374,12 +381,12 @@ func runProbes(ctx context.Context, pr *prober, p *prepared, opts Options, emit 
 }
 
 // warmUp sends one TCP SYN between every pair of addresses the group's
-// probes use, before anything polices the topology, so that ARP and NDP
-// have resolved every hop when the measured probes start: hundreds of
-// probes towards an unresolved neighbour overflow the queue of packets
-// waiting for it, and a dropped first packet looks like a denial. Whatever answers
-// (a listener, a reset) resolves both directions; the outcome is ignored.
-func warmUp(ctx context.Context, pr *prober, g *group, parallel int) {
+// probes use, before anything polices the topology. Bridges learn where
+// every MAC address is (until then they flood), and the pairs double as a
+// self-check of the wiring: with nothing policing, every SYN must be
+// answered, by a listener or by a reset. It returns the pairs that were
+// not.
+func warmUp(ctx context.Context, pr *prober, g *group, parallel int) []string {
 	type pair struct{ from, to endpoint }
 	seen := map[pair]bool{}
 	var pairs []pair
@@ -397,13 +404,27 @@ func warmUp(ctx context.Context, pr *prober, g *group, parallel int) {
 	}
 	sem := make(chan struct{}, parallel)
 	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var broken []string
 	for _, k := range pairs {
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			_ = pr.once(ctx, k.from, k.to, 9, "TCP")
+			o := pr.once(ctx, k.from, k.to, 9, "TCP")
+			if o.allowed || o.detail == "refused" || ctx.Err() != nil {
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			what := o.detail
+			if o.err != nil {
+				what = o.err.Error()
+			}
+			broken = append(broken, fmt.Sprintf("%s -> %s: %s", k.from.addr, k.to.addr, what))
 		}()
 	}
 	wg.Wait()
+	sort.Strings(broken)
+	return broken
 }
