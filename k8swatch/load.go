@@ -25,11 +25,16 @@ const (
 	kindList          = "List"
 )
 
-var wantAPIVersion = map[string]string{
-	kindNamespace:     "v1",
-	kindNode:          "v1",
-	kindPod:           "v1",
-	kindNetworkPolicy: "networking.k8s.io/v1",
+// apiVersionOf returns the apiVersion the loader reads kind as; ok is
+// false for kinds it skips.
+func apiVersionOf(kind string) (string, bool) {
+	switch kind {
+	case kindNamespace, kindNode, kindPod:
+		return "v1", true
+	case kindNetworkPolicy:
+		return "networking.k8s.io/v1", true
+	}
+	return "", false
 }
 
 // maxListDepth bounds nested kind: List documents.
@@ -211,7 +216,7 @@ func (b *builder) object(d Document, where string, raw []byte, depth int) {
 		}
 		return
 	}
-	want, known := wantAPIVersion[h.Kind]
+	want, known := apiVersionOf(h.Kind)
 	if !known {
 		return
 	}

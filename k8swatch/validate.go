@@ -3,7 +3,6 @@ package k8swatch
 import (
 	"fmt"
 	"net/netip"
-	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -22,7 +21,9 @@ import (
 // which software reads differently), they follow the API server's strict
 // IP validation.
 
-var supportedProtocols = []string{string(corev1.ProtocolTCP), string(corev1.ProtocolUDP), string(corev1.ProtocolSCTP)}
+// supportedProtocols lists the protocols for messages, as the API server
+// lists them.
+const supportedProtocols = `"TCP", "UDP", "SCTP"`
 
 func supportedProtocol(p corev1.Protocol) bool {
 	return p == corev1.ProtocolTCP || p == corev1.ProtocolUDP || p == corev1.ProtocolSCTP
@@ -71,7 +72,7 @@ func validatePolicyPort(obj string, port *networkingv1.NetworkPolicyPort, path *
 		errs = append(errs, FieldError{Object: obj, Field: p.String(), Msg: fmt.Sprintf(format, args...)})
 	}
 	if port.Protocol != nil && !supportedProtocol(*port.Protocol) {
-		add(path.Child("protocol"), "unsupported value %q: supported values: %s", *port.Protocol, quoteList(supportedProtocols))
+		add(path.Child("protocol"), "unsupported value %q: supported values: %s", *port.Protocol, supportedProtocols)
 	}
 	switch {
 	case port.Port == nil:
@@ -238,7 +239,7 @@ func ValidatePod(p *corev1.Pod) []FieldError {
 					}
 				}
 				if !supportedProtocol(port.Protocol) {
-					add(pp.Child("protocol"), "unsupported value %q: supported values: %s", port.Protocol, quoteList(supportedProtocols))
+					add(pp.Child("protocol"), "unsupported value %q: supported values: %s", port.Protocol, supportedProtocols)
 				}
 			}
 		}
@@ -286,12 +287,4 @@ func ValidatePod(p *corev1.Pod) []FieldError {
 		}
 	}
 	return errs
-}
-
-func quoteList(vals []string) string {
-	q := make([]string, len(vals))
-	for i, v := range vals {
-		q[i] = strconv.Quote(v)
-	}
-	return strings.Join(q, ", ")
 }
