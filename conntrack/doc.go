@@ -11,8 +11,9 @@
 // It talks ctnetlink over a raw NETLINK_NETFILTER socket rather than through
 // github.com/ti-mo/conntrack, whose Dump and DumpFilter collect the whole
 // table into a []Flow before returning and whose Delete costs one netlink
-// round trip per entry: with 100,000 entries that is tens of megabytes and
-// most of the one-second budget. Here the dump is parsed in place from one
+// round trip per entry: DumpFilter of 100,000 entries allocated 245 MiB
+// in 4.1 million objects here (a recheck allocates about 100 KiB), and
+// per-entry deletes would add a round trip for each cut. Here the dump is parsed in place from one
 // reused buffer, each entry is decided while its bytes are still in that
 // buffer, and deletes go out in batches of many messages per sendmsg from
 // a second goroutine and socket, so that deleting overlaps dumping. The

@@ -247,9 +247,21 @@ func TestRecheckKernel100k(t *testing.T) {
 		}
 	})
 
-	st, err := r.Recheck(context.Background(), compileYAML(t, clusterIsolateC))
+	rs := compileYAML(t, clusterIsolateC)
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	st, err := r.Recheck(context.Background(), rs)
+	runtime.ReadMemStats(&m1)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Streamed: the heap sees a few small allocations per datagram, never
+	// one per entry (ti-mo's DumpFilter of the same 100k entries, measured
+	// once: 245 MiB allocated in 4.1M objects, 135 MiB in use after it).
+	alloc := m1.TotalAlloc - m0.TotalAlloc
+	t.Logf("heap allocated during the recheck: %d KiB in %d objects", alloc>>10, m1.Mallocs-m0.Mallocs)
+	if perEntry := float64(m1.Mallocs-m0.Mallocs) / float64(st.Checked); perEntry > 0.1 {
+		t.Errorf("%.2f allocations per entry: the dump is not streamed", perEntry)
 	}
 	wantCut := 0
 	for _, s := range specs {
@@ -374,6 +386,7 @@ spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
 			rs := compileYAML(b, bc.yaml)
 			var last Stats
 			var cpu time.Duration
+			b.ReportAllocs()
 			b.ResetTimer()
 			for range b.N {
 				b.StopTimer()
