@@ -22,5 +22,8 @@
 // Deleting relies on the next packet of a cut flow being NEW: true for UDP
 // and ICMP, and for TCP with nf_conntrack_tcp_loose=1 (the default). With
 // 0 it is INVALID instead, never queued, and only a rule dropping INVALID
-// (kube-proxy has one) stops the connection; NewRechecker warns then.
+// stops the connection (kube-proxy's iptables mode installs one in
+// KUBE-FORWARD unless nf_conntrack_tcp_be_liberal is set); NewRechecker
+// warns then. Measured in a namespace with tcp_loose=0 and no such rule:
+// the connection was not cut.
 package conntrack

@@ -117,8 +117,9 @@ func NewRechecker(markAllow, markDeny, mask uint32, log zerolog.Logger) (*Rechec
 	r.mu.Unlock()
 	if b, err := os.ReadFile(tcpLooseSysctl); err == nil && strings.TrimSpace(string(b)) == "0" {
 		// Without loose pickup the packet after a delete is INVALID, not
-		// NEW: it is not queued, and unless something drops INVALID
-		// (kube-proxy's KUBE-FORWARD does) a cut TCP connection flows on.
+		// NEW: it is not queued, and unless something drops INVALID (the
+		// iptables kube-proxy's KUBE-FORWARD does, unless
+		// nf_conntrack_tcp_be_liberal is set) a cut TCP connection flows on.
 		r.log.Warn().Str("sysctl", tcpLooseSysctl).
 			Msg("nf_conntrack_tcp_loose is 0: cut TCP connections are stopped only if INVALID packets are dropped")
 	}
