@@ -288,7 +288,7 @@ func (ix *Index) Resolve(endpoint string, family int) (Endpoint, error) {
 		return Endpoint{Kind: EndpointNode, Node: n, NodeName: n.Name, Addr: a}, nil
 	}
 	if name, ok := ix.hostNetByAddr[a]; ok {
-		return Endpoint{Kind: EndpointNode, NodeName: name, Addr: a}, nil
+		return Endpoint{Kind: EndpointNode, Node: ix.nodes[name], NodeName: name, Addr: a}, nil
 	}
 	return Endpoint{Kind: EndpointExternal, Addr: a}, nil
 }
