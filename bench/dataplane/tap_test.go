@@ -1,0 +1,122 @@
+package main
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+func TestSynSourcePort(t *testing.T) {
+	p := pair{client: netip.MustParseAddr("10.1.0.83"), server: netip.MustParseAddr("10.7.0.81"), port: 8080}
+	f := synFilter{dst: netip.AddrPortFrom(p.server, p.port)}
+	ipPkt, err := synPacket(p, 40001)
+	if err != nil {
+		t.Fatal(err)
+	}
+	frame := func(edit func(b []byte)) []byte {
+		b := append(make([]byte, 14), ipPkt...)
+		binary.BigEndian.PutUint16(b[12:14], 0x0800)
+		if edit != nil {
+			edit(b)
+		}
+		return b
+	}
+	const tcpOff = 14 + 20
+	for _, tc := range []struct {
+		name  string
+		frame []byte
+		port  uint16
+		ok    bool
+	}{
+		{"SYN to the server", frame(nil), 40001, true},
+		{"SYN-ACK", frame(func(b []byte) { b[tcpOff+13] |= 0x10 }), 0, false},
+		{"plain ACK", frame(func(b []byte) { b[tcpOff+13] = 0x10 }), 0, false},
+		{"other destination", frame(func(b []byte) { b[14+19]++ }), 0, false},
+		{"other port", frame(func(b []byte) { b[tcpOff+3]++ }), 0, false},
+		{"UDP", frame(func(b []byte) { b[14+9] = unix.IPPROTO_UDP }), 0, false},
+		{"IPv6 ethertype", frame(func(b []byte) { binary.BigEndian.PutUint16(b[12:14], 0x86dd) }), 0, false},
+		{"truncated in TCP", frame(nil)[:tcpOff+10], 0, false},
+		{"bad IHL", frame(func(b []byte) { b[14] = 0x42 }), 0, false},
+		{"empty", nil, 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			port, ok := synSourcePort(tc.frame, f)
+			if ok != tc.ok || port != tc.port {
+				t.Fatalf("got %d, %v; want %d, %v", port, ok, tc.port, tc.ok)
+			}
+		})
+	}
+	// IP options move the TCP header.
+	withOpts := frame(nil)
+	withOpts = append(withOpts[:tcpOff:tcpOff], append([]byte{1, 1, 1, 0}, withOpts[tcpOff:]...)...)
+	withOpts[14] = 0x46
+	if port, ok := synSourcePort(withOpts, f); !ok || port != 40001 {
+		t.Fatalf("with IP options: %d, %v", port, ok)
+	}
+}
+
+func TestKernelStamp(t *testing.T) {
+	cmsg := func(level, typ int32, data []byte) []byte {
+		b := make([]byte, unix.CmsgSpace(len(data)))
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
+		h.Level, h.Type = level, typ
+		h.SetLen(unix.CmsgLen(len(data)))
+		copy(b[unix.CmsgLen(0):], data)
+		return b
+	}
+	ts := make([]byte, 16)
+	binary.NativeEndian.PutUint64(ts[0:8], 1700000000)
+	binary.NativeEndian.PutUint64(ts[8:16], 123456789)
+	want := time.Unix(1700000000, 123456789)
+	for _, tc := range []struct {
+		name    string
+		oob     []byte
+		wantErr string
+	}{
+		{"timestamp", cmsg(unix.SOL_SOCKET, unix.SCM_TIMESTAMPNS, ts), ""},
+		{"after another message", append(cmsg(unix.SOL_SOCKET, unix.SCM_RIGHTS, make([]byte, 4)), cmsg(unix.SOL_SOCKET, unix.SCM_TIMESTAMPNS, ts)...), ""},
+		{"none", nil, "no kernel timestamp"},
+		{"other message only", cmsg(unix.SOL_IP, 1, make([]byte, 4)), "no kernel timestamp"},
+		{"short data", cmsg(unix.SOL_SOCKET, unix.SCM_TIMESTAMPNS, ts[:8]), "no kernel timestamp"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := kernelStamp(tc.oob)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || !got.Equal(want) {
+				t.Fatalf("got %v, %v; want %v", got, err, want)
+			}
+		})
+	}
+}
+
+func TestMatchSYNs(t *testing.T) {
+	t0 := time.Unix(1700000000, 0)
+	at := func(us int) time.Time { return t0.Add(time.Duration(us) * time.Microsecond) }
+	held, lost, err := matchSYNs(
+		map[uint16]time.Time{1: at(0), 2: at(100), 3: at(200)},
+		map[uint16]time.Time{1: at(5), 3: at(270), 9: at(1)}, // 2 never left; 9 never came in
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lost != 1 || len(held) != 2 {
+		t.Fatalf("held %v lost %d, want two held and one lost", held, lost)
+	}
+	sum := held[0] + held[1]
+	if sum != 75*time.Microsecond {
+		t.Fatalf("held %v, want 5us and 70us", held)
+	}
+	if _, _, err := matchSYNs(map[uint16]time.Time{1: at(10)}, map[uint16]time.Time{1: at(5)}); err == nil {
+		t.Fatal("a SYN that left before it arrived was accepted")
+	}
+}
