@@ -20,6 +20,7 @@ func cmdCleanup(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	fs.SetOutput(stderr)
 	backend := fs.String("iptables-backend", "auto", "iptables binaries the agent used: auto, legacy or nft")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	families := fs.String("ip-families", "auto", "IP families to clean: auto (IPv6 too unless the kernel has none), ipv4, ipv6 or ipv4,ipv6")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -37,15 +38,16 @@ func cmdCleanup(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 	log = log.With().Str("component", "cleanup").Logger()
 	b, err := iptables.ParseBackend(*backend)
-	if err != nil {
+	fams, ferr := iptables.ParseFamilies(*families)
+	if err := errors.Join(err, ferr); err != nil {
 		log.Error().Err(err).Msg("bad flags")
 		return 2
 	}
-	if err := errors.Join(dataplane.CheckNetAdmin(), iptables.CheckTools(b)); err != nil {
+	if err := errors.Join(dataplane.CheckNetAdmin(), iptables.CheckTools(b, fams...)); err != nil {
 		log.Error().Err(err).Msg("cannot run on this host")
 		return 2
 	}
-	t := iptables.New(iptables.Exec{}, b)
+	t := iptables.New(iptables.Exec{}, b, fams...)
 	if err := t.Cleanup(ctx); err != nil {
 		log.Error().Err(err).Msg("cleanup incomplete")
 		return 1
@@ -59,6 +61,10 @@ func cmdCleanup(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		log.Error().Strs("left", left).Msg("cleanup incomplete")
 		return 1
 	}
-	log.Info().Msg("removed every NFQPOLICY chain, jump and set (IPv4 and IPv6)")
+	names := make([]string, len(fams))
+	for i, f := range fams {
+		names[i] = f.String()
+	}
+	log.Info().Strs("families", names).Msg("removed every NFQPOLICY chain, jump and set")
 	return 0
 }

@@ -45,6 +45,7 @@ type runFlags struct {
 	logLevel    string
 	healthAddr  string
 	backend     string
+	families    string
 	resync      time.Duration
 	printRules  bool
 }
@@ -68,6 +69,7 @@ func newRunFlags(stderr io.Writer) (*flag.FlagSet, *runFlags) {
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error (debug logs every verdict)")
 	fs.StringVar(&f.healthAddr, "health-addr", "127.0.0.1:9901", "serve /healthz, /readyz and /debug/counters here (empty: off)")
 	fs.StringVar(&f.backend, "iptables-backend", "auto", "iptables binaries: auto (the system's iptables-restore), legacy or nft; use kube-proxy's")
+	fs.StringVar(&f.families, "ip-families", "auto", "IP families to divert: auto (IPv6 too unless the kernel has none), ipv4, ipv6 or ipv4,ipv6")
 	fs.DurationVar(&f.resync, "resync", time.Minute, "re-install rules and sets this often to repair what others flushed (0: never)")
 	fs.BoolVar(&f.printRules, "print-rules", false, "print the iptables-restore input these flags install on a clean node (both families) and exit")
 	return fs, f
@@ -102,6 +104,8 @@ func (f *runFlags) config(log zerolog.Logger) (agent.Config, error) {
 	errs = append(errs, err)
 	backend, err := iptables.ParseBackend(f.backend)
 	errs = append(errs, err)
+	fams, err := iptables.ParseFamilies(f.families)
+	errs = append(errs, err)
 	if err := errors.Join(errs...); err != nil {
 		return agent.Config{}, err
 	}
@@ -115,6 +119,7 @@ func (f *runFlags) config(log zerolog.Logger) (agent.Config, error) {
 			Deny:      deny,
 		},
 		Backend:        backend,
+		Families:       fams,
 		CacheSize:      f.cacheSize,
 		MaxQueueLen:    uint32(f.queueLen),
 		Established:    est,
@@ -160,13 +165,13 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if f.printRules {
-		for _, fam := range iptables.Families {
+		for _, fam := range cfg.Families {
 			fmt.Fprintf(stdout, "# %s: %s-restore --noflush\n", fam, map[iptables.Family]string{iptables.IPv4: "iptables", iptables.IPv6: "ip6tables"}[fam])
 			fmt.Fprint(stdout, iptables.RenderInstall(cfg.Rules, fam, ""))
 		}
 		return 0
 	}
-	if err := agent.Preflight(cfg.Backend); err != nil {
+	if err := agent.Preflight(cfg.Backend, cfg.Families...); err != nil {
 		log.Error().Err(err).Msg("cannot run on this host")
 		return 2
 	}

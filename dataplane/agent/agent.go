@@ -56,6 +56,8 @@ type Config struct {
 	NodeName string
 	Rules    iptables.Config
 	Backend  iptables.Backend
+	// Families are the IP families diverted (nil: both).
+	Families []iptables.Family
 	// CacheSize is the number of flows the engine's cache remembers.
 	CacheSize int
 	// MaxQueueLen is the kernel-side length of each queue.
@@ -130,15 +132,15 @@ func New(cfg Config, src k8swatch.Source) (*Agent, error) {
 	if r == nil {
 		r = iptables.Exec{}
 	}
-	a := &Agent{cfg: cfg, src: src, tables: iptables.New(r, cfg.Backend), log: cfg.Log}
+	a := &Agent{cfg: cfg, src: src, tables: iptables.New(r, cfg.Backend, cfg.Families...), log: cfg.Log}
 	a.setNotReady("waiting for the first cluster state")
 	return a, nil
 }
 
 // Preflight reports, all at once, what keeps the agent from running on
 // this host: the capability and the binaries.
-func Preflight(b iptables.Backend) error {
-	return errors.Join(dataplane.CheckNetAdmin(), iptables.CheckTools(b))
+func Preflight(b iptables.Backend, fams ...iptables.Family) error {
+	return errors.Join(dataplane.CheckNetAdmin(), iptables.CheckTools(b, fams...))
 }
 
 func (a *Agent) setNotReady(why string) {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strings"
 )
 
@@ -73,19 +74,23 @@ func (b Backend) binary(f Family, tool string) string {
 	return base + "-" + string(b) + "-" + tool
 }
 
-// Tools lists the binaries the agent needs for backend b.
-func Tools(b Backend) []string {
+// Tools lists the binaries the agent needs for backend b and the given
+// families (both when none are given).
+func Tools(b Backend, fams ...Family) []string {
+	if len(fams) == 0 {
+		fams = AllFamilies()
+	}
 	var r []string
-	for _, f := range Families {
+	for _, f := range fams {
 		r = append(r, b.binary(f, "save"), b.binary(f, "restore"))
 	}
 	return append(r, "ipset")
 }
 
 // CheckTools reports every missing binary at once, with what to install.
-func CheckTools(b Backend) error {
+func CheckTools(b Backend, fams ...Family) error {
 	var missing []string
-	for _, t := range Tools(b) {
+	for _, t := range Tools(b, fams...) {
 		if _, err := exec.LookPath(t); err != nil {
 			missing = append(missing, t)
 		}
@@ -98,12 +103,19 @@ func CheckTools(b Backend) error {
 
 // Tables installs and removes our rules and sets through a Runner.
 type Tables struct {
-	run     Runner
-	backend Backend
+	run      Runner
+	backend  Backend
+	families []Family
 }
 
-// New returns Tables running commands with r and the binaries of b.
-func New(r Runner, b Backend) *Tables { return &Tables{run: r, backend: b} }
+// New returns Tables running commands with r and the binaries of b, for
+// the given families (both when none are given).
+func New(r Runner, b Backend, fams ...Family) *Tables {
+	if len(fams) == 0 {
+		fams = AllFamilies()
+	}
+	return &Tables{run: r, backend: b, families: slices.Clone(fams)}
+}
 
 func (t *Tables) save(ctx context.Context, f Family) (string, error) {
 	out, err := t.run.Run(ctx, "", t.backend.binary(f, "save"), "-t", "filter")
@@ -130,13 +142,13 @@ func (t *Tables) Install(ctx context.Context, c Config) error {
 		return err
 	}
 	var sets strings.Builder
-	for _, f := range Families {
+	for _, f := range t.families {
 		sets.WriteString(RenderSetCreate(f))
 	}
 	if err := t.ipsetRestore(ctx, sets.String()); err != nil {
 		return err
 	}
-	for _, f := range Families {
+	for _, f := range t.families {
 		save, err := t.save(ctx, f)
 		if err != nil {
 			return err
@@ -151,7 +163,7 @@ func (t *Tables) Install(ctx context.Context, c Config) error {
 // SyncSets makes the sets hold exactly addrs (both families).
 func (t *Tables) SyncSets(ctx context.Context, addrs []netip.Addr) error {
 	var b strings.Builder
-	for _, f := range Families {
+	for _, f := range t.families {
 		b.WriteString(RenderSetSync(f, addrs))
 	}
 	return t.ipsetRestore(ctx, b.String())
@@ -169,7 +181,7 @@ func (t *Tables) ipsetRestore(ctx context.Context, input string) error {
 // idempotent. It tries everything and reports all failures.
 func (t *Tables) Cleanup(ctx context.Context) error {
 	var errs []error
-	for _, f := range Families {
+	for _, f := range t.families {
 		save, err := t.save(ctx, f)
 		if err != nil {
 			errs = append(errs, err)
@@ -198,7 +210,7 @@ func (t *Tables) Cleanup(ctx context.Context) error {
 // one item per line-like string; empty after a successful Cleanup.
 func (t *Tables) Leftovers(ctx context.Context) ([]string, error) {
 	var r []string
-	for _, f := range Families {
+	for _, f := range t.families {
 		save, err := t.save(ctx, f)
 		if err != nil {
 			return nil, err

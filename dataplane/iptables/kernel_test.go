@@ -115,3 +115,31 @@ func TestInstallCleanupInNamespace(t *testing.T) {
 		})
 	}
 }
+
+// TestIPv4Only: with only IPv4 configured nothing touches ip6tables, so an
+// IPv6-less kernel works, and cleanup of IPv4 alone is complete.
+func TestIPv4Only(t *testing.T) {
+	nstest.Require(t, Tools(Auto, IPv4)...)
+	nstest.Sweep(t)
+	ns := nstest.New(t, "ipt-v4only")
+	ctx := context.Background()
+	tb := New(Exec{Prefix: ns.Prefix()}, Auto, IPv4)
+	if err := tb.Install(ctx, Config{Marks: DefaultMarks, QueueBase: 100, Queues: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.SyncSets(ctx, []netip.Addr{netip.MustParseAddr("10.1.0.2"), netip.MustParseAddr("fd00::2")}); err != nil {
+		t.Fatal(err)
+	}
+	if got := ns.Run("iptables-save"); !strings.Contains(got, "NFQPOLICY-FORWARD") {
+		t.Errorf("IPv4 rules missing:\n%s", got)
+	}
+	if got := ns.Run("ip6tables-save") + ns.Run("ipset", "list", "-n"); strings.Contains(got, "NFQPOLICY-FORWARD") || strings.Contains(got, "LOCAL6") {
+		t.Errorf("IPv6 state installed with IPv4 only:\n%s", got)
+	}
+	if err := tb.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := ns.Run("iptables-save") + ns.Run("ipset", "list", "-n"); strings.Contains(got, "NFQPOLICY") {
+		t.Errorf("left after cleanup:\n%s", got)
+	}
+}

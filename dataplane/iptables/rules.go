@@ -2,6 +2,8 @@ package iptables
 
 import (
 	"fmt"
+	"os"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -15,8 +17,43 @@ const (
 	IPv6 Family = 6
 )
 
-// Families lists both families in install order.
-var Families = [...]Family{IPv4, IPv6}
+// AllFamilies lists both families in install order.
+func AllFamilies() []Family { return []Family{IPv4, IPv6} }
+
+// ParseFamilies reads the --ip-families flag: "auto" (DetectFamilies),
+// "ipv4", "ipv6" or "ipv4,ipv6".
+func ParseFamilies(s string) ([]Family, error) {
+	if s == "auto" || s == "" {
+		return DetectFamilies(), nil
+	}
+	var fams []Family
+	for _, p := range strings.Split(s, ",") {
+		var f Family
+		switch strings.TrimSpace(p) {
+		case "ipv4":
+			f = IPv4
+		case "ipv6":
+			f = IPv6
+		default:
+			return nil, fmt.Errorf("ip families %q: want auto, ipv4, ipv6 or ipv4,ipv6", s)
+		}
+		if slices.Contains(fams, f) {
+			return nil, fmt.Errorf("ip families %q: %s twice", s, f)
+		}
+		fams = append(fams, f)
+	}
+	slices.Sort(fams)
+	return fams, nil
+}
+
+// DetectFamilies returns IPv4, and IPv6 unless the kernel runs without it
+// (ipv6.disable=1: no /proc/sys/net/ipv6, and ip6tables cannot work).
+func DetectFamilies() []Family {
+	if _, err := os.Stat("/proc/sys/net/ipv6"); err != nil {
+		return []Family{IPv4}
+	}
+	return AllFamilies()
+}
 
 func (f Family) String() string {
 	if f == IPv6 {

@@ -2,6 +2,7 @@ package iptables
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -313,6 +314,36 @@ func TestBinaries(t *testing.T) {
 	}
 	if _, err := ParseBackend("iptables"); err == nil {
 		t.Error("ParseBackend accepted an unknown backend")
+	}
+}
+
+func TestParseFamilies(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    []Family
+		wantErr string
+	}{
+		{in: "ipv4", want: []Family{IPv4}},
+		{in: "ipv6", want: []Family{IPv6}},
+		{in: "ipv6,ipv4", want: []Family{IPv4, IPv6}},
+		{in: "auto", want: DetectFamilies()},
+		{in: "ipv4,ipv4", wantErr: "twice"},
+		{in: "ip4", wantErr: "want auto"},
+	}
+	for _, tt := range tests {
+		got, err := ParseFamilies(tt.in)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("ParseFamilies(%q) err = %v, want %q", tt.in, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || !slices.Equal(got, tt.want) {
+			t.Errorf("ParseFamilies(%q) = %v, %v, want %v", tt.in, got, err, tt.want)
+		}
+	}
+	if got := strings.Join(Tools(Auto, IPv4), " "); got != "iptables-save iptables-restore ipset" {
+		t.Errorf("Tools(auto, ipv4) = %s", got)
 	}
 }
 
