@@ -601,3 +601,29 @@ func TestOverflow(t *testing.T) {
 	}
 	c.Close()
 }
+
+// TestQueueTaken: a second reader on a bound queue (say, two agents during
+// a rollout) fails with an error that says why, and the first keeps
+// working.
+func TestQueueTaken(t *testing.T) {
+	tp := setup(t)
+	c := baseConfig
+	c.Queues = 1
+	tp.install(t, c)
+	tp.readers(t, c)
+	_, err := dataplane.Open(context.Background(), dataplane.ReaderConfig{
+		Queue: c.QueueBase, AllowMark: c.Marks.Allow, DenyMark: c.Marks.Deny, MarkMask: c.Marks.Mask,
+		NetNS: tp.nodeFD, Decider: tp.decider, NewDecoder: func() dataplane.Decoder { return filter.NewDecoder() },
+		Log: zerolog.New(io.Discard),
+	})
+	if err == nil || !strings.Contains(err.Error(), "another process is bound to this queue") {
+		t.Fatalf("second reader on queue %d: %v, want a clear EBUSY error", c.QueueBase, err)
+	}
+	t.Logf("second reader: %v", err)
+	tp.serve(t, "tcp", podB4, portAllowed)
+	conn, err := tp.dial(podB4, portAllowed, 2*time.Second)
+	if err != nil {
+		t.Fatalf("first reader stopped working: %v", err)
+	}
+	conn.Close()
+}

@@ -138,7 +138,7 @@ func Open(ctx context.Context, cfg ReaderConfig) (*Reader, error) {
 		AfFamily:     unix.AF_INET, // the kernel ignores it: one queue carries both families
 	})
 	if err != nil {
-		return nil, fmt.Errorf("open nfqueue %d: %w", cfg.Queue, explainErrno(err))
+		return nil, fmt.Errorf("open nfqueue %d: %w", cfg.Queue, explainErrno(err, false))
 	}
 	if err := nf.Con.SetReadBuffer(cfg.ReadBuffer); err != nil {
 		cfg.Log.Warn().Err(err).Uint16("queue", cfg.Queue).Msg("cannot enlarge the nfqueue socket buffer; bursts may overflow it")
@@ -159,7 +159,7 @@ func Open(ctx context.Context, cfg ReaderConfig) (*Reader, error) {
 	if err := nf.RegisterWithErrorFunc(rctx, r.handle, r.onError); err != nil {
 		cancel()
 		nf.Close()
-		return nil, fmt.Errorf("bind nfqueue %d: %w", cfg.Queue, explainErrno(err))
+		return nil, fmt.Errorf("bind nfqueue %d: %w", cfg.Queue, explainErrno(err, true))
 	}
 	return r, nil
 }
@@ -351,13 +351,14 @@ func (r *Reader) onError(err error) int {
 }
 
 // explainErrno adds what to do to the errors a missing privilege or a
-// taken queue produce.
-func explainErrno(err error) error {
+// taken queue produce. The kernel answers a bind to a queue another socket
+// holds with EPERM, the same error as a missing capability.
+func explainErrno(err error, binding bool) error {
 	switch {
+	case errors.Is(err, unix.EPERM) && binding:
+		return fmt.Errorf("%w (another process is bound to this queue: a second agent, or another NFQUEUE user, then pick another --queue-num; or CAP_NET_ADMIN is missing)", err)
 	case errors.Is(err, unix.EPERM):
 		return fmt.Errorf("%w (needs CAP_NET_ADMIN)", err)
-	case errors.Is(err, unix.EBUSY):
-		return fmt.Errorf("%w (another process is bound to this queue)", err)
 	}
 	return err
 }
