@@ -262,7 +262,7 @@ func (t throughputResult) gbps() float64 {
 // bulkWarmup is sent before the measured window starts: slow start and
 // the first packet's trip through the queue are not what (d) and (e)
 // compare.
-const bulkWarmup = 300 * time.Millisecond
+const bulkWarmup = 200 * time.Millisecond
 
 // throughput sends one TCP flow from the client namespace to dst as fast
 // as it goes and counts what the server receives during d, after a

@@ -75,7 +75,7 @@ func cmdMain(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.workload, "workload", "testdata/bench/knp-workload.yaml", "scenario file with the cluster and the probe to reproduce")
 	fs.StringVar(&o.nfqpolicy, "nfqpolicy", "", "agent binary (default: go build ./cmd/nfqpolicy into a temporary directory)")
 	fs.DurationVar(&o.duration, "duration", 3*time.Second, "measured time per mode of the connection-rate and of the throughput comparison, split into -rounds")
-	fs.IntVar(&o.rounds, "rounds", 5, "alternating rounds the -duration of each mode is split into")
+	fs.IntVar(&o.rounds, "rounds", 6, "alternating rounds the -duration of each mode is split into")
 	fs.IntVar(&o.workers, "workers", 4, "parallel clients of the connection-rate phases")
 	fs.IntVar(&o.queues, "queues", runtime.NumCPU(), "NFQUEUE queues of the agent and of the accept-all reader (the agent's default)")
 	fs.IntVar(&o.latencyConns, "latency-conns", 2000, "connections of each sequential latency phase (also bounded by -duration)")
@@ -202,7 +202,12 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) (err error) {
 	}
 	b.dst = netip.AddrPortFrom(b.pair.server, b.pair.port)
 
-	if b.dir, err = os.MkdirTemp("", "nfqbench-"); err != nil {
+	if swept, err := sweepStaleDirs(os.TempDir()); err != nil {
+		return err
+	} else if len(swept) > 0 {
+		fmt.Fprintf(stderr, "swept directories of a killed run: %s\n", strings.Join(swept, " "))
+	}
+	if b.dir, err = os.MkdirTemp("", fmt.Sprintf("%s%d-", namePrefix, os.Getpid())); err != nil {
 		return fmt.Errorf("temporary directory: %w", err)
 	}
 	defer func() {

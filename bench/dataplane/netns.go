@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"strconv"
@@ -94,6 +95,35 @@ func sweepStale() ([]string, error) {
 			continue
 		}
 		deleted = append(deleted, e.Name())
+	}
+	return deleted, errors.Join(errs...)
+}
+
+// sweepStaleDirs removes the temporary directories (snapshot copy, agent
+// binary, logs) that killed runs left in dir; they are named like the
+// namespaces.
+func sweepStaleDirs(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("sweep stale directories: %w", err)
+	}
+	var deleted []string
+	var errs []error
+	for _, e := range entries {
+		m := staleName.FindStringSubmatch(e.Name())
+		if m == nil || !e.IsDir() {
+			continue
+		}
+		pid, err := strconv.Atoi(m[1])
+		if err != nil || pidAlive(pid) {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		if err := os.RemoveAll(p); err != nil {
+			errs = append(errs, fmt.Errorf("sweep stale directories: %w", err))
+			continue
+		}
+		deleted = append(deleted, p)
 	}
 	return deleted, errors.Join(errs...)
 }

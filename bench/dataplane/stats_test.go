@@ -1,8 +1,11 @@
 package main
 
 import (
+	"fmt"
 	"math"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -211,5 +214,36 @@ func TestRotated(t *testing.T) {
 		if !slices.Equal(got, tc.want) {
 			t.Errorf("rotated(%d, %d) = %v, want %v", tc.n, tc.k, got, tc.want)
 		}
+	}
+}
+
+func TestSweepStaleDirs(t *testing.T) {
+	dir := t.TempDir()
+	// A pid that cannot be running: above the kernel's pid_max limit.
+	dead := namePrefix + "99999999-abc"
+	live := fmt.Sprintf("%s%d-abc", namePrefix, os.Getpid())
+	for _, d := range []string{dead, live, "nfqp-99999999-x", "unrelated"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A file with a matching name is not ours to remove.
+	if err := os.WriteFile(filepath.Join(dir, namePrefix+"99999998-file"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := sweepStaleDirs(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || filepath.Base(got[0]) != dead {
+		t.Fatalf("swept %v, want only %s", got, dead)
+	}
+	left, _ := os.ReadDir(dir)
+	var names []string
+	for _, e := range left {
+		names = append(names, e.Name())
+	}
+	if len(names) != 4 || slices.Contains(names, dead) {
+		t.Fatalf("left %v", names)
 	}
 }
