@@ -80,6 +80,9 @@ type Options struct {
 	Buffer int
 	// SnapLen caps the bytes kept per packet (default and maximum 128).
 	SnapLen int
+	// Poll is how often the writer collects buffered packets (default
+	// 10ms); Buffer must hold what arrives meanwhile.
+	Poll time.Duration
 }
 
 // Stats are a Capture's running totals.
@@ -140,6 +143,9 @@ func New(o Options) (*Capture, error) {
 	}
 	if o.Buffer <= 0 {
 		o.Buffer = 1024
+	}
+	if o.Poll <= 0 {
+		o.Poll = 10 * time.Millisecond
 	}
 	if o.SnapLen <= 0 || o.SnapLen > MaxSnapLen {
 		o.SnapLen = MaxSnapLen
@@ -217,26 +223,36 @@ func origLen(pkt []byte) uint32 {
 
 func (c *Capture) run() {
 	defer close(c.finished)
+	// Poll rather than block on the channel: waking a parked receiver per
+	// packet would cost the verdict path a futex call (see flowlog).
+	poll := time.NewTicker(c.o.Poll)
+	defer poll.Stop()
 	var s slot
 	for {
 		select {
-		case s = <-c.ch:
-			c.write(&s)
-			if len(c.ch) == 0 {
+		case <-poll.C:
+			if c.drain(&s) > 0 {
 				c.flush()
 			}
 		case <-c.done:
-			for {
-				select {
-				case s = <-c.ch:
-					c.write(&s)
-				default:
-					c.finish()
-					return
-				}
-			}
+			c.drain(&s)
+			c.finish()
+			return
 		}
 	}
+}
+
+// drain writes what is buffered now, at most one buffer's worth.
+func (c *Capture) drain(s *slot) int {
+	for i := range cap(c.ch) {
+		select {
+		case *s = <-c.ch:
+			c.write(s)
+		default:
+			return i
+		}
+	}
+	return cap(c.ch)
 }
 
 func (c *Capture) fail(err error) {

@@ -488,3 +488,19 @@ func TestServeUnixReplacesStaleSocket(t *testing.T) {
 		t.Errorf("ServeUnix: %v", err)
 	}
 }
+
+func BenchmarkHubOnVerdict(b *testing.B) {
+	rs := compile(b, testCluster)
+	h := NewHub(1024)
+	f := tcp("10.0.1.1", "10.0.1.2", 80)
+	v := rs.Decide(f)
+	m, _ := ParseFilter("x/a", "", "80")
+	s := h.Subscribe(m, 64)
+	defer s.Close()
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			h.OnVerdict(f, v, nil, time.Microsecond)
+		}
+	})
+}

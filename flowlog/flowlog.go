@@ -10,6 +10,32 @@
 // moment or at shutdown go out as a summary line. A per-source token bucket
 // keeps one noisy client from crowding everyone else out; what it suppresses
 // is reported the same way as "rate_limited".
+//
+// A line (Entry reads it back):
+//
+//	time            RFC 3339, nanoseconds, UTC
+//	node            the agent's node
+//	seq             per-agent sequence; gaps are records lost or limited
+//	verdict         allow | deny (what was enforced)
+//	mode            enforce | audit (the agent's mode)
+//	audit_verdict   would-allow | would-deny: the verdict with staged
+//	                policies enforced too (only when some policy is staged)
+//	audit_differs   true when audit_verdict differs from verdict; then
+//	staged_policies the staged policies ("ns/name") that make the difference
+//	audit_reason    and why
+//	proto, family   tcp|udp|sctp|icmp|icmpv6, 4|6
+//	src, src_port, dst, dst_port
+//	src_pod, src_namespace, dst_pod, dst_namespace   when a side is a pod
+//	src_labels, dst_labels                           with Renderer.Labels
+//	reason          one line: which rule allowed each side, or which
+//	                policies isolate the pod that denied it
+//	egress, ingress {decision, policy, policy_index, rule, peer}
+//	latency_us      decision latency
+//	cached          the flow cache answered
+//	lost, rate_limited  records dropped since the previous line
+//
+// Lines with no verdict are summaries: lost/rate_limited counts that no
+// record could carry, and a "message".
 package flowlog
 
 import (
@@ -67,7 +93,8 @@ func (s Select) String() string {
 type Options struct {
 	// Out receives one JSON line per Write. The Logger does not close it.
 	Out io.Writer
-	// Buffer is how many records may wait for the writer (default 4096).
+	// Buffer is how many records may wait for the writer (default 4096):
+	// it must hold what arrives in one Poll interval.
 	Buffer int
 	Select Select
 	// RatePerSec and Burst configure the per-source-address token bucket;
@@ -79,6 +106,9 @@ type Options struct {
 	// ReportInterval is how often pending lost/rate-limited counts that no
 	// record has carried are written as a summary line (default 5s).
 	ReportInterval time.Duration
+	// Poll is how often the writer collects buffered records (default
+	// 10ms): records reach Out at most this late.
+	Poll time.Duration
 	// Renderer adds the node name, mode and pod labels.
 	Renderer Renderer
 }
@@ -100,6 +130,7 @@ type Logger struct {
 	zl       zerolog.Logger
 	rd       Renderer
 	interval time.Duration
+	poll     time.Duration
 
 	seq         atomic.Uint64
 	pendLost    atomic.Uint64
@@ -128,6 +159,9 @@ func New(o Options) (*Logger, error) {
 	if o.ReportInterval <= 0 {
 		o.ReportInterval = 5 * time.Second
 	}
+	if o.Poll <= 0 {
+		o.Poll = 10 * time.Millisecond
+	}
 	if o.Select > SelectAuditDiff {
 		return nil, fmt.Errorf("flowlog: unknown selection %d", o.Select)
 	}
@@ -139,6 +173,7 @@ func New(o Options) (*Logger, error) {
 		zl:       zerolog.New(cw),
 		rd:       o.Renderer,
 		interval: o.ReportInterval,
+		poll:     o.Poll,
 		done:     make(chan struct{}),
 		finished: make(chan struct{}),
 	}
@@ -205,27 +240,40 @@ func (l *Logger) OnVerdict(f filter.Flow, v filter.Verdict, _ []byte, latency ti
 
 func (l *Logger) run() {
 	defer close(l.finished)
-	t := time.NewTicker(l.interval)
-	defer t.Stop()
+	// The writer polls instead of blocking on the channel: a send to a
+	// channel nobody waits on is a copy under a lock, while waking a
+	// parked receiver per record costs the verdict path a futex call.
+	poll := time.NewTicker(l.poll)
+	defer poll.Stop()
+	report := time.NewTicker(l.interval)
+	defer report.Stop()
 	// One Record for the goroutine's life: write takes its address, which
 	// would otherwise move a fresh one to the heap per record.
 	var r Record
 	for {
 		select {
-		case r = <-l.ch:
-			l.write(&r)
-		case <-t.C:
+		case <-poll.C:
+			l.drain(&r)
+		case <-report.C:
+			l.drain(&r)
 			l.summary("records dropped")
 		case <-l.done:
-			for {
-				select {
-				case r = <-l.ch:
-					l.write(&r)
-				default:
-					l.summary("flow log closed")
-					return
-				}
-			}
+			l.drain(&r)
+			l.summary("flow log closed")
+			return
+		}
+	}
+}
+
+// drain writes what is buffered now; at most one buffer's worth, so that
+// under sustained load the loop still gets to report and to stop.
+func (l *Logger) drain(r *Record) {
+	for range cap(l.ch) {
+		select {
+		case *r = <-l.ch:
+			l.write(r)
+		default:
+			return
 		}
 	}
 }
