@@ -627,3 +627,41 @@ func TestQueueTaken(t *testing.T) {
 	}
 	conn.Close()
 }
+
+// TestForeignMarkSurvives: a packet carrying kube-proxy's masquerade bit
+// (0x4000, set before FORWARD) still carries it after our verdict and
+// the NF_REPEAT round (or SNAT would break), and leaves without our bits.
+func TestForeignMarkSurvives(t *testing.T) {
+	tp := setup(t)
+	tp.install(t, baseConfig)
+	tp.readers(t, baseConfig)
+	tp.serve(t, "tcp", podB4, portAllowed)
+	// What kube-proxy's KUBE-MARK-MASQ does for service traffic.
+	tp.node.Run("iptables", "-t", "mangle", "-A", "PREROUTING", "-p", "tcp", "--dport", strconv.Itoa(portAllowed), "-j", "MARK", "--set-xmark", "0x4000/0x4000")
+	// Counting rules (no target) at the last hook the packet passes on the
+	// node: marked as it should be, and any at all.
+	syn := []string{"-p", "tcp", "--dport", strconv.Itoa(portAllowed), "--tcp-flags", "SYN,ACK", "SYN"}
+	tp.node.Run(append(append([]string{"iptables", "-t", "mangle", "-A", "POSTROUTING"}, syn...), "-m", "mark", "--mark", "0x4000/0x34000")...)
+	tp.node.Run(append([]string{"iptables", "-t", "mangle", "-A", "POSTROUTING"}, syn...)...)
+
+	before := tp.queued(t)
+	c, err := tp.dial(podB4, portAllowed, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if d := tp.queued(t) - before; d != 1 {
+		t.Fatalf("%d packets queued, want the SYN", d)
+	}
+	out := tp.node.Run("iptables", "-t", "mangle", "-L", "POSTROUTING", "-v", "-x", "-n")
+	var counts []string
+	for _, line := range strings.Split(out, "\n")[2:] {
+		if f := strings.Fields(line); len(f) > 0 {
+			counts = append(counts, f[0])
+		}
+	}
+	t.Logf("SYNs leaving with mark 0x4000 and none of 0x30000: %s of %s", counts[0], counts[1])
+	if len(counts) != 2 || counts[0] != "1" || counts[1] != "1" {
+		t.Errorf("mangle POSTROUTING counters %v, want [1 1] (the SYN, with 0x4000 kept and our bits cleared):\n%s", counts, out)
+	}
+}
