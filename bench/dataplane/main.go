@@ -344,11 +344,10 @@ func (b *bench) phases(ctx context.Context, snapshot string) (err error) {
 
 // modeFigures accumulates one mode's rounds.
 type modeFigures struct {
-	rates         []float64
-	ok, failed    int
-	connect       []time.Duration
-	firstErr      error
-	roundFailures []string
+	rates      []float64
+	ok, failed int
+	connect    []time.Duration
+	firstErr   error
 }
 
 // connRounds are (a), (b) and (c): rounds of norules, acceptall,
