@@ -167,13 +167,24 @@ func (n *NS) ipBatch(ctx context.Context, lines []string) error {
 	return nil
 }
 
-// sysctl sets kernel parameters inside the namespace.
-func (n *NS) sysctl(ctx context.Context, kv ...string) error {
-	args := append([]string{"netns", "exec", n.Name, "sysctl", "-q", "-w"}, kv...)
-	if err := run(ctx, nil, "ip", args...); err != nil {
-		return fmt.Errorf("sysctl in %s: %w", n.Name, err)
-	}
-	return nil
+// sysctl sets kernel parameters ("net.ipv4.ip_forward=1") inside the
+// namespace by writing /proc/sys from a thread that has entered it: the
+// net.* entries there belong to the reading thread's namespace, and a
+// thousand-pod topology saves a thousand forks.
+func (n *NS) sysctl(kv ...string) error {
+	return n.Do(func() error {
+		for _, e := range kv {
+			key, val, ok := strings.Cut(e, "=")
+			if !ok || !strings.HasPrefix(key, "net.") {
+				return fmt.Errorf("sysctl %q: want net.KEY=VALUE", e)
+			}
+			path := "/proc/sys/" + strings.ReplaceAll(key, ".", "/")
+			if err := os.WriteFile(path, []byte(val), 0o644); err != nil {
+				return fmt.Errorf("sysctl %s in %s: %w", key, n.Name, err)
+			}
+		}
+		return nil
+	})
 }
 
 // run executes a command and folds its stderr into the error.

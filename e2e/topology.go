@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
 )
 
 // Addresses the topology adds that are not the scenario's own. Pods reach
@@ -82,12 +83,20 @@ func (t *topology) all() []*NS {
 
 // close deletes every namespace of the topology.
 func (t *topology) close() error {
-	var errs []error
-	for _, n := range t.all() {
-		if err := n.del(); err != nil {
+	all := t.all()
+	var (
+		mu   sync.Mutex
+		errs []error
+	)
+	// Not forEach: a failure must not stop the other deletions.
+	_ = forEach(len(all), func(i int) error {
+		if err := all[i].del(); err != nil {
+			mu.Lock()
 			errs = append(errs, err)
+			mu.Unlock()
 		}
-	}
+		return nil
+	})
 	return errors.Join(errs...)
 }
 
@@ -157,19 +166,23 @@ func buildTopology(ctx context.Context, prefix string, pl *plan, externals []net
 			return nil, err
 		}
 	}
-	for i := range pl.Pods {
-		if t.pods[i], err = addNS(ctx, fmt.Sprintf("%sp%d", prefix, i)); err != nil {
-			return nil, err
-		}
+	err = forEach(len(pl.Pods), func(i int) (err error) {
+		t.pods[i], err = addNS(ctx, fmt.Sprintf("%sp%d", prefix, i))
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
-	for _, n := range t.all() {
+	all := t.all()
+	err = forEach(len(all), func(i int) error {
 		kv := baseSysctls
-		if isIn(n, t.nodes) {
+		if isIn(all[i], t.nodes) {
 			kv = append(append([]string(nil), baseSysctls...), routerSysctls...)
 		}
-		if err := n.sysctl(ctx, kv...); err != nil {
-			return nil, err
-		}
+		return all[i].sysctl(kv...)
+	})
+	if err != nil {
+		return nil, err
 	}
 
 	// The underlay: a bridge with one port per node and one for the
@@ -196,7 +209,8 @@ func buildTopology(ctx context.Context, prefix string, pl *plan, externals []net
 			return nil, err
 		}
 	}
-	for j, p := range pl.Pods {
+	err = forEach(len(pl.Pods), func(j int) error {
+		p := pl.Pods[j]
 		br := mac(macBridge, pl.nodeIndex(p.Node))
 		var cmds []string
 		cmds = append(cmds, "link set lo up", "link set eth0 up")
@@ -218,9 +232,10 @@ func buildTopology(ctx context.Context, prefix string, pl *plan, externals []net
 				"route add ::/0 via "+gateway6+" dev eth0",
 				"neigh replace "+gateway6+" lladdr "+br+" dev eth0 nud permanent")
 		}
-		if err := t.pods[j].ipBatch(ctx, cmds); err != nil {
-			return nil, err
-		}
+		return t.pods[j].ipBatch(ctx, cmds)
+	})
+	if err != nil {
+		return nil, err
 	}
 	if t.ext != nil {
 		cmds := []string{"link set lo up", "link set ul0 up", "addr add " + extLL + "/64 dev ul0 nodad"}
@@ -238,6 +253,45 @@ func buildTopology(ctx context.Context, prefix string, pl *plan, externals []net
 		}
 	}
 	return t, nil
+}
+
+// buildWorkers bounds the iproute2 processes a build runs at once: pods
+// are independent of each other, and a thousand of them one at a time
+// take most of a minute.
+const buildWorkers = 4
+
+// forEach calls fn(0..n-1) on buildWorkers goroutines and returns the
+// errors; it stops handing out work after the first error.
+func forEach(n int, fn func(i int) error) error {
+	var (
+		mu   sync.Mutex
+		errs []error
+		next int
+		wg   sync.WaitGroup
+	)
+	for range min(buildWorkers, n) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				mu.Lock()
+				i := next
+				next++
+				stop := i >= n || len(errs) > 0
+				mu.Unlock()
+				if stop {
+					return
+				}
+				if err := fn(i); err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 func isIn(n *NS, list []*NS) bool {
