@@ -110,11 +110,14 @@ type Reader struct {
 type rulesetter interface{ Ruleset() *filter.Ruleset }
 
 // Open binds queue cfg.Queue and starts answering its packets until ctx is
-// done or Close is called. It fails when the queue cannot be bound: no
-// CAP_NET_ADMIN (EPERM), or another process owns the queue (EBUSY).
+// done or Close is called. It fails when the queue cannot be bound (no
+// CAP_NET_ADMIN, or another process owns the queue: both EPERM).
 func Open(ctx context.Context, cfg ReaderConfig) (*Reader, error) {
 	if cfg.Decider == nil || cfg.NewDecoder == nil {
 		return nil, errors.New("reader: Decider and NewDecoder are required")
+	}
+	if m := cfg.MarkMask; cfg.AllowMark == 0 || cfg.DenyMark == 0 || cfg.AllowMark == cfg.DenyMark || cfg.AllowMark&^m != 0 || cfg.DenyMark&^m != 0 {
+		return nil, fmt.Errorf("reader: marks allow %#x, deny %#x, mask %#x: want distinct non-zero values inside the mask", cfg.AllowMark, cfg.DenyMark, cfg.MarkMask)
 	}
 	if cfg.MaxQueueLen == 0 {
 		cfg.MaxQueueLen = DefaultMaxQueueLen
