@@ -25,6 +25,9 @@ type server struct {
 	ln       *net.TCPListener
 	received atomic.Int64 // bytes of bulk connections
 	wg       sync.WaitGroup
+
+	mu    sync.Mutex
+	conns map[*net.TCPConn]struct{} // open, for close
 }
 
 func startServer(ns *netNS, addr netip.AddrPort) (*server, error) {
@@ -35,7 +38,7 @@ func startServer(ns *netNS, addr netip.AddrPort) (*server, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("listen on %s in %s: %w", addr, ns.name, err)
 	}
-	s := &server{ln: ln.(*net.TCPListener)}
+	s := &server{ln: ln.(*net.TCPListener), conns: map[*net.TCPConn]struct{}{}}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -47,10 +50,16 @@ func startServer(ns *netNS, addr netip.AddrPort) (*server, error) {
 				}
 				continue // e.g. a connection reset before accept
 			}
+			s.mu.Lock()
+			s.conns[c] = struct{}{}
+			s.mu.Unlock()
 			s.wg.Add(1)
 			go func() {
 				defer s.wg.Done()
 				s.serve(c)
+				s.mu.Lock()
+				delete(s.conns, c)
+				s.mu.Unlock()
 			}()
 		}
 	}()
@@ -83,8 +92,15 @@ func (s *server) serve(c *net.TCPConn) {
 	}
 }
 
+// close stops accepting and cuts the connections still open: a client
+// that vanished without its reset must not keep close waiting.
 func (s *server) close() {
 	_ = s.ln.Close()
+	s.mu.Lock()
+	for c := range s.conns {
+		_ = c.Close()
+	}
+	s.mu.Unlock()
 	s.wg.Wait()
 }
 
