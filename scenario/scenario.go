@@ -115,11 +115,32 @@ func LoadAll(paths ...string) ([]*Scenario, error) {
 
 // Parse reads the scenarios of one file's content.
 func Parse(file string, data []byte) ([]*Scenario, error) {
-	docs, err := k8swatch.ParseDocuments(file, data)
+	return parse(file, data, true)
+}
+
+// parse is Parse; fast lets tests compare the probe line reader with the
+// YAML parser.
+func parse(file string, data []byte, fast bool) ([]*Scenario, error) {
+	var (
+		lineProbes []fastProbe
+		docs       []k8swatch.Document
+		err        error
+	)
+	if fast {
+		if rest, probes, keyLine, ok := splitProbes(data); ok {
+			d, derr := k8swatch.ParseDocuments(file, rest)
+			if derr == nil && tookProbes(d, keyLine) {
+				docs, lineProbes = d, probes
+			}
+		}
+	}
+	if lineProbes == nil {
+		docs, err = k8swatch.ParseDocuments(file, data)
+	}
 	errs := appendErr(nil, err)
 	out := make([]*Scenario, 0, len(docs))
 	for _, d := range docs {
-		s, derrs := parseDocument(d)
+		s, derrs := parseDocument(d, lineProbes)
 		errs = append(errs, derrs...)
 		if s != nil {
 			out = append(out, s)
@@ -145,7 +166,10 @@ type probeJSON struct {
 	Expect   string `json:"expect"`
 }
 
-func parseDocument(d k8swatch.Document) (*Scenario, []k8swatch.FieldError) {
+// parseDocument reads one scenario document; lineProbes, when not nil,
+// are its probes as the line reader read them (the document's own probes
+// list is then empty).
+func parseDocument(d k8swatch.Document, lineProbes []fastProbe) (*Scenario, []k8swatch.FieldError) {
 	fail := func(field, msg string) k8swatch.FieldError {
 		return k8swatch.FieldError{File: d.File, Doc: d.Index, Field: field, Msg: msg}
 	}
@@ -161,7 +185,7 @@ func parseDocument(d k8swatch.Document) (*Scenario, []k8swatch.FieldError) {
 	if len(errs) > 0 {
 		return nil, errs
 	}
-	if doc.Objects == nil && doc.Probes == nil {
+	if doc.Objects == nil && doc.Probes == nil && lineProbes == nil {
 		return nil, []k8swatch.FieldError{fail("", "not a scenario: it has neither objects nor probes")}
 	}
 	c, err := k8swatch.DecodeDocuments(d)
@@ -174,11 +198,22 @@ func parseDocument(d k8swatch.Document) (*Scenario, []k8swatch.FieldError) {
 		}
 	}
 	lines := probeLines(d)
-	s.Probes = make([]Probe, 0, len(doc.Probes))
-	for i, raw := range doc.Probes {
-		p, perrs := s.probe(raw)
-		if i < len(lines) {
-			p.Line = lines[i]
+	n := len(doc.Probes)
+	if lineProbes != nil {
+		n = len(lineProbes)
+	}
+	s.Probes = make([]Probe, 0, n)
+	for i := 0; i < n; i++ {
+		var p Probe
+		var perrs []string
+		if lineProbes != nil {
+			p, perrs = s.check(lineProbes[i].p, nil)
+			p.Line = lineProbes[i].line
+		} else {
+			p, perrs = s.probe(doc.Probes[i])
+			if i < len(lines) {
+				p.Line = lines[i]
+			}
 		}
 		if len(perrs) > 0 {
 			for _, e := range perrs {
@@ -206,6 +241,12 @@ func (s *Scenario) probe(raw []byte) (Probe, []string) {
 	for _, se := range strict {
 		errs = append(errs, se.Error())
 	}
+	return s.check(pj, errs)
+}
+
+// check defaults and checks a decoded probe and resolves its endpoints;
+// errs are the problems found while decoding it.
+func (s *Scenario) check(pj probeJSON, errs []string) (Probe, []string) {
 	if pj.Protocol == "" {
 		pj.Protocol = "TCP"
 	}

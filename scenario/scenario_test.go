@@ -202,7 +202,7 @@ func TestLoad(t *testing.T) {
 }
 
 func TestPublicCorpus(t *testing.T) {
-	start := time.Now()
+	start, startCPU := time.Now(), cpuTime(t)
 	ss, err := Load("../testdata/conformance/public")
 	if err != nil {
 		t.Fatal(err)
@@ -214,7 +214,11 @@ func TestPublicCorpus(t *testing.T) {
 		}
 		probes += len(s.Probes)
 	}
-	t.Logf("%d scenarios, %d probes in %v", len(ss), probes, time.Since(start))
+	cpu := cpuTime(t) - startCPU
+	t.Logf("%d scenarios, %d probes in %v (%v CPU)", len(ss), probes, time.Since(start), cpu)
+	if cpu > time.Second && !testing.Short() && !raceEnabled {
+		t.Errorf("loading the public corpus took %v of CPU", cpu)
+	}
 	// INDEX.md lists the probe count of every public scenario.
 	index, err := os.ReadFile("../testdata/conformance/INDEX.md")
 	if err != nil {
@@ -271,5 +275,91 @@ func BenchmarkLoadKNPWorkload(b *testing.B) {
 		if _, err := Load("../testdata/bench/knp-workload.yaml"); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// The probe line reader must read exactly what the YAML parser reads.
+func TestLineReaderMatchesYAML(t *testing.T) {
+	files, err := filepath.Glob("../testdata/conformance/public/*.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files = append(files, "../testdata/bench/knp-workload.yaml")
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, _, ok := splitProbes(data); !ok {
+			t.Errorf("%s: the line reader did not take the probes", f)
+		}
+		fast, err1 := parse(f, data, true)
+		slow, err2 := parse(f, data, false)
+		if err1 != nil || err2 != nil {
+			t.Fatalf("%s: %v / %v", f, err1, err2)
+		}
+		if len(fast) != 1 || len(slow) != 1 || len(fast[0].Probes) != len(slow[0].Probes) {
+			t.Fatalf("%s: scenarios/probes differ", f)
+		}
+		if fast[0].Name != slow[0].Name || fast[0].Source != slow[0].Source || len(fast[0].Cluster.Pods) != len(slow[0].Cluster.Pods) {
+			t.Errorf("%s: scenario fields differ", f)
+		}
+		for i := range fast[0].Probes {
+			a, b := fast[0].Probes[i], slow[0].Probes[i]
+			if a.String() != b.String() || a.Line != b.Line || a.Src.String() != b.Src.String() || a.Dst.String() != b.Dst.String() {
+				t.Fatalf("%s: probe %d: line reader %v (line %d), YAML %v (line %d)", f, i, a, a.Line, b, b.Line)
+			}
+		}
+	}
+}
+
+func TestLineReaderGivesUp(t *testing.T) {
+	head := "name: s\n" + objects
+	tests := []struct {
+		name   string
+		probes string
+		take   bool
+	}{
+		{"simple", "probes:\n  - {from: y/b, to: x/a, port: 80, expect: deny}\n", true},
+		{"items at column 0", "probes:\n- {from: y/b, to: x/a, port: 80, expect: deny}\n", true},
+		{"blank and comment lines", "probes:\n\n  # deny\n  - {from: y/b, to: x/a, port: 80, expect: deny}\n", true},
+		{"IPv6", "probes:\n  - {from: x/a, to: 2001:db8::1, port: 80, family: 6, expect: allow}\n", true},
+		{"quoted value", "probes:\n  - {from: 'y/b', to: x/a, port: 80, expect: deny}\n", false},
+		{"comment after item", "probes:\n  - {from: y/b, to: x/a, port: 80, expect: deny} # x\n", false},
+		{"block mapping item", "probes:\n  - from: y/b\n    to: x/a\n    port: 80\n    expect: deny\n", false},
+		{"port with leading zero", "probes:\n  - {from: y/b, to: x/a, port: 080, expect: deny}\n", false},
+		{"hex port", "probes:\n  - {from: y/b, to: x/a, port: 0x50, expect: deny}\n", false},
+		{"unknown key", "probes:\n  - {from: y/b, to: x/a, port: 80, expect: deny, note: a}\n", false},
+		{"duplicate key", "probes:\n  - {from: y/b, to: x/a, port: 80, port: 81, expect: deny}\n", false},
+		{"bad expect", "probes:\n  - {from: y/b, to: x/a, port: 80, expect: maybe}\n", false},
+		{"not an endpoint", "probes:\n  - {from: true, to: x/a, port: 80, expect: deny}\n", false},
+		{"mixed indentation", "probes:\n  - {from: y/b, to: x/a, port: 80, expect: deny}\n    - {from: y/b, to: x/a, port: 81, expect: deny}\n", false},
+		{"two documents", "probes:\n  - {from: y/b, to: x/a, port: 80, expect: deny}\n---\nname: t\nprobes: []\n", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			data := []byte(head + tt.probes)
+			_, _, _, ok := splitProbes(data)
+			if ok != tt.take {
+				t.Errorf("line reader took it: %v, want %v", ok, tt.take)
+			}
+			fast, err1 := parse("p.yaml", data, true)
+			slow, err2 := parse("p.yaml", data, false)
+			if fmt.Sprint(err1) != fmt.Sprint(err2) || len(fast) != len(slow) {
+				t.Fatalf("results differ: %v / %v", err1, err2)
+			}
+			for i := range fast {
+				if fmt.Sprint(fast[i].Probes) != fmt.Sprint(slow[i].Probes) {
+					t.Errorf("probes differ:\n%v\n%v", fast[i].Probes, slow[i].Probes)
+				}
+			}
+		})
+	}
+	// A "probes:" line that YAML reads as part of a string: the YAML
+	// result wins.
+	data := []byte("name: \"a\nprobes:\n  - {from: y/b, to: x/a, port: 80, expect: deny}\n  b\"\n" + objects + "probes: []\n")
+	ss, err := parse("p.yaml", data, true)
+	if err != nil || len(ss) != 1 || len(ss[0].Probes) != 0 {
+		t.Errorf("multi-line string: %v, %d scenarios", err, len(ss))
 	}
 }
