@@ -263,29 +263,35 @@ func (s *Server) trace(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	zl := zerolog.New(w)
-	tick := time.NewTicker(s.o.TraceReport)
-	defer tick.Stop()
+	// Poll the subscription rather than block on it: a verdict goroutine
+	// sending to a parked receiver would pay for waking it.
+	poll := time.NewTicker(10 * time.Millisecond)
+	defer poll.Stop()
+	report := time.NewTicker(s.o.TraceReport)
+	defer report.Stop()
 	var rec flowlog.Record
 	for {
 		select {
 		case <-r.Context().Done():
 			return
-		case rec = <-sub.C():
-			s.o.Renderer.Fields(zl.Log(), &rec).Send()
-			// Write what else is waiting before flushing: one flush per
-			// burst, not per record.
-			for more := true; more; {
+		case <-poll.C:
+			wrote := 0
+		drain:
+			for wrote < cap(sub.ch) {
 				select {
 				case rec = <-sub.C():
 					s.o.Renderer.Fields(zl.Log(), &rec).Send()
+					wrote++
 				default:
-					more = false
+					break drain
 				}
 			}
-			if err := rc.Flush(); err != nil {
-				return
+			if wrote > 0 {
+				if err := rc.Flush(); err != nil {
+					return
+				}
 			}
-		case <-tick.C:
+		case <-report.C:
 			if lost := sub.TakeLost(); lost > 0 {
 				zl.Log().Str("time", time.Now().UTC().Format(time.RFC3339Nano)).
 					Uint64("lost", lost).Str("message", "trace client too slow: records lost").Send()
