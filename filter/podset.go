@@ -1,7 +1,5 @@
 package filter
 
-import "math/bits"
-
 // podSet is a set of pod indexes. Pods are numbered in (namespace, name)
 // order, so the pods one selector picks usually sit in a narrow window of
 // the index space; the set stores only that window's bits. Membership is a
@@ -9,11 +7,10 @@ import "math/bits"
 type podSet struct {
 	base  int32 // index of the first bit of words[0]
 	words []uint64
-	n     int // members, for Describe and tests
 }
 
 func newPodSet(members []int32) *podSet {
-	s := &podSet{n: len(members)}
+	s := &podSet{}
 	if len(members) == 0 {
 		return s
 	}
@@ -39,15 +36,3 @@ func (s *podSet) has(pod int32) bool {
 	return s.words[off>>6]&(1<<(uint(off)&63)) != 0
 }
 
-// members lists the set in order; used by explain and lint, not per packet.
-func (s *podSet) members() []int32 {
-	out := make([]int32, 0, s.n)
-	for wi, w := range s.words {
-		for w != 0 {
-			b := bits.TrailingZeros64(w)
-			out = append(out, s.base+int32(wi*64+b))
-			w &= w - 1
-		}
-	}
-	return out
-}
