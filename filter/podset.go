@@ -35,4 +35,3 @@ func (s *podSet) has(pod int32) bool {
 	}
 	return s.words[off>>6]&(1<<(uint(off)&63)) != 0
 }
-
