@@ -119,11 +119,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				fmt.Fprintf(stdout, "%s: probes[%d] %s\n", r.Scenario, r.Index, e2e.FormatVerdict(r))
 			}
 		}
+		line := fmt.Sprintf("%d passed, %d failed", rep.Passed, rep.Failed)
 		if rep.Skipped > 0 {
-			fmt.Fprintf(stdout, "%d passed, %d failed, %d skipped (no kernel verdict possible)\n", rep.Passed, rep.Failed, rep.Skipped)
-		} else {
-			fmt.Fprintf(stdout, "%d passed, %d failed\n", rep.Passed, rep.Failed)
+			line += fmt.Sprintf(", %d skipped (no kernel verdict possible)", rep.Skipped)
 		}
+		if err != nil {
+			line += " before the run stopped"
+		}
+		fmt.Fprintln(stdout, line)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "netcheck: run stopped: %v\n", err)

@@ -24,6 +24,8 @@ func TestExitCodes(t *testing.T) {
 			"FAIL tiny: probes[1] x/b -> x/a 53/UDP IPv6: expect deny, got allow (echoed)\n1 passed, 1 failed, 1 skipped"},
 		{"skip reason", []string{"--no-agent", "--quiet", "testdata/tiny.yaml"}, true, 1,
 			"SKIP tiny: probes[2] x/a -> 127.1.2.3 443/TCP IPv4: 127.1.2.3: a loopback address never leaves"},
+		{"agent that dies", []string{"--quiet", "--agent", "/bin/false", "testdata/tiny.yaml"}, true, 2,
+			"0 passed, 0 failed before the run stopped"},
 		{"json", []string{"--no-agent", "--quiet", "--json", "testdata/tiny.yaml"}, true, 1, `"skipped": 1`},
 	}
 	for _, tc := range tests {
