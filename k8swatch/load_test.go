@@ -592,3 +592,15 @@ func TestKNPWorkload(t *testing.T) {
 		t.Errorf("loading took %v of CPU", cpu)
 	}
 }
+
+// Real `kubectl get -o yaml` output (managedFields, ownerReferences,
+// generateName, status conditions...) loads without complaint.
+func TestKubectlOutput(t *testing.T) {
+	c, err := LoadFiles("testdata/kubectl-pod.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Pods) != 1 || c.Pods[0].Name != "web-7d9f8b6c5d-abcde" || !PodActive(c.Pods[0]) || len(c.Namespaces) != 1 {
+		t.Errorf("got %d pods, %d namespaces", len(c.Pods), len(c.Namespaces))
+	}
+}
