@@ -22,6 +22,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -308,6 +309,9 @@ func (s *Server) trace(w http.ResponseWriter, r *http.Request) {
 // socket file is replaced; the socket is made accessible to its owner only
 // (the API reveals the cluster's policies and traffic).
 func ServeUnix(ctx context.Context, path string, h http.Handler) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("debugapi: socket directory: %w", err)
+	}
 	if st, err := os.Lstat(path); err == nil {
 		if st.Mode()&fs.ModeSocket == 0 {
 			return fmt.Errorf("debugapi: %s exists and is not a socket", path)

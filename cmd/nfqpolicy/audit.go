@@ -306,7 +306,7 @@ func (rep *auditReport) writeText(w io.Writer) {
 			for i, r := range l.rows {
 				parts[i] = fmt.Sprintf("%s (%d)", r.Name, r.Count)
 			}
-			fmt.Fprintf(w, "  top %-12s %s\n", l.title+":", strings.Join(parts, ", "))
+			fmt.Fprintf(w, "  top %-14s %s\n", l.title+":", strings.Join(parts, ", "))
 		}
 	}
 }

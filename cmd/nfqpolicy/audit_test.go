@@ -96,8 +96,8 @@ func TestAuditReportText(t *testing.T) {
 			"WARNING: the log is incomplete (3 records lost, 0 rate-limited)",
 			"WARNING: 1 malformed lines skipped",
 			"x/staged-deny: NOT safe to promote: would cut 3 allowed flow(s)",
-			"top sources:     y/c (2), 203.0.113.5 (1)",
-			"top ports:       443/TCP (2), 80/TCP (1)",
+			"top sources:       y/c (2), 203.0.113.5 (1)",
+			"top ports:         443/TCP (2), 80/TCP (1)",
 			"x/staged-allow: SAFE to promote: would cut no allowed flow; would newly allow 1 denied flow(s)",
 		}, ""},
 		{"safe", []string{"audit", "report", safe}, 0, []string{"x/staged-allow: SAFE to promote"}, ""},
@@ -185,8 +185,8 @@ spec:
 	for _, s := range []string{
 		"4 flow records",
 		"x/lock-b: NOT safe to promote: would cut 3 allowed flow(s)",
-		"top sources:     x/a (3)",
-		"top ports:       80/TCP (2), 443/TCP (1)",
+		"top sources:       x/a (3)",
+		"top ports:         80/TCP (2), 443/TCP (1)",
 	} {
 		if !strings.Contains(out.String(), s) {
 			t.Errorf("report lacks %q:\n%s", s, out.String())
