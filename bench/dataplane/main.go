@@ -277,6 +277,7 @@ type result struct {
 	connRatios, tputRatios                []float64 // per round
 	rateNoRules, rateEnforcedOverNoRules  float64
 	seqNoRules, seqAcceptAll, seqEnforced seqTimes
+	seqEnforcedHits                       seqTimes // (c)'s agent: info level, cache on
 	verdict, readerAcceptAll              summary
 }
 
@@ -475,20 +476,24 @@ func (b *bench) seqLatency(ctx context.Context, phase string, l *lane) (seqTimes
 	return st, nil
 }
 
-// latencyPhases are the sequential runs of each lane and (f). For (f) the
-// agent is restarted at debug level, which logs every verdict with the
-// time from receiving the packet to having sent the verdict (the latency
-// its Observer hook gets). The flow cache's key leaves the source port
-// out, so with the cache on every connection of one client/server pair
-// after the first is a hit; the agent runs with --cache-size 0 here, which
-// sends every packet down the miss path (decide against the compiled
-// policies) minus the LRU lookup and insert.
+// latencyPhases are the sequential runs of each lane; for the enforced
+// lane three of them, with the agent restarted in between:
+//   - c: the agent of (c) as deployed (info level, cache on). The flow
+//     cache's key leaves the source port out, so every connection of one
+//     client/server pair after the first is a hit.
+//   - f: --cache-size 0, which sends every packet down the miss path
+//     (decide against the compiled policies, minus the LRU lookup and
+//     insert). Its SYN hold time is the summary's verdict latency.
+//   - f-debug: the same at debug level, which logs every verdict with the
+//     time from receiving the packet to having sent the verdict (the
+//     latency its Observer hook gets): the agent's own figure. Logging
+//     costs the reader time, hence a run of its own.
 func (b *bench) latencyPhases(ctx context.Context, snapshot string, r *result) (err error) {
 	if r.seqNoRules, err = b.seqLatency(ctx, "a", b.norules); err != nil {
 		return err
 	}
 	// The reader's own timing covers its sequential run only, like the
-	// agent's in (f).
+	// agent's in f-debug.
 	if err := b.reader.reset(); err != nil {
 		return fmt.Errorf("phase b: %w", err)
 	}
@@ -504,46 +509,74 @@ func (b *bench) latencyPhases(ctx context.Context, snapshot string, r *result) (
 	b.printf("verdict_latency acceptall phase=b %s (reader-side, sequential: packet handed to the reader -> NfAccept sent)\n", c.latency)
 	b.printf("acceptall reader: queued_and_accepted=%d (whole run) enobufs=%d verdict_errors=%d\n", c.accepted, c.noBufs, c.errors)
 
-	if err := b.agent.stop(); err != nil {
-		return fmt.Errorf("phase f: %w", err)
-	}
-	logPath := filepath.Join(b.dir, "agent-debug.log")
-	if b.agent, err = startAgent(ctx, b.sp, b.bin, b.enforced.topo.node, b.pair.node, snapshot, b.o.queues, logPath,
-		"--log-level", "debug", "--cache-size", "0"); err != nil {
-		return fmt.Errorf("phase f: %w", err)
-	}
-	before, err := b.agent.status(ctx)
-	if err != nil {
-		return fmt.Errorf("phase f: %w", err)
-	}
-	if r.seqEnforced, err = b.seqLatency(ctx, "f", b.enforced); err != nil {
+	if r.seqEnforcedHits, err = b.seqLatency(ctx, "c", b.enforced); err != nil {
 		return err
 	}
-	after, err := b.agent.status(ctx)
-	if err != nil {
+	if err := b.restartAgent(ctx, snapshot, "agent-nocache.log", "--cache-size", "0"); err != nil {
 		return fmt.Errorf("phase f: %w", err)
+	}
+	if r.seqEnforced, err = b.seqMisses(ctx, "f"); err != nil {
+		return err
+	}
+	logPath := filepath.Join(b.dir, "agent-debug.log")
+	if err := b.restartAgent(ctx, snapshot, filepath.Base(logPath), "--cache-size", "0", "--log-level", "debug"); err != nil {
+		return fmt.Errorf("phase f-debug: %w", err)
+	}
+	if _, err = b.seqMisses(ctx, "f-debug"); err != nil {
+		return err
 	}
 	if err := b.agent.stop(); err != nil {
-		return fmt.Errorf("phase f: %w", err)
-	}
-	if hits := after.CacheHits - before.CacheHits; hits > 0 {
-		return fmt.Errorf("phase f: %d cache hits with --cache-size 0", hits)
+		return fmt.Errorf("phase f-debug: %w", err)
 	}
 	f, err := os.Open(logPath)
 	if err != nil {
-		return fmt.Errorf("phase f: %w", err)
+		return fmt.Errorf("phase f-debug: %w", err)
 	}
 	defer f.Close()
 	lat, err := verdictLatencies(f, verdictFilter{src: b.pair.client, dst: b.pair.server, dport: b.pair.port})
 	if err != nil {
-		return fmt.Errorf("phase f: %w", err)
+		return fmt.Errorf("phase f-debug: %w", err)
 	}
 	if r.verdict, err = summarize(lat); err != nil {
-		return fmt.Errorf("phase f: no verdict for the flow in the agent's debug log %s", logPath)
+		return fmt.Errorf("phase f-debug: no verdict for the flow in the agent's debug log %s", logPath)
 	}
-	b.printf("verdict_latency enforced  phase=f %s verdicts=%d cache=off (agent-side, sequential: packet handed to the reader -> verdict sent, every verdict decided against the compiled policies; from its debug log)\n",
-		r.verdict, after.Total.Allowed-before.Total.Allowed)
+	b.printf("verdict_latency enforced  phase=f-debug %s (agent-side, sequential, cache off: packet handed to the reader -> verdict sent; from its debug log)\n", r.verdict)
 	return nil
+}
+
+// restartAgent replaces the enforcing lane's agent by one started with
+// extra flags, logging to name in the run's directory.
+func (b *bench) restartAgent(ctx context.Context, snapshot, name string, extra ...string) (err error) {
+	if err := b.agent.stop(); err != nil {
+		return err
+	}
+	b.agent, err = startAgent(ctx, b.sp, b.bin, b.enforced.topo.node, b.pair.node, snapshot, b.o.queues, filepath.Join(b.dir, name), extra...)
+	return err
+}
+
+// seqMisses is a sequential run of the enforcing lane whose agent has no
+// cache; it checks, from the agent's counters, that every connection was
+// decided and none was a cache hit.
+func (b *bench) seqMisses(ctx context.Context, phase string) (seqTimes, error) {
+	before, err := b.agent.status(ctx)
+	if err != nil {
+		return seqTimes{}, fmt.Errorf("phase %s: %w", phase, err)
+	}
+	st, err := b.seqLatency(ctx, phase, b.enforced)
+	if err != nil {
+		return st, err
+	}
+	after, err := b.agent.status(ctx)
+	if err != nil {
+		return st, fmt.Errorf("phase %s: %w", phase, err)
+	}
+	if hits := after.CacheHits - before.CacheHits; hits > 0 {
+		return st, fmt.Errorf("phase %s: %d cache hits with --cache-size 0", phase, hits)
+	}
+	if allowed := after.Total.Allowed - before.Total.Allowed; allowed < uint64(st.connect.n) {
+		return st, fmt.Errorf("phase %s: the agent allowed %d packets for %d connections", phase, allowed, st.connect.n)
+	}
+	return st, nil
 }
 
 func (b *bench) summary(r result) error {
@@ -558,7 +591,7 @@ func (b *bench) summary(r result) error {
 	held := r.seqEnforced.held
 	b.printf("syn_held_added enforced  p50=%+.1fus p99=%+.1fus (node's SYN hold time minus no rules': the queue round trip alone)\n",
 		us(held.p50-r.seqNoRules.held.p50), us(held.p99-r.seqNoRules.held.p99))
-	b.printf("# verdict_latency_us below is phase f's syn_held enforced: every SYN a cache miss, timed from the kernel's stamps as it enters and leaves the node, so it counts the queue wait, the reader's wake-up, decode and decision, the verdict and the reinjection (and %.1fus of plain forwarding, the no-rules p50). The agent's own figure (verdict_latency enforced) leaves out the wait and wake-up but counts what the kernel does synchronously inside the verdict's send after the packet has left the node.\n",
+	b.printf("# verdict_latency_us below is phase f's syn_held enforced: the agent as deployed but without its cache, so every SYN takes the miss path, timed from the kernel's stamps as it enters and leaves the node, so it counts the queue wait, the reader's wake-up, decode and decision, the verdict and the reinjection (and %.1fus of plain forwarding, the no-rules p50). The agent's own figure (verdict_latency enforced, phase f-debug) leaves out the wait and wake-up but counts what the kernel does synchronously inside the verdict's send after the packet has left the node.\n",
 		us(r.seqNoRules.held.p50))
 	if len(r.connRatios) == 0 || len(r.tputRatios) == 0 {
 		return errors.New("no rounds measured")
