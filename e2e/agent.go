@@ -206,6 +206,46 @@ func (p *agentProc) counters(ctx context.Context) (compiles, errs uint64, err er
 	return st.Compiles, st.CompileErrors, nil
 }
 
+// AgentCounters are verdict counters summed over agents (their
+// /debug/counters "total").
+type AgentCounters struct {
+	Allowed       uint64 `json:"allowed"`
+	Denied        uint64 `json:"denied"`
+	Malformed     uint64 `json:"malformed"`
+	VerdictErrors uint64 `json:"verdict_errors"`
+	NoBufs        uint64 `json:"enobufs"`
+}
+
+func (c *AgentCounters) add(o AgentCounters) {
+	c.Allowed += o.Allowed
+	c.Denied += o.Denied
+	c.Malformed += o.Malformed
+	c.VerdictErrors += o.VerdictErrors
+	c.NoBufs += o.NoBufs
+}
+
+// verdicts sums the agents' verdict counters.
+func (a *agentSet) verdicts(ctx context.Context) (AgentCounters, error) {
+	var sum AgentCounters
+	for _, p := range a.agents {
+		body, code, err := p.get(ctx, "/debug/counters")
+		if err != nil {
+			return sum, err
+		}
+		if code != http.StatusOK {
+			return sum, fmt.Errorf("agent of %s: /debug/counters: HTTP %d", p.node, code)
+		}
+		var st struct {
+			Total AgentCounters `json:"total"`
+		}
+		if err := json.Unmarshal(body, &st); err != nil {
+			return sum, fmt.Errorf("agent of %s: /debug/counters: %w", p.node, err)
+		}
+		sum.add(st.Total)
+	}
+	return sum, nil
+}
+
 // load swaps the snapshot for s's objects and returns once every agent
 // has compiled the new state: this exercises the agents' reload path.
 func (a *agentSet) load(ctx context.Context, s *scenario.Scenario) error {

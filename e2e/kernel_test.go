@@ -228,6 +228,13 @@ func TestPublicCorpusKernel(t *testing.T) {
 	}
 	assertNoLeftovers(t)
 	reportMismatches(t, rep, 50)
+	// The verdicts must be the agents': they saw first packets and denied
+	// some, and none was lost in the queue.
+	a := rep.Agents
+	if a.Allowed == 0 || a.Denied == 0 || a.Malformed != 0 || a.VerdictErrors != 0 || a.NoBufs != 0 {
+		t.Errorf("agents' counters %+v: want allowed and denied packets and no malformed, verdict errors or ENOBUFS", a)
+	}
+	t.Logf("agents decided %d packets allowed, %d denied", a.Allowed, a.Denied)
 	t.Logf("%d passed, %d failed, %d scenarios in %d topologies, in %s", rep.Passed, rep.Failed, len(scenarios), rep.Topologies, rep.Elapsed.Round(time.Millisecond))
 }
 

@@ -88,6 +88,9 @@ type Report struct {
 	Skipped    int
 	Topologies int
 	Elapsed    time.Duration
+	// Agents sums the agents' own verdict counters over the run: first
+	// packets they allowed and denied (zero without agents).
+	Agents AgentCounters
 }
 
 // InputError is returned for scenarios that cannot be run at all (an
@@ -230,7 +233,7 @@ func Run(ctx context.Context, scenarios []*scenario.Scenario, opts Options) (*Re
 	}
 	for gi, g := range groups {
 		prefix := fmt.Sprintf("%s%d-g%d-", NamePrefix, os.Getpid(), gi)
-		if err := runGroup(ctx, prefix, g, opts, emit); err != nil {
+		if err := runGroup(ctx, prefix, g, opts, emit, &rep.Agents); err != nil {
 			return rep, err
 		}
 	}
@@ -245,7 +248,7 @@ func Run(ctx context.Context, scenarios []*scenario.Scenario, opts Options) (*Re
 	return rep, nil
 }
 
-func runGroup(ctx context.Context, prefix string, g *group, opts Options, emit func(Result)) (err error) {
+func runGroup(ctx context.Context, prefix string, g *group, opts Options, emit func(Result), counters *AgentCounters) (err error) {
 	log := opts.Log.With().Str("topology", prefix).Logger()
 	t0 := time.Now()
 	t, err := buildTopology(ctx, prefix, g.pl, g.externals)
@@ -288,6 +291,13 @@ func runGroup(ctx context.Context, prefix string, g *group, opts Options, emit f
 			return err
 		}
 		defer func() {
+			if c, verr := agents.verdicts(context.Background()); verr == nil {
+				counters.add(c)
+				log.Info().Uint64("allowed", c.Allowed).Uint64("denied", c.Denied).Uint64("malformed", c.Malformed).
+					Uint64("verdict_errors", c.VerdictErrors).Uint64("enobufs", c.NoBufs).Msg("agents' verdicts")
+			} else {
+				log.Warn().Err(verr).Msg("reading the agents' counters")
+			}
 			if aerr := agents.stop(); aerr != nil {
 				err = errors.Join(err, aerr)
 			}

@@ -161,15 +161,16 @@ type jsonMismatch struct {
 
 func writeJSON(w io.Writer, rep *e2e.Report, runErr error) {
 	out := struct {
-		Passed     int            `json:"passed"`
-		Failed     int            `json:"failed"`
-		Skipped    int            `json:"skipped"`
-		Topologies int            `json:"topologies"`
-		Seconds    float64        `json:"seconds"`
-		Error      string         `json:"error,omitempty"`
-		Mismatches []jsonMismatch `json:"mismatches"`
-		Skips      []jsonMismatch `json:"skips,omitempty"`
-	}{Passed: rep.Passed, Failed: rep.Failed, Skipped: rep.Skipped, Topologies: rep.Topologies, Seconds: rep.Elapsed.Seconds(), Mismatches: []jsonMismatch{}}
+		Passed     int               `json:"passed"`
+		Failed     int               `json:"failed"`
+		Skipped    int               `json:"skipped"`
+		Topologies int               `json:"topologies"`
+		Seconds    float64           `json:"seconds"`
+		Error      string            `json:"error,omitempty"`
+		Agents     e2e.AgentCounters `json:"agents"`
+		Mismatches []jsonMismatch    `json:"mismatches"`
+		Skips      []jsonMismatch    `json:"skips,omitempty"`
+	}{Passed: rep.Passed, Failed: rep.Failed, Skipped: rep.Skipped, Topologies: rep.Topologies, Seconds: rep.Elapsed.Seconds(), Agents: rep.Agents, Mismatches: []jsonMismatch{}}
 	if runErr != nil {
 		out.Error = runErr.Error()
 	}
