@@ -1,12 +1,15 @@
-// Command dataplane is the dataplane benchmark (`make bench-dataplane`):
-// on one network-namespace topology (a node namespace routing between a
-// client pod and a server pod of the knp workload) it measures, back to
-// back, the rate of new TCP connections with no rules, with an
-// accept-everything NFQUEUE reader of its own (the ceiling for any
-// userspace verdict) and with `nfqpolicy run` enforcing the workload; the
-// throughput of one bulk flow with no rules and with the agent (whose fast
-// path keeps all but the first packet in the kernel); and the agent's
-// verdict latency on cache misses. It prints the raw figures and, last,
+// Command dataplane is the dataplane benchmark (`make bench-dataplane`).
+// A node namespace routes between a client pod and a server pod of the knp
+// workload; three identical copies of that topology ("lanes") differ only
+// in what the node runs: nothing, an accept-everything NFQUEUE reader of
+// this harness's own (the ceiling for any userspace verdict), or
+// `nfqpolicy run` enforcing the workload. In alternating rounds it
+// measures the rate of new TCP connections in each lane and the
+// throughput of one bulk flow without rules and with the agent (whose
+// fast path keeps all but the first packet in the kernel); then, one
+// connection at a time, how long each node holds a SYN (kernel time
+// stamps on its two links: the queue-to-verdict latency) and what the
+// readers report about themselves. It prints the raw figures and, last,
 // three summary lines. It exits non-zero only when the harness itself
 // fails, never for a missed target.
 //
@@ -586,11 +589,16 @@ func (b *bench) summary(r result) error {
 	}
 	delta("acceptall", r.seqAcceptAll.connect, r.seqNoRules.connect)
 	delta("enforced", r.seqEnforced.connect, r.seqNoRules.connect)
-	b.printf("verdict_latency_added_by_agent p50=%+.1fus p99=%+.1fus (agent's reader-side time minus the accept-all reader's: decode, decide, NF_REPEAT's second pass through the chain)\n",
+	b.printf("verdict_latency_added_by_agent p50=%+.1fus p99=%+.1fus (agent's reader-side time, at debug level, minus the accept-all reader's: decode, decide, NF_REPEAT's second pass through the chain, logging's side effects)\n",
 		us(r.verdict.p50-r.readerAcceptAll.p50), us(r.verdict.p99-r.readerAcceptAll.p99))
 	held := r.seqEnforced.held
-	b.printf("syn_held_added enforced  p50=%+.1fus p99=%+.1fus (node's SYN hold time minus no rules': the queue round trip alone)\n",
-		us(held.p50-r.seqNoRules.held.p50), us(held.p99-r.seqNoRules.held.p99))
+	for _, l := range []struct {
+		name string
+		s    summary
+	}{{"acceptall", r.seqAcceptAll.held}, {"enforced", held}} {
+		b.printf("syn_held_added %-9s p50=%+.1fus p99=%+.1fus (node's SYN hold time minus no rules': the queue round trip alone)\n",
+			l.name, us(l.s.p50-r.seqNoRules.held.p50), us(l.s.p99-r.seqNoRules.held.p99))
+	}
 	b.printf("# verdict_latency_us below is phase f's syn_held enforced: the agent as deployed but without its cache, so every SYN takes the miss path, timed from the kernel's stamps as it enters and leaves the node, so it counts the queue wait, the reader's wake-up, decode and decision, the verdict and the reinjection (and %.1fus of plain forwarding, the no-rules p50). The agent's own figure (verdict_latency enforced, phase f-debug) leaves out the wait and wake-up but counts what the kernel does synchronously inside the verdict's send after the packet has left the node.\n",
 		us(r.seqNoRules.held.p50))
 	if len(r.connRatios) == 0 || len(r.tputRatios) == 0 {
