@@ -32,6 +32,10 @@ type Options struct {
 	Attempts int
 	// Parallel bounds the probes in flight. Default 256.
 	Parallel int
+	// Fresh gives every scenario its own topology and agents instead of
+	// reloading the agents of scenarios that share one: slower, and tells
+	// a reload bug from a policy bug.
+	Fresh bool
 	// Log receives progress (JSON lines); the zero Logger discards.
 	Log zerolog.Logger
 	// OnResult, when set, is called with every result as soon as it is
@@ -157,11 +161,14 @@ type group struct {
 	servers   []serverKey
 }
 
-func groupScenarios(ps []*prepared) []*group {
+func groupScenarios(ps []*prepared, fresh bool) []*group {
 	var out []*group
 	byFP := map[string]*group{}
 	for _, p := range ps {
 		fp := p.pl.fingerprint()
+		if fresh {
+			fp = fmt.Sprint(p.order)
+		}
 		g, ok := byFP[fp]
 		if !ok {
 			g = &group{pl: p.pl}
@@ -212,7 +219,7 @@ func Run(ctx context.Context, scenarios []*scenario.Scenario, opts Options) (*Re
 	} else if len(deleted) > 0 {
 		opts.Log.Info().Strs("namespaces", deleted).Msg("deleted namespaces of dead runs")
 	}
-	groups := groupScenarios(ps)
+	groups := groupScenarios(ps, opts.Fresh)
 	rep := &Report{Topologies: len(groups)}
 	var mu sync.Mutex
 	emit := func(r Result) {

@@ -47,6 +47,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	attempts := fs.Int("attempts", 3, "tries of a probe expected to be allowed before it counts as denied")
 	parallel := fs.Int("parallel", 256, "probes in flight")
 	quiet := fs.Bool("quiet", false, "no progress log on stderr")
+	fresh := fs.Bool("fresh", false, "a new topology and agents per scenario (default: scenarios with the same pods share them and the agents reload)")
 	all := fs.Bool("all", false, "print every probe's verdict, not only the mismatches")
 	verbose := fs.Bool("v", false, "debug log: agent command lines and log files, reload times")
 	var agentArgs stringList
@@ -81,7 +82,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "netcheck: must run as root (it creates network namespaces)")
 		return 2
 	}
-	opts := e2e.Options{Timeout: *timeout, Attempts: *attempts, Parallel: *parallel, Log: log, AgentArgs: agentArgs}
+	opts := e2e.Options{Timeout: *timeout, Attempts: *attempts, Parallel: *parallel, Log: log, AgentArgs: agentArgs, Fresh: *fresh}
 	if !*noAgent {
 		opts.Agent = *agent
 		if opts.Agent == "" {
