@@ -19,8 +19,6 @@ import (
 
 	"github.com/rs/zerolog"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
-	"github.com/nfqpolicy/nfqpolicy/scenario"
 )
 
 // The agent's health endpoint inside each node namespace. Probe servers
@@ -54,7 +52,7 @@ type agentProc struct {
 
 // startAgents writes first's snapshot and starts one agent per node
 // namespace of t, returning once every agent reports ready.
-func startAgents(ctx context.Context, bin string, args []string, t *topology, first *scenario.Scenario, log zerolog.Logger) (_ *agentSet, err error) {
+func startAgents(ctx context.Context, bin string, args []string, t *topology, first *prepared, log zerolog.Logger) (_ *agentSet, err error) {
 	dir, err := os.MkdirTemp("", "nfqp-e2e-")
 	if err != nil {
 		return nil, fmt.Errorf("agent directory: %w", err)
@@ -248,8 +246,8 @@ func (a *agentSet) verdicts(ctx context.Context) (AgentCounters, error) {
 
 // load swaps the snapshot for s's objects and returns once every agent
 // has compiled the new state: this exercises the agents' reload path.
-func (a *agentSet) load(ctx context.Context, s *scenario.Scenario) error {
-	data, err := encodeSnapshot(s)
+func (a *agentSet) load(ctx context.Context, p *prepared) error {
+	data, err := encodeSnapshot(p)
 	if err != nil {
 		return err
 	}
@@ -354,10 +352,11 @@ func (a *agentSet) stop() error {
 	return errors.Join(errs...)
 }
 
-// encodeSnapshot renders the scenario's objects as one kind: List.
-func encodeSnapshot(s *scenario.Scenario) ([]byte, error) {
+// encodeSnapshot renders the scenario's objects as one kind: List, with
+// the nodes the topology gave to pods that name none.
+func encodeSnapshot(p *prepared) ([]byte, error) {
 	var items []any
-	c := s.Cluster
+	s, c := p.s, p.s.Cluster
 	for _, ns := range c.Namespaces {
 		o := ns.DeepCopy()
 		o.TypeMeta = metav1.TypeMeta{APIVersion: "v1", Kind: "Namespace"}
@@ -368,13 +367,16 @@ func encodeSnapshot(s *scenario.Scenario) ([]byte, error) {
 		o.TypeMeta = metav1.TypeMeta{APIVersion: "v1", Kind: "Node"}
 		items = append(items, o)
 	}
-	for _, p := range c.Pods {
-		o := p.DeepCopy()
+	for _, pod := range c.Pods {
+		o := pod.DeepCopy()
 		o.TypeMeta = metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"}
+		if node, ok := p.pl.assigned[o.Namespace+"/"+o.Name]; ok {
+			o.Spec.NodeName = node
+		}
 		items = append(items, o)
 	}
-	for _, p := range c.Policies {
-		o := p.DeepCopy()
+	for _, pol := range c.Policies {
+		o := pol.DeepCopy()
 		o.TypeMeta = metav1.TypeMeta{APIVersion: "networking.k8s.io/v1", Kind: "NetworkPolicy"}
 		items = append(items, o)
 	}
@@ -386,8 +388,8 @@ func encodeSnapshot(s *scenario.Scenario) ([]byte, error) {
 }
 
 // writeSnapshot writes the scenario's objects to path and returns them.
-func writeSnapshot(path string, s *scenario.Scenario) ([]byte, error) {
-	data, err := encodeSnapshot(s)
+func writeSnapshot(path string, p *prepared) ([]byte, error) {
+	data, err := encodeSnapshot(p)
 	if err != nil {
 		return nil, err
 	}

@@ -16,7 +16,12 @@ import (
 	"github.com/nfqpolicy/nfqpolicy/scenario"
 )
 
-const publicCorpus = "../testdata/conformance/public"
+const (
+	publicCorpus = "../testdata/conformance/public"
+	// ownScenarios cover shapes the public corpus lacks: pods without a
+	// node, IPv6 node addresses, IPv6 externals.
+	ownScenarios = "testdata"
+)
 
 // requireKernel skips, loudly, where namespaces cannot be built.
 func requireKernel(t *testing.T, tools ...string) {
@@ -73,7 +78,7 @@ func reportMismatches(t *testing.T, rep *Report, limit int) {
 // scenario is wired and served, for TCP, UDP and SCTP over both families.
 func TestTopologyNoAgent(t *testing.T) {
 	requireKernel(t)
-	scenarios, err := scenario.LoadAll(publicCorpus)
+	scenarios, err := scenario.LoadAll(publicCorpus, ownScenarios)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,4 +296,25 @@ func TestSweepStale(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(netnsDir, liveName)); err != nil {
 		t.Errorf("namespace of this live process was swept: %v", err)
 	}
+}
+
+// TestOwnScenariosKernel runs this package's own scenarios (their
+// expectations agree with `nfqpolicy test`) through real agents.
+func TestOwnScenariosKernel(t *testing.T) {
+	requireKernel(t, "iptables", "ipset")
+	bin := agentBinary(t)
+	scenarios, err := scenario.LoadAll(ownScenarios)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Run(context.Background(), scenarios, Options{Agent: bin, Log: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertNoLeftovers(t)
+	reportMismatches(t, rep, 50)
+	if rep.Skipped > 0 {
+		t.Errorf("%d probes skipped", rep.Skipped)
+	}
+	t.Logf("%d passed, %d failed in %s", rep.Passed, rep.Failed, rep.Elapsed.Round(time.Millisecond))
 }

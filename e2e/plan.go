@@ -21,6 +21,9 @@ type plan struct {
 	Externals []netip.Addr
 
 	owner map[netip.Addr]place // pod and node addresses
+	// assigned places the pods without spec.nodeName ("ns/name" -> node):
+	// the agents' snapshot names the node so that its agent polices them.
+	assigned map[string]string
 }
 
 type nodePlan struct {
@@ -105,6 +108,7 @@ func planCluster(c *k8swatch.Cluster) (*plan, error) {
 		addrs []netip.Addr
 	}
 	var pods []podAt
+	assigned := map[string]string{}
 	for _, p := range c.Pods {
 		if !k8swatch.PodActive(p) {
 			continue
@@ -124,8 +128,18 @@ func planCluster(c *k8swatch.Cluster) (*plan, error) {
 				}
 			}
 		}
-		if node == "" {
-			return nil, fmt.Errorf("pod %s/%s: no spec.nodeName and no hostIP of a known node: cannot place it on a node", p.Namespace, p.Name)
+		switch {
+		case node == "" && p.Spec.HostNetwork:
+			return nil, fmt.Errorf("hostNetwork pod %s/%s: no spec.nodeName and no hostIP of a known node: cannot tell which node it is", p.Namespace, p.Name)
+		case node == "":
+			// Some node must run it and police it: one that holds every
+			// such pod. No probe can name that node, so it changes no
+			// verdict.
+			node = unscheduledName(c)
+			hips = nil
+		}
+		if node != p.Spec.NodeName {
+			assigned[p.Namespace+"/"+p.Name] = node
 		}
 		if _, known := nodeAddrs[node]; !known {
 			nodeAddrs[node] = nil // a node no Node object describes
@@ -142,7 +156,7 @@ func planCluster(c *k8swatch.Cluster) (*plan, error) {
 		pods = append(pods, podAt{pod: p, node: node, addrs: addrs})
 	}
 
-	pl := &plan{owner: map[netip.Addr]place{}}
+	pl := &plan{owner: map[netip.Addr]place{}, assigned: assigned}
 	for name, as := range nodeAddrs {
 		as = append([]netip.Addr(nil), as...)
 		sortAddrs(as)
@@ -233,6 +247,26 @@ func (pl *plan) fingerprint() string {
 		fmt.Fprintf(&b, "P %s %s\n", p.Node, addrsKey(p.Addrs))
 	}
 	return b.String()
+}
+
+// unscheduledBase names the node that runs pods which name none.
+const unscheduledBase = "nfqp-unscheduled"
+
+// unscheduledName returns unscheduledBase, suffixed if a pod or Node of c
+// already uses that name.
+func unscheduledName(c *k8swatch.Cluster) string {
+	used := map[string]bool{}
+	for _, n := range c.Nodes {
+		used[n.Name] = true
+	}
+	for _, p := range c.Pods {
+		used[p.Spec.NodeName] = true
+	}
+	name := unscheduledBase
+	for i := 2; used[name]; i++ {
+		name = fmt.Sprintf("%s-%d", unscheduledBase, i)
+	}
+	return name
 }
 
 func (pl *plan) nodeIndex(name string) int {

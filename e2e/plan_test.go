@@ -56,7 +56,9 @@ func TestPlanClusterErrors(t *testing.T) {
 		{"pod on a node address", []string{node("n1", "192.168.56.1"),
 			pod("a", "n1", false, "", "192.168.56.1")}, "belongs to both"},
 		{"pod on no node", []string{node("n1", "192.168.56.1"),
-			pod("a", "", false, "", "10.244.1.1")}, "cannot place it"},
+			pod("a", "", false, "", "10.244.1.1")}, ""},
+		{"hostNetwork pod on no node", []string{node("n1", "192.168.56.1"),
+			pod("h", "", true, "", "192.168.56.9")}, "cannot tell which node"},
 		{"pod placed by hostIP", []string{node("n1", "192.168.56.1"),
 			pod("a", "", false, "192.168.56.1", "10.244.1.1")}, ""},
 		{"node known only from a pod's hostIP", []string{

@@ -293,7 +293,7 @@ func runGroup(ctx context.Context, prefix string, g *group, opts Options, emit f
 	var agents *agentSet
 	if opts.Agent != "" {
 		t2 := time.Now()
-		agents, err = startAgents(ctx, opts.Agent, opts.AgentArgs, t, g.scenarios[0].s, log)
+		agents, err = startAgents(ctx, opts.Agent, opts.AgentArgs, t, g.scenarios[0], log)
 		if err != nil {
 			return err
 		}
@@ -317,7 +317,7 @@ func runGroup(ctx context.Context, prefix string, g *group, opts Options, emit f
 		}
 		if agents != nil && i > 0 {
 			t2 := time.Now()
-			if err := agents.load(ctx, p.s); err != nil {
+			if err := agents.load(ctx, p); err != nil {
 				if aerr := agents.alive(); aerr != nil || ctx.Err() != nil {
 					return fmt.Errorf("scenario %s: %w", p.s.Name, err)
 				}
