@@ -464,7 +464,7 @@ func (b *bench) seqLatency(ctx context.Context, phase string, l *lane) (seqTimes
 		return st, fmt.Errorf("phase %s (%s sequential latency): %w", phase, l.name, err)
 	}
 	rr, err := connRate(ctx, l.topo.client, b.pair.client, b.dst, &b.ports, 1, b.o.duration, b.o.latencyConns)
-	held, lost, terr := tap.close()
+	held, unmatched, terr := tap.close()
 	if err = errors.Join(err, terr); err != nil {
 		return st, fmt.Errorf("phase %s (%s sequential latency): %w", phase, l.name, err)
 	}
@@ -472,10 +472,10 @@ func (b *bench) seqLatency(ctx context.Context, phase string, l *lane) (seqTimes
 		return st, fmt.Errorf("phase %s (%s sequential latency): no connection completed (%d failed; first: %v)", phase, l.name, rr.failed, rr.firstErr)
 	}
 	if st.held, err = summarize(held); err != nil {
-		return st, fmt.Errorf("phase %s (%s sequential latency): the tap saw no SYN cross the node (%d seen only coming in)", phase, l.name, lost)
+		return st, fmt.Errorf("phase %s (%s sequential latency): the tap saw no SYN cross the node (%d seen on one link only)", phase, l.name, unmatched)
 	}
 	b.printf("syn_synack %-9s phase=%s sequential %s failed=%d (client's connect() time)\n", l.name, phase, st.connect, rr.failed)
-	b.printf("syn_held   %-9s phase=%s sequential %s not_forwarded=%d (node: SYN in on the client link -> out on the server link, kernel timestamps)\n", l.name, phase, st.held, lost)
+	b.printf("syn_held   %-9s phase=%s sequential %s unmatched=%d (node: SYN in on the client link -> out on the server link, kernel timestamps; unmatched: seen on one link only)\n", l.name, phase, st.held, unmatched)
 	return st, nil
 }
 

@@ -31,6 +31,7 @@ type synTap struct {
 // port's SYN.
 type tapSide struct {
 	fd       int
+	ifindex  int
 	outgoing bool // count packets leaving (server link) or arriving (client link)
 	seen     map[uint16]time.Time
 	err      error
@@ -73,8 +74,9 @@ func openTapSide(ifName string, outgoing bool) (*tapSide, error) {
 	if err != nil {
 		return nil, fmt.Errorf("link %s: %w", ifName, err)
 	}
-	proto := int(htons(unix.ETH_P_ALL)) // outgoing packets reach ETH_P_ALL sockets only
-	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto)
+	// Protocol 0 receives nothing until bind, which comes after the
+	// filter: no packet of another link or another kind slips in first.
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("packet socket: %w", err)
 	}
@@ -86,6 +88,10 @@ func openTapSide(ifName string, outgoing bool) (*tapSide, error) {
 		{"SO_TIMESTAMPNS", func() error { return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1) }},
 		{"SO_RCVBUF", func() error { return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20) }},
 		{"SO_RCVTIMEO", func() error { return unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv) }},
+		{"SO_ATTACH_FILTER", func() error {
+			return unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &unix.SockFprog{Len: uint16(len(synOnly)), Filter: &synOnly[0]})
+		}},
+		// Outgoing packets reach ETH_P_ALL sockets only.
 		{"bind", func() error {
 			return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index})
 		}},
@@ -95,7 +101,24 @@ func openTapSide(ifName string, outgoing bool) (*tapSide, error) {
 			return nil, fmt.Errorf("packet socket on %s: %s: %w", ifName, o.name, err)
 		}
 	}
-	return &tapSide{fd: fd, outgoing: outgoing, seen: map[uint16]time.Time{}}, nil
+	return &tapSide{fd: fd, ifindex: ifi.Index, outgoing: outgoing, seen: map[uint16]time.Time{}}, nil
+}
+
+// synOnly is a classic BPF program passing IPv4 TCP segments with SYN set
+// and ACK clear, the only packets the tap times: a SYN per connection
+// instead of every packet, so the socket's buffer does not overflow while
+// its reader waits for a CPU. synSourcePort checks the rest.
+var synOnly = []unix.SockFilter{
+	{Code: 0x28, K: 12},                  // ldh [12]: ethertype
+	{Code: 0x15, Jt: 0, Jf: 7, K: 0x800}, // jeq IPv4
+	{Code: 0x30, K: 23},                  // ldb [23]: IP protocol
+	{Code: 0x15, Jt: 0, Jf: 5, K: 6},     // jeq TCP
+	{Code: 0xb1, K: 14},                  // ldxb 4*([14]&0xf): IP header length
+	{Code: 0x50, K: 14 + 13},             // ldb [x+27]: TCP flags
+	{Code: 0x54, K: 0x12},                // and SYN|ACK
+	{Code: 0x15, Jt: 0, Jf: 1, K: 0x02},  // jeq SYN alone
+	{Code: 0x06, K: 0xffff},              // ret: keep
+	{Code: 0x06, K: 0},                   // ret: drop
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
@@ -113,7 +136,7 @@ func (s *tapSide) read(stop *atomic.Bool, f synFilter) error {
 			return fmt.Errorf("packet socket: %w", err)
 		}
 		ll, ok := from.(*unix.SockaddrLinklayer)
-		if !ok || (ll.Pkttype == unix.PACKET_OUTGOING) != s.outgoing {
+		if !ok || ll.Ifindex != s.ifindex || (ll.Pkttype == unix.PACKET_OUTGOING) != s.outgoing {
 			continue
 		}
 		port, ok := synSourcePort(buf[:n], f)
@@ -174,9 +197,9 @@ func kernelStamp(oob []byte) (time.Time, error) {
 }
 
 // close stops the tap and returns, per SYN seen on both links, how long
-// the node held it, and how many SYNs were seen coming in but not going
-// out (dropped, or still held).
-func (t *synTap) close() (held []time.Duration, lost int, err error) {
+// the node held it, and how many SYNs were seen on one link only (dropped
+// by the node, or missed by the tap).
+func (t *synTap) close() (held []time.Duration, unmatched int, err error) {
 	t.stop.Store(true)
 	t.wg.Wait()
 	if err := errors.Join(t.in.err, t.out.err); err != nil {
@@ -187,11 +210,16 @@ func (t *synTap) close() (held []time.Duration, lost int, err error) {
 
 // matchSYNs pairs arrivals with departures by source port. A departure
 // before its arrival means the clocks or the pairing are wrong: an error.
-func matchSYNs(in, out map[uint16]time.Time) (held []time.Duration, lost int, err error) {
+func matchSYNs(in, out map[uint16]time.Time) (held []time.Duration, unmatched int, err error) {
+	for port := range out {
+		if _, ok := in[port]; !ok {
+			unmatched++
+		}
+	}
 	for port, t0 := range in {
 		t1, ok := out[port]
 		if !ok {
-			lost++
+			unmatched++
 			continue
 		}
 		d := t1.Sub(t0)
@@ -200,5 +228,5 @@ func matchSYNs(in, out map[uint16]time.Time) (held []time.Duration, lost int, er
 		}
 		held = append(held, d)
 	}
-	return held, lost, nil
+	return held, unmatched, nil
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 	"unsafe"
 
+	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -102,15 +103,15 @@ func TestKernelStamp(t *testing.T) {
 func TestMatchSYNs(t *testing.T) {
 	t0 := time.Unix(1700000000, 0)
 	at := func(us int) time.Time { return t0.Add(time.Duration(us) * time.Microsecond) }
-	held, lost, err := matchSYNs(
+	held, unmatched, err := matchSYNs(
 		map[uint16]time.Time{1: at(0), 2: at(100), 3: at(200)},
 		map[uint16]time.Time{1: at(5), 3: at(270), 9: at(1)}, // 2 never left; 9 never came in
 	)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if lost != 1 || len(held) != 2 {
-		t.Fatalf("held %v lost %d, want two held and one lost", held, lost)
+	if unmatched != 2 || len(held) != 2 {
+		t.Fatalf("held %v unmatched %d, want two held and two unmatched", held, unmatched)
 	}
 	sum := held[0] + held[1]
 	if sum != 75*time.Microsecond {
@@ -118,5 +119,60 @@ func TestMatchSYNs(t *testing.T) {
 	}
 	if _, _, err := matchSYNs(map[uint16]time.Time{1: at(10)}, map[uint16]time.Time{1: at(5)}); err == nil {
 		t.Fatal("a SYN that left before it arrived was accepted")
+	}
+}
+
+// TestSynOnlyFilter runs the tap's socket filter in x/net/bpf's
+// interpreter over the frames it must keep and drop.
+func TestSynOnlyFilter(t *testing.T) {
+	prog := make([]bpf.Instruction, len(synOnly))
+	for i, ins := range synOnly {
+		prog[i] = bpf.RawInstruction{Op: ins.Code, Jt: ins.Jt, Jf: ins.Jf, K: ins.K}.Disassemble()
+	}
+	vm, err := bpf.NewVM(prog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := pair{client: netip.MustParseAddr("10.1.0.83"), server: netip.MustParseAddr("10.7.0.81"), port: 8080}
+	ipPkt, err := synPacket(p, 40001)
+	if err != nil {
+		t.Fatal(err)
+	}
+	frame := func(edit func(b []byte) []byte) []byte {
+		b := append(make([]byte, 14), ipPkt...)
+		binary.BigEndian.PutUint16(b[12:14], 0x0800)
+		if edit != nil {
+			b = edit(b)
+		}
+		return b
+	}
+	const tcpOff = 14 + 20
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		keep bool
+	}{
+		{"SYN", frame(nil), true},
+		{"SYN with ECN bits", frame(func(b []byte) []byte { b[tcpOff+13] |= 0xc0; return b }), true},
+		{"SYN-ACK", frame(func(b []byte) []byte { b[tcpOff+13] |= 0x10; return b }), false},
+		{"ACK", frame(func(b []byte) []byte { b[tcpOff+13] = 0x10; return b }), false},
+		{"RST", frame(func(b []byte) []byte { b[tcpOff+13] = 0x04; return b }), false},
+		{"UDP", frame(func(b []byte) []byte { b[14+9] = unix.IPPROTO_UDP; return b }), false},
+		{"ARP", frame(func(b []byte) []byte { binary.BigEndian.PutUint16(b[12:14], 0x0806); return b }), false},
+		{"SYN behind IP options", frame(func(b []byte) []byte {
+			b = append(b[:tcpOff:tcpOff], append([]byte{1, 1, 1, 0}, b[tcpOff:]...)...)
+			b[14] = 0x46
+			return b
+		}), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n, err := vm.Run(tc.b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (n > 0) != tc.keep {
+				t.Fatalf("filter returned %d, want keep=%v", n, tc.keep)
+			}
+		})
 	}
 }
