@@ -18,9 +18,10 @@ import (
 )
 
 // Source ports are handed out from this range, in order, per source
-// namespace, so that no probe of a run reuses the 5-tuple of an earlier one:
-// a UDP or SCTP flow of an earlier scenario may still be in conntrack with
-// the verdict of an earlier policy.
+// namespace, so that no probe reuses the 5-tuple of an earlier one (until
+// 25000 ports have been handed out in one namespace, minutes later): a UDP
+// or SCTP flow of an earlier scenario may still be in conntrack with the
+// verdict of an earlier policy.
 const (
 	firstSourcePort = 40000
 	lastSourcePort  = 65000
@@ -68,10 +69,6 @@ func newProber(t *topology, s *servers, keys []serverKey, timeout time.Duration)
 	}
 	return p
 }
-
-// reserve keeps the allocator of ns away from a port something else in the
-// namespace (the agent's health listener) uses.
-func (p *prober) reserve(ns *NS, port uint16) { p.ports[ns].skip[port] = true }
 
 func (p *prober) once(ctx context.Context, src, dst endpoint, port int, proto string) outcome {
 	ns := p.t.nsOf(src.place)

@@ -59,8 +59,8 @@ func (t *topology) nsOf(p place) *NS {
 	return t.ext
 }
 
-// all lists every namespace, pods first so that teardown removes leaves
-// before the namespaces their veth peers live in.
+// all lists every namespace: pods, nodes, then the external namespace and
+// the underlay.
 func (t *topology) all() []*NS {
 	var out []*NS
 	for _, n := range t.pods {
