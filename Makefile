@@ -54,7 +54,7 @@ bench: build
 	@/usr/bin/time -f "nfqpolicy test public corpus: %e s wall, %M KiB max RSS" ./$(BIN) test testdata/conformance/public | tail -1
 
 bench-dataplane: deps build
-	$(GO) run ./bench/dataplane
+	$(GO) run ./bench/dataplane -nfqpolicy $(BIN)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -79,6 +79,10 @@ type ReaderConfig struct {
 	NewDecoder func() Decoder
 	// Observer, if not nil, sees every decision.
 	Observer Observer
+	// Audit accepts every packet while still deciding and reporting it
+	// (--mode audit: roll nfqpolicy out on a node without cutting
+	// anything; the observers see the real verdicts).
+	Audit bool
 	// ReadBuffer is the netlink socket receive buffer in bytes (0: 4 MiB).
 	// Too small and the kernel drops queued packets with ENOBUFS under a
 	// burst of new flows.
@@ -277,6 +281,10 @@ func (r *Reader) handle(a nfqueue.Attribute) int {
 	} else {
 		v = r.cfg.Decider.Decide(f)
 	}
+	// Decision latency ends here: the verdict send below re-injects the
+	// packet, and the kernel forwards it inside that call, which is not
+	// the decision's cost.
+	latency := time.Since(start)
 
 	if ours := pktMark & r.cfg.MarkMask; ours != 0 {
 		// Our mark came back to the queue: the rule that should have
@@ -284,7 +292,7 @@ func (r *Reader) handle(a nfqueue.Attribute) int {
 		// Repeating would loop forever, so settle it here instead.
 		r.counters.Requeued.Add(1)
 		verdict := nfqueue.NfDrop
-		if v.Allow && ours == r.cfg.AllowMark {
+		if (v.Allow || r.cfg.Audit) && ours == r.cfg.AllowMark {
 			verdict = nfqueue.NfAccept
 		}
 		if err := r.send.final(id, verdict); err != nil {
@@ -292,7 +300,7 @@ func (r *Reader) handle(a nfqueue.Attribute) int {
 		}
 	} else {
 		m := r.cfg.DenyMark
-		if v.Allow {
+		if v.Allow || r.cfg.Audit {
 			m = r.cfg.AllowMark
 		}
 		// Keep other people's bits (kube-proxy's 0x4000 masquerade request
@@ -302,13 +310,12 @@ func (r *Reader) handle(a nfqueue.Attribute) int {
 		}
 	}
 	answered = true
-	if v.Allow {
+	if v.Allow || r.cfg.Audit {
 		r.counters.Allowed.Add(1)
 	} else {
 		r.counters.Denied.Add(1)
 	}
 
-	latency := time.Since(start)
 	if r.cfg.Observer != nil {
 		r.cfg.Observer.OnVerdict(f, v, pkt, latency)
 	}

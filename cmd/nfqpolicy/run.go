@@ -18,6 +18,7 @@ import (
 	"github.com/nfqpolicy/nfqpolicy/dataplane"
 	"github.com/nfqpolicy/nfqpolicy/dataplane/agent"
 	"github.com/nfqpolicy/nfqpolicy/dataplane/iptables"
+	"github.com/nfqpolicy/nfqpolicy/filter"
 	"github.com/nfqpolicy/nfqpolicy/k8swatch"
 	"github.com/nfqpolicy/nfqpolicy/metrics"
 )
@@ -41,6 +42,7 @@ type runFlags struct {
 	denyAction  string
 	markBits    string
 	established string
+	mode        string
 	cacheSize   int
 	logLevel    string
 	healthAddr  string
@@ -48,6 +50,7 @@ type runFlags struct {
 	families    string
 	resync      time.Duration
 	printRules  bool
+	obs         observeFlags
 }
 
 func newRunFlags(stderr io.Writer) (*flag.FlagSet, *runFlags) {
@@ -65,6 +68,7 @@ func newRunFlags(stderr io.Writer) (*flag.FlagSet, *runFlags) {
 	fs.StringVar(&f.denyAction, "deny-action", "drop", "what a denied flow gets: drop, or reject (TCP reset / ICMP port unreachable)")
 	fs.StringVar(&f.markBits, "mark-bits", iptables.DefaultMarks.String(), "packet/connmark bits we own, ALLOW,DENY/MASK (must avoid kube-proxy's 0x4000 and 0x8000)")
 	fs.StringVar(&f.established, "established", "keep", "on policy change, established flows: keep, or recheck (re-decide and cut the now-denied)")
+	fs.StringVar(&f.mode, "mode", "enforce", "enforce, or audit: decide, log and count every flow but accept them all (per-policy audit: annotation nfqpolicy.io/mode=audit; per-namespace: label nfqpolicy.io/mode=audit)")
 	fs.IntVar(&f.cacheSize, "cache-size", 65536, "flow verdict cache entries (0 disables the cache)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error (debug logs every verdict)")
 	fs.StringVar(&f.healthAddr, "health-addr", "127.0.0.1:9901", "serve /healthz, /readyz and /debug/counters here (empty: off)")
@@ -72,6 +76,7 @@ func newRunFlags(stderr io.Writer) (*flag.FlagSet, *runFlags) {
 	fs.StringVar(&f.families, "ip-families", "auto", "IP families to divert: auto (IPv6 too unless the kernel has none), ipv4, ipv6 or ipv4,ipv6")
 	fs.DurationVar(&f.resync, "resync", time.Minute, "re-install rules and sets this often to repair what others flushed (0: never)")
 	fs.BoolVar(&f.printRules, "print-rules", false, "print the iptables-restore input these flags install on a clean node (both families) and exit")
+	f.obs.register(fs)
 	return fs, f
 }
 
@@ -106,6 +111,9 @@ func (f *runFlags) config(log zerolog.Logger) (agent.Config, error) {
 	errs = append(errs, err)
 	fams, err := iptables.ParseFamilies(f.families)
 	errs = append(errs, err)
+	if f.mode != "enforce" && f.mode != "audit" {
+		errs = append(errs, fmt.Errorf("--mode %q: want enforce or audit", f.mode))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return agent.Config{}, err
 	}
@@ -125,6 +133,7 @@ func (f *runFlags) config(log zerolog.Logger) (agent.Config, error) {
 		Established:    est,
 		ResyncInterval: f.resync,
 		HealthAddr:     f.healthAddr,
+		Audit:          f.mode == "audit",
 		Log:            log,
 	}, nil
 }
@@ -204,20 +213,56 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		cfg.OnSwap = rc.OnSwap
 		rechecker = rc
 	}
+	obs, err := f.obs.start(cfg.NodeName, f.mode)
+	if err != nil {
+		log.Error().Err(err).Msg("flow log / capture")
+		return 2
+	}
+	// Deferred before a.Run returns, so it runs after the readers stopped.
+	defer func() {
+		if err := obs.Close(); err != nil {
+			log.Error().Err(err).Msg("closing flow log / capture")
+		}
+	}()
 	var a *agent.Agent
-	m, err := metrics.New(metrics.Options{Ready: func() error {
+	mo := metrics.Options{Mode: f.mode, Pprof: f.obs.pprof, Ready: func() error {
 		if a != nil && a.Ready() {
 			return nil
 		}
 		return errors.New("not enforcing yet")
-	}})
+	}}
+	obs.metricsOptions(&mo)
+	m, err := metrics.New(mo)
 	if err != nil {
 		log.Error().Err(err).Msg("metrics")
 		return 2
 	}
-	cfg.Observer = m
+	cfg.Observer = append(dataplane.Observers{m}, obs.list...)
 	cfg.OnCompile = m.ObserveCompile
-	cfg.Handlers = map[string]http.Handler{"GET /metrics": m.Handler()}
+	state := liveState(func() *filter.Engine {
+		if a == nil {
+			return nil
+		}
+		return a.Engine()
+	})
+	explain := func(from, to string, port int, proto string, family int) (any, error) {
+		c, ok := src.Current()
+		rs := state()
+		if !ok || rs == nil {
+			return nil, errors.New("no policies compiled yet")
+		}
+		pr, err := filter.ProtoNumber(proto)
+		if err != nil {
+			return nil, err
+		}
+		return explainFlow(c, rs, from, to, portSpec{port: port, proto: pr}, family)
+	}
+	dbgSrv, dbg, err := f.obs.debugServer(obs, cfg.NodeName, f.mode, state, explain)
+	if err != nil {
+		log.Error().Err(err).Msg("debug API")
+		return 2
+	}
+	cfg.Handlers = map[string]http.Handler{"GET /metrics": m.Handler(), "/debug/pprof/": m.Handler(), "/debug/": dbg}
 	if rechecker != nil {
 		rechecker.SetObserver(m.ObserveRecheck)
 	}
@@ -226,6 +271,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		log.Error().Err(err).Msg("bad configuration")
 		return 2
 	}
+	f.obs.serveDebug(ctx, dbgSrv, log)
 	if err := a.Run(ctx); err != nil {
 		log.Error().Err(err).Msg("agent failed")
 		return 1

@@ -73,6 +73,9 @@ type Config struct {
 	Handlers map[string]http.Handler
 	// Observer sees every verdict (nil: none).
 	Observer dataplane.Observer
+	// Audit decides and reports every flow but accepts them all
+	// (--mode audit).
+	Audit bool
 	// OnSwap is called after each recompile with the previous and the new
 	// Ruleset (never with old == nil: the first compile is not a swap).
 	// With Established == Recheck it is where established flows are
@@ -361,6 +364,7 @@ func (a *Agent) openReaders(ctx context.Context) error {
 			Decider:    eng,
 			NewDecoder: func() dataplane.Decoder { return filter.NewDecoder() },
 			Observer:   a.cfg.Observer,
+			Audit:      a.cfg.Audit,
 			Log:        a.log,
 		})
 		if err != nil {
