@@ -62,7 +62,7 @@ lint:
 	$(GO) run $(STATICCHECK) $(PKGS)
 
 demo: deps build
-	$(GO) run ./e2e/cmd/demo --nfqpolicy $(BIN)
+	$(GO) run ./e2e/cmd/demo --agent $(BIN)
 
 clean:
 	rm -rf bin
