@@ -50,6 +50,9 @@ type fullStack struct {
 	agentDone    chan struct{}
 	health       *http.Client
 	probeTimeout time.Duration
+	// target is where new connections from pod a go (default pod b's
+	// echo server).
+	target string
 }
 
 // TestFullStackAPIServer runs `nfqpolicy run --kubeconfig` in a node
@@ -126,7 +129,7 @@ func roundTrip(t *testing.T, c net.Conn, what string) {
 
 func newFullStack(t *testing.T) *fullStack {
 	t.Helper()
-	fs := &fullStack{dir: t.TempDir(), probeTimeout: 700 * time.Millisecond}
+	fs := &fullStack{dir: t.TempDir(), probeTimeout: 700 * time.Millisecond, target: net.JoinHostPort(podBAddr, echoPort)}
 	fs.srv = apiserver.Start(t)
 	fs.client = fs.srv.Client(t)
 	fs.seedCluster(t)
@@ -297,10 +300,10 @@ func (fs *fullStack) killAgent(t *testing.T) {
 	fs.stopAgent(syscall.SIGKILL)
 }
 
-// connects reports whether a new TCP connection from pod a to pod b's echo
-// server completes a round trip.
+// connects reports whether a new TCP connection from pod a to fs.target
+// completes a round trip.
 func (fs *fullStack) connects(ctx context.Context) bool {
-	c, err := fs.a.dial(ctx, net.JoinHostPort(podBAddr, echoPort), fs.probeTimeout)
+	c, err := fs.a.dial(ctx, fs.target, fs.probeTimeout)
 	if err != nil {
 		return false
 	}
@@ -346,3 +349,45 @@ func (fs *fullStack) dumpNode(t *testing.T) {
 		t.Logf("%s (err %v):\n%s", strings.Join(args, " "), err, out)
 	}
 }
+
+// TestFullStackHostPort checks what docs/kubernetes.md says of hostPort: the
+// CNI's DNAT (here a portmap-style rule in the node namespace) happens
+// before the agent decides, so policies see the destination pod and its
+// containerPort, never the hostPort.
+func TestFullStackHostPort(t *testing.T) {
+	if testing.Short() {
+		t.Skip("kernel and kube-apiserver test")
+	}
+	requireKernel(t, "conntrack")
+	sweepNamespaces(t)
+	fs := newFullStack(t)
+	ctx := context.Background()
+	const hostPort = "30080"
+	// What the portmap plugin installs for hostPort 30080 -> b:8080.
+	fs.node.exec(t, "iptables", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "-d", nodeAAddr, "--dport", hostPort,
+		"-j", "DNAT", "--to-destination", net.JoinHostPort(podBAddr, echoPort))
+	viaHostPort := net.JoinHostPort(nodeAAddr, hostPort)
+	fs.target = viaHostPort
+	fs.expect(t, true, "hostPort, no policy")
+
+	allowOnly := func(port string) {
+		t.Helper()
+		spec := fmt.Sprintf(`{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"only","namespace":"fs"},`+
+			`"spec":{"podSelector":{"matchLabels":{"app":"b"}},"ingress":[{"from":[{"podSelector":{"matchLabels":{"app":"a"}}}],"ports":[{"port":%s}]}]}}`, port)
+		_, err := fs.client.NetworkingV1().NetworkPolicies("fs").Patch(ctx, "only", "application/apply-patch+yaml", []byte(spec),
+			metav1.PatchOptions{FieldManager: "test", Force: boolPtr(true)})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	allowOnly(hostPort)
+	fs.expect(t, false, "policy allows only the hostPort number: the pod is reached on its containerPort, so denied")
+	allowOnly(echoPort)
+	fs.expect(t, true, "policy allows the containerPort: allowed through the hostPort")
+	allowOnly(hostPort) // back to denied, so that the next step is a change
+	fs.expect(t, false, "policy allows only the hostPort number again")
+	allowOnly(`"echo"`)
+	fs.expect(t, true, "policy allows the containerPort by name: allowed through the hostPort")
+}
+
+func boolPtr(b bool) *bool { return &b }
