@@ -322,6 +322,24 @@ func (s *InformerSource) LastError() error {
 	return s.lastErr
 }
 
+// InformerStatus is the source's health, for /debug/counters and metrics.
+type InformerStatus struct {
+	Synced    bool   `json:"synced"`
+	Connected bool   `json:"connected"`
+	LastError string `json:"last_error,omitempty"`
+	Rebuilds  uint64 `json:"rebuilds"`
+}
+
+// Status returns the source's health in one value.
+func (s *InformerSource) Status() InformerStatus {
+	st := InformerStatus{Connected: s.Connected(), Rebuilds: s.Rebuilds()}
+	_, st.Synced = s.Current()
+	if err := s.LastError(); err != nil {
+		st.LastError = err.Error()
+	}
+	return st
+}
+
 func (s *InformerSource) setConnected() {
 	if s.connected.CompareAndSwap(false, true) && s.LastError() != nil {
 		s.log.Info().Msg("API server reachable again")

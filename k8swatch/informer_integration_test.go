@@ -428,8 +428,9 @@ func TestInformerIntegrationNotReadyBeforeSync(t *testing.T) {
 	if _, ok := unreachable.Current(); ok {
 		t.Fatal("unreachable server, yet Current is ok")
 	}
-	if unreachable.Connected() || unreachable.LastError() == nil || !strings.Contains(unreachable.LastError().Error(), "connection refused") {
-		t.Fatalf("unreachable: Connected=%v LastError=%v, want false and connection refused", unreachable.Connected(), unreachable.LastError())
+	st := unreachable.Status()
+	if st.Synced || st.Connected || !strings.Contains(st.LastError, "connection refused") || st.Rebuilds != 0 {
+		t.Fatalf("unreachable: status %+v, want not synced, not connected, connection refused, no rebuilds", st)
 	}
 }
 
