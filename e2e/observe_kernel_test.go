@@ -544,6 +544,7 @@ func testSlowSink(t *testing.T, bin string) {
 		}
 	}()
 
+	from, to := c.endpoint("y/c"), c.endpoint("x/b")
 	start := time.Now()
 	var failed atomic.Int64
 	var wg sync.WaitGroup
@@ -553,7 +554,7 @@ func testSlowSink(t *testing.T, bin string) {
 		go func() {
 			defer wg.Done()
 			for range work {
-				if o := c.connect("y/c", "x/b"); !o.allowed {
+				if o := c.pr.once(context.Background(), from, to, 80, "TCP"); !o.allowed {
 					if failed.Add(1) <= 5 {
 						t.Errorf("connection failed: %s %v", o.detail, o.err)
 					}
@@ -686,8 +687,13 @@ func testExplainTrace(t *testing.T, bin string) {
 	if !strings.Contains(allow, " ALLOW ") || !strings.Contains(allow, "allowed by x/allow-b-from-y ingress[0]") {
 		t.Errorf("trace line %q: want ALLOW by x/allow-b-from-y", allow)
 	}
-	go c.connect("y/c", "x/a")
+	denied := make(chan outcome, 1)
+	from, to := c.endpoint("y/c"), c.endpoint("x/a")
+	go func() { denied <- c.pr.once(context.Background(), from, to, 80, "TCP") }()
 	deny := waitLine("x/a ("+podA+"):80/TCP", nil)
+	if o := <-denied; o.allowed {
+		t.Errorf("y/c -> x/a connected while x/deny-all isolates x/a")
+	}
 	t.Logf("nfqpolicy trace --agent SOCK --from y/c: %s", deny)
 	if !strings.Contains(deny, " DENY ") || !strings.Contains(deny, "default deny by isolation of x/a from x/deny-all") {
 		t.Errorf("trace line %q: want DENY by isolation from x/deny-all", deny)
