@@ -12,7 +12,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+	"k8s.io/klog/v2"
 
 	"github.com/nfqpolicy/nfqpolicy/conntrack"
 	"github.com/nfqpolicy/nfqpolicy/dataplane"
@@ -193,6 +195,8 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			log.Error().Err(err).Msg("no cluster state: pass --snapshot or give access to the API server")
 			return 2
 		}
+		// client-go logs through klog; make its lines JSON like ours.
+		klog.SetLogger(k8swatch.KlogLogger(log.With().Str("component", "client-go").Logger()))
 		is, err := k8swatch.NewInformerSource(rc, k8swatch.InformerOptions{}, log)
 		if err != nil {
 			log.Error().Err(err).Msg("API server source")
@@ -263,6 +267,9 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	cfg.Handlers = map[string]http.Handler{"GET /metrics": m.Handler(), "/debug/pprof/": m.Handler(), "/debug/": dbg}
+	if is, ok := src.(*k8swatch.InformerSource); ok {
+		registerAPIServerMetrics(m.Registry(), is)
+	}
 	if rechecker != nil {
 		rechecker.SetObserver(m.ObserveRecheck)
 	}
@@ -277,4 +284,22 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// registerAPIServerMetrics exports whether the informers reach the API
+// server and how often the cluster state was rebuilt, read at scrape time.
+func registerAPIServerMetrics(reg prometheus.Registerer, is *k8swatch.InformerSource) {
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "nfqpolicy_apiserver_connected",
+			Help: "1 while the last request to the API server succeeded; the agent keeps enforcing the last known state while it is 0."},
+			func() float64 {
+				if is.Connected() {
+					return 1
+				}
+				return 0
+			}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "nfqpolicy_cluster_rebuilds_total",
+			Help: "Cluster state snapshots published by the informer source (bursts of changes are coalesced)."},
+			func() float64 { return float64(is.Rebuilds()) }),
+	)
 }
