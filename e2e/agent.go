@@ -88,13 +88,16 @@ func (a *agentSet) start(bin string, args []string, node string, ns *NS) (*agent
 	if err != nil {
 		return nil, fmt.Errorf("agent log: %w", err)
 	}
-	argv := append([]string{"netns", "exec", ns.Name, bin, "run",
+	argv := []string{"netns", "exec", ns.Name, bin, "run",
 		"--node-name", node,
-		"--snapshot", a.snapshot,
-		"--snapshot-poll", agentPoll.String(),
 		"--queues", "1",
 		"--health-addr", agentHealthAddr,
-	}, args...)
+	}
+	if a.snapshot != "" {
+		// Without one (Cluster.StartAgents) args say where the state is.
+		argv = append(argv, "--snapshot", a.snapshot, "--snapshot-poll", agentPoll.String())
+	}
+	argv = append(argv, args...)
 	cmd := exec.Command("ip", argv...)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	// The agent dies with this process even when it is killed outright;
