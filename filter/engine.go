@@ -13,30 +13,34 @@ import (
 // meet on one lock: golang-lru takes an exclusive lock even for Get.
 const cacheShards = 32
 
-// flowKey is what a verdict depends on: source and destination address,
-// destination port and protocol, packed into plain bytes so that the map
-// hashes and compares it in one pass (a struct with padding is hashed
-// field by field). The source port is left out on purpose: no policy can
-// match on it, so every new connection between the same two endpoints and
-// destination port hits the cache.
-type flowKey [36]byte
+// flowKey is what a verdict depends on: source and destination address
+// (as their 16-byte forms, in four words), destination port and protocol.
+// Five whole words leave no padding, so the map hashes and compares the
+// key as plain memory in one pass. The source port is left out on purpose:
+// no policy can match on it, so every new connection between the same two
+// endpoints and destination port hits the cache.
+type flowKey struct {
+	srcHi, srcLo, dstHi, dstLo uint64
+	portProto                  uint64
+}
 
 func keyOf(f Flow) flowKey {
-	var k flowKey
 	src, dst := f.Src.As16(), f.Dst.As16()
-	copy(k[0:16], src[:])
-	copy(k[16:32], dst[:])
-	binary.BigEndian.PutUint16(k[32:34], f.DstPort)
-	k[34] = f.Proto
-	return k
+	return flowKey{
+		srcHi:     binary.BigEndian.Uint64(src[:8]),
+		srcLo:     binary.BigEndian.Uint64(src[8:]),
+		dstHi:     binary.BigEndian.Uint64(dst[:8]),
+		dstLo:     binary.BigEndian.Uint64(dst[8:]),
+		portProto: uint64(f.DstPort)<<8 | uint64(f.Proto),
+	}
 }
 
 // shard mixes the key's words (a multiply-xorshift hash; no allocation,
 // unlike hashing through an interface).
 func (k *flowKey) shard() int {
-	h := binary.LittleEndian.Uint64(k[8:16]) ^ binary.LittleEndian.Uint64(k[0:8])*0x9e3779b97f4a7c15
-	h ^= binary.LittleEndian.Uint64(k[24:32])*0xff51afd7ed558ccd ^ binary.LittleEndian.Uint64(k[16:24])
-	h ^= uint64(binary.LittleEndian.Uint32(k[32:36]))
+	h := k.srcLo ^ k.srcHi*0x9e3779b97f4a7c15
+	h ^= k.dstLo*0xff51afd7ed558ccd ^ k.dstHi
+	h ^= k.portProto
 	h ^= h >> 33
 	h *= 0xc4ceb9fe1a85ec53
 	h ^= h >> 29
