@@ -24,6 +24,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"github.com/nfqpolicy/nfqpolicy/flowlog"
 	"github.com/nfqpolicy/nfqpolicy/scenario"
 )
@@ -86,7 +88,7 @@ const (
 
 // observeCluster is the scenario's topology with servers and one agent.
 type observeCluster struct {
-	t      *testing.T
+	t      testing.TB
 	dir    string // flow logs, captures, the debug socket
 	top    *topology
 	pr     *prober
@@ -94,7 +96,7 @@ type observeCluster struct {
 	agents *agentSet
 }
 
-func loadObserveScenario(t *testing.T, annotations string) *prepared {
+func loadObserveScenario(t testing.TB, annotations string) *prepared {
 	t.Helper()
 	ss, err := scenario.Parse("observe.yaml", []byte(fmt.Sprintf(observeScenario, annotations)))
 	if err != nil {
@@ -110,7 +112,7 @@ func loadObserveScenario(t *testing.T, annotations string) *prepared {
 // startObserveCluster builds the topology, starts the servers and one
 // agent with the extra flags args returns (given the test's directory),
 // and tears everything down when the test ends.
-func startObserveCluster(t *testing.T, bin, name string, args func(dir string) []string) *observeCluster {
+func startObserveCluster(t testing.TB, bin, name string, args func(dir string) []string) *observeCluster {
 	t.Helper()
 	if deleted, err := SweepStale(); err != nil {
 		t.Logf("sweeping stale namespaces: %v", err)
@@ -147,7 +149,7 @@ func startObserveCluster(t *testing.T, bin, name string, args func(dir string) [
 	if broken := warmUp(ctx, c.pr, g, 8); len(broken) > 0 {
 		t.Fatalf("topology self-check failed without an agent: %v", broken)
 	}
-	c.agents, err = startAgents(ctx, bin, args(c.dir), top, c.p, testLogger(t))
+	c.agents, err = startAgents(ctx, bin, args(c.dir), top, c.p, zerolog.New(zerolog.NewTestWriter(t)))
 	if err != nil {
 		t.Fatalf("agent: %v", err)
 	}
