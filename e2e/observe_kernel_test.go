@@ -571,12 +571,22 @@ func testSlowSink(t *testing.T, bin string) {
 	wg.Wait()
 	took := time.Since(start)
 	before := c.metrics()
+	mu.Lock()
+	readSoFar := got.records
+	mu.Unlock()
 	t.Logf("%d connections in %s (%.0f/s) while the flow log reader sleeps, %d failed", conns, took.Round(time.Millisecond), conns/took.Seconds(), failed.Load())
 	if n := failed.Load(); n > 0 {
 		t.Errorf("%d of %d connections failed: the slow log sink delayed verdicts", n, conns)
 	}
 	if d := before[`nfqpolicy_queue_dropped_total{queue="100"}`] + before[`nfqpolicy_queue_user_dropped_total{queue="100"}`]; d > 0 {
 		t.Errorf("the kernel dropped %v queued packets", d)
+	}
+	// Had the verdicts waited for the sink, they could not have got
+	// further ahead of the reader than the buffers hold.
+	decidedSoFar := before[`nfqpolicy_verdicts_total{mode="enforce",verdict="allow"}`]
+	t.Logf("when the last connection completed: %v flows decided, %d records read by the sleeping reader", decidedSoFar, readSoFar)
+	if decidedSoFar < conns || readSoFar > conns/2 {
+		t.Errorf("decided %v flows while the reader had %d records: want every flow decided well ahead of the reader", decidedSoFar, readSoFar)
 	}
 	if lost := before[`nfqpolicy_flowlog_records_total{result="lost"}`]; lost == 0 {
 		t.Errorf("no flow log record lost with a sleeping reader: the test did not load the sink")
