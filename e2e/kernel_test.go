@@ -180,8 +180,7 @@ func TestProbesSeeDropAndReject(t *testing.T) {
 	opts := Options{Log: testLogger(t), beforeProbes: func(top *topology) error {
 		for _, ns := range top.nodes {
 			for _, r := range append(rules("iptables"), rules("ip6tables")...) {
-				args := append([]string{"netns", "exec", ns.Name}, r...)
-				if err := run(context.Background(), nil, "ip", args...); err != nil {
+				if _, err := ns.Exec(context.Background(), r[0], r[1:]...); err != nil {
 					return err
 				}
 			}
