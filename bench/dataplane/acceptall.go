@@ -186,7 +186,7 @@ func startAcceptAll(ctx context.Context, sp *spawner, ns *netNS, base, n int) (*
 		return nil, fmt.Errorf("accept-all reader: find this binary: %w", err)
 	}
 	p := &acceptAllProc{lines: make(chan string, 4), exited: make(chan error, 1)}
-	p.cmd = exec.Command("ip", "netns", "exec", ns.name, self, acceptAllCmd, strconv.Itoa(base), strconv.Itoa(n))
+	p.cmd = exec.Command("ip", "netns", "exec", ns.Name, self, acceptAllCmd, strconv.Itoa(base), strconv.Itoa(n))
 	p.cmd.Stderr = &p.stderr
 	out, err := p.cmd.StdoutPipe()
 	if err != nil {

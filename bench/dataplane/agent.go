@@ -36,7 +36,7 @@ func startAgent(ctx context.Context, sp *spawner, bin string, ns *netNS, node, s
 	if err != nil {
 		return nil, fmt.Errorf("agent log: %w", err)
 	}
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns.name, bin, "run",
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns.Name, bin, "run",
 		"--node-name", node,
 		"--snapshot", snapshot,
 		"--queues", strconv.Itoa(queues),
@@ -61,7 +61,7 @@ func startAgent(ctx context.Context, sp *spawner, bin string, ns *netNS, node, s
 		Timeout: 2 * time.Second,
 		Transport: &http.Transport{
 			DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
-				derr := ns.do(func() error {
+				derr := ns.Do(func() error {
 					c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
 					return nil
 				})

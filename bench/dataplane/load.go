@@ -32,11 +32,11 @@ type server struct {
 
 func startServer(ns *netNS, addr netip.AddrPort) (*server, error) {
 	var ln net.Listener
-	if err := ns.do(func() (err error) {
+	if err := ns.Do(func() (err error) {
 		ln, err = (&net.ListenConfig{}).Listen(context.Background(), "tcp4", addr.String())
 		return err
 	}); err != nil {
-		return nil, fmt.Errorf("listen on %s in %s: %w", addr, ns.name, err)
+		return nil, fmt.Errorf("listen on %s in %s: %w", addr, ns.Name, err)
 	}
 	s := &server{ln: ln.(*net.TCPListener), conns: map[*net.TCPConn]struct{}{}}
 	s.wg.Add(1)
@@ -156,7 +156,7 @@ func connRate(ctx context.Context, ns *netNS, src netip.Addr, dst netip.AddrPort
 			defer wg.Done()
 			// The thread stays in the namespace and is discarded when
 			// this goroutine ends.
-			if err := ns.enterForGood(); err != nil {
+			if err := ns.EnterForGood(); err != nil {
 				errs[w] = err
 				return
 			}
@@ -288,7 +288,7 @@ func throughput(ctx context.Context, ns *netNS, src netip.Addr, dst netip.AddrPo
 	done := make(chan error, 1)
 	go func() {
 		done <- func() error {
-			if err := ns.enterForGood(); err != nil {
+			if err := ns.EnterForGood(); err != nil {
 				return err
 			}
 			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)

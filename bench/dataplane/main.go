@@ -306,7 +306,7 @@ func (b *bench) phases(ctx context.Context, snapshot string) (err error) {
 		target = fmt.Sprintf("--queue-balance %d:%d", queueBase, queueBase+o.queues-1)
 	}
 	rule := append([]string{"-w", "-A", "FORWARD", "-m", "conntrack", "--ctstate", "NEW", "-j", "NFQUEUE"}, strings.Fields(target)...)
-	if err := b.acceptall.topo.node.exec(ctx, "iptables", rule...); err != nil {
+	if err := execIn(ctx, b.acceptall.topo.node, "iptables", rule...); err != nil {
 		return fmt.Errorf("phase b: install the diversion rule: %w", err)
 	}
 	// (c): the agent.
@@ -316,7 +316,7 @@ func (b *bench) phases(ctx context.Context, snapshot string) (err error) {
 	// Both rule sets loaded conntrack, so its per-namespace timeouts exist.
 	for _, l := range []*lane{b.acceptall, b.enforced} {
 		if err := l.topo.setConntrackTimeouts(ctx); err != nil {
-			fmt.Fprintf(b.errOut, "warning: cannot shorten conntrack timeouts in %s: %v\n", l.topo.node.name, err)
+			fmt.Fprintf(b.errOut, "warning: cannot shorten conntrack timeouts in %s: %v\n", l.topo.node.Name, err)
 		}
 		if err := b.warmUp(ctx, l); err != nil {
 			return err

@@ -47,7 +47,7 @@ type synFilter struct {
 func openSynTap(ns *netNS, inIf, outIf string, f synFilter) (*synTap, error) {
 	t := &synTap{}
 	var err error
-	if err = ns.do(func() error {
+	if err = ns.Do(func() error {
 		if t.in, err = openTapSide(inIf, false); err != nil {
 			return err
 		}
@@ -57,7 +57,7 @@ func openSynTap(ns *netNS, inIf, outIf string, f synFilter) (*synTap, error) {
 		}
 		return nil
 	}); err != nil {
-		return nil, fmt.Errorf("SYN tap in %s: %w", ns.name, err)
+		return nil, fmt.Errorf("SYN tap in %s: %w", ns.Name, err)
 	}
 	for _, s := range []*tapSide{t.in, t.out} {
 		t.wg.Add(1)

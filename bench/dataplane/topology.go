@@ -69,8 +69,8 @@ func buildTopology(ctx context.Context, prefix string, client, server netip.Addr
 		if n == t.node {
 			kv = append(append([]string(nil), baseSysctls...), "net.ipv4.ip_forward=1")
 		}
-		if err := n.exec(ctx, "sysctl", append([]string{"-q", "-w"}, kv...)...); err != nil {
-			return nil, fmt.Errorf("sysctl in %s: %w", n.name, err)
+		if err := execIn(ctx, n, "sysctl", append([]string{"-q", "-w"}, kv...)...); err != nil {
+			return nil, fmt.Errorf("sysctl in %s: %w", n.Name, err)
 		}
 	}
 	node := []string{"link set lo up"}
@@ -80,19 +80,19 @@ func buildTopology(ctx context.Context, prefix string, client, server netip.Addr
 		addr netip.Addr
 	}{{"vc", t.client, client}, {"vs", t.server, server}} {
 		node = append(node,
-			fmt.Sprintf("link add %s type veth peer name eth0 netns %s", p.port, p.ns.name),
+			fmt.Sprintf("link add %s type veth peer name eth0 netns %s", p.port, p.ns.Name),
 			fmt.Sprintf("addr add %s/32 dev %s", gateway, p.port),
 			fmt.Sprintf("link set %s up", p.port),
 			fmt.Sprintf("route add %s/32 dev %s", p.addr, p.port))
 	}
-	if err := t.node.ipBatch(ctx, node); err != nil {
+	if err := t.node.IPBatch(ctx, node); err != nil {
 		return nil, err
 	}
 	for _, p := range []struct {
 		ns   *netNS
 		addr netip.Addr
 	}{{t.client, client}, {t.server, server}} {
-		if err := p.ns.ipBatch(ctx, []string{
+		if err := p.ns.IPBatch(ctx, []string{
 			"link set lo up",
 			"link set eth0 up",
 			fmt.Sprintf("addr add %s/32 dev eth0", p.addr),
@@ -109,7 +109,7 @@ func buildTopology(ctx context.Context, prefix string, client, server netip.Addr
 // sysctls exist only once the conntrack module is loaded, which the
 // enforcing phases do anyway; missing ones are reported, not fatal.
 func (t *topology) setConntrackTimeouts(ctx context.Context) error {
-	return t.node.exec(ctx, "sysctl", append([]string{"-q", "-w"}, nodeCTSysctls...)...)
+	return execIn(ctx, t.node, "sysctl", append([]string{"-q", "-w"}, nodeCTSysctls...)...)
 }
 
 // close deletes the namespaces, pods first.
@@ -117,7 +117,7 @@ func (t *topology) close() error {
 	var errs []error
 	for _, n := range []*netNS{t.client, t.server, t.node} {
 		if n != nil {
-			if err := n.del(); err != nil {
+			if err := n.Delete(); err != nil {
 				errs = append(errs, err)
 			}
 		}
