@@ -183,7 +183,7 @@ func (c *Capture) selected(v *filter.Verdict) bool {
 
 // OnVerdict offers a decided packet (starting at its IP header) to the
 // capture. It never blocks and allocates nothing.
-func (c *Capture) OnVerdict(f filter.Flow, v filter.Verdict, pkt []byte, latency time.Duration) {
+func (c *Capture) OnVerdict(f filter.Flow, v filter.Verdict, pkt []byte, at time.Time, latency time.Duration) {
 	if len(pkt) == 0 || !c.selected(&v) || !c.match.Matches(&f) {
 		return
 	}
@@ -191,7 +191,7 @@ func (c *Capture) OnVerdict(f filter.Flow, v filter.Verdict, pkt []byte, latency
 		c.lost.Add(1)
 		return
 	}
-	s := slot{time: time.Now().UnixNano(), flow: f, verdict: v, latency: latency, origLen: origLen(pkt)}
+	s := slot{time: at.UnixNano(), flow: f, verdict: v, latency: latency, origLen: origLen(pkt)}
 	s.n = uint8(copy(s.data[:c.o.SnapLen], pkt))
 	if c.pendLost.Load() != 0 {
 		s.lost = c.pendLost.Swap(0)

@@ -188,7 +188,7 @@ func writeProbes(t *testing.T, o Options) (path string, pkts [][]byte) {
 	for i, p := range probes {
 		pkt := packet(t, p.f, 200) // longer than the snap length
 		pkts = append(pkts, pkt)
-		c.OnVerdict(p.f, rs.Decide(p.f), pkt, time.Duration(i+1)*time.Microsecond)
+		c.OnVerdict(p.f, rs.Decide(p.f), pkt, time.Now(), time.Duration(i+1)*time.Microsecond)
 	}
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
@@ -366,7 +366,7 @@ func TestSegmentRing(t *testing.T) {
 			}
 			for i := range tc.packets {
 				f := flow("10.0.1.3", "10.0.1.2", uint16(10000+i), 80, filter.ProtoTCP)
-				c.OnVerdict(f, rs.Decide(f), packet(t, f, 0), 0)
+				c.OnVerdict(f, rs.Decide(f), packet(t, f, 0), time.Now(), 0)
 				// Let the writer keep up: this test is about rotation, not loss.
 				for c.Stats().Written+c.Stats().Lost < uint64(i+1) {
 					time.Sleep(50 * time.Microsecond)
@@ -430,7 +430,7 @@ func TestLossIsRecorded(t *testing.T) {
 	const rounds, burst = 20, 10
 	for round := range rounds {
 		for range burst {
-			c.OnVerdict(f, v, pkt, 0)
+			c.OnVerdict(f, v, pkt, time.Now(), 0)
 		}
 		for i := 0; c.Stats().Written < uint64(round+1); i++ {
 			if i > 5000 {
@@ -496,8 +496,8 @@ func TestOnVerdictAllocatesNothing(t *testing.T) {
 		// No writer goroutine: only the verdict path is measured (enqueue,
 		// then with a full buffer the drop path).
 		c := &Capture{o: Options{SnapLen: MaxSnapLen, Select: SelectAll}, match: m, ch: make(chan slot, size)}
-		c.OnVerdict(f, v, pkt, 0)
-		if n := testing.AllocsPerRun(1000, func() { c.OnVerdict(f, v, pkt, time.Microsecond) }); n != 0 {
+		c.OnVerdict(f, v, pkt, time.Now(), 0)
+		if n := testing.AllocsPerRun(1000, func() { c.OnVerdict(f, v, pkt, time.Now(), time.Microsecond) }); n != 0 {
 			t.Errorf("buffer %d: OnVerdict allocates %v per call", size, n)
 		}
 	}
@@ -533,7 +533,7 @@ func BenchmarkOnVerdict(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for range b.N {
-		c.OnVerdict(f, v, pkt, time.Microsecond)
+		c.OnVerdict(f, v, pkt, time.Now(), time.Microsecond)
 	}
 	b.StopTimer()
 	c.Close()

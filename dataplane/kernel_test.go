@@ -532,7 +532,7 @@ func truncatedTCP4(src, dst netip.Addr, port uint16) []byte {
 // kernel to overflow the reader's socket.
 type stall struct{ done atomic.Bool }
 
-func (s *stall) OnVerdict(filter.Flow, filter.Verdict, []byte, time.Duration) {
+func (s *stall) OnVerdict(filter.Flow, filter.Verdict, []byte, time.Time, time.Duration) {
 	if s.done.CompareAndSwap(false, true) {
 		time.Sleep(300 * time.Millisecond)
 	}

@@ -45,10 +45,12 @@ type Decoder interface {
 // sent (so a slow observer delays the next packet of its queue, never this
 // one). pkt is the copied head of the packet (up to the copy range) and
 // must not be retained after OnVerdict returns. f is the zero Flow when the
-// packet could not be decoded (v's sides are then Malformed). Flow logs,
-// packet capture and metrics plug in here.
+// packet could not be decoded (v's sides are then Malformed). at is when
+// the reader received the packet: the clock is read once per packet for
+// every observer, since a read costs about as much as a decision. Flow
+// logs, packet capture and metrics plug in here.
 type Observer interface {
-	OnVerdict(f filter.Flow, v filter.Verdict, pkt []byte, latency time.Duration)
+	OnVerdict(f filter.Flow, v filter.Verdict, pkt []byte, at time.Time, latency time.Duration)
 }
 
 // CopyRange is how many bytes of each packet the kernel copies to us: the
@@ -317,7 +319,7 @@ func (r *Reader) handle(a nfqueue.Attribute) int {
 	}
 
 	if r.cfg.Observer != nil {
-		r.cfg.Observer.OnVerdict(f, v, pkt, latency)
+		r.cfg.Observer.OnVerdict(f, v, pkt, start, latency)
 	}
 	if r.debug {
 		ev := r.cfg.Log.Debug().Uint16("queue", r.cfg.Queue).Uint32("id", id).Bool("allow", v.Allow).
@@ -439,10 +441,10 @@ func (v CounterValues) Add(o CounterValues) CounterValues {
 type Observers []Observer
 
 // OnVerdict implements Observer.
-func (os Observers) OnVerdict(f filter.Flow, v filter.Verdict, pkt []byte, latency time.Duration) {
+func (os Observers) OnVerdict(f filter.Flow, v filter.Verdict, pkt []byte, at time.Time, latency time.Duration) {
 	for _, o := range os {
 		if o != nil {
-			o.OnVerdict(f, v, pkt, latency)
+			o.OnVerdict(f, v, pkt, at, latency)
 		}
 	}
 }

@@ -49,7 +49,7 @@ type seen struct {
 
 type observer struct{ last seen }
 
-func (o *observer) OnVerdict(f filter.Flow, v filter.Verdict, pkt []byte, _ time.Duration) {
+func (o *observer) OnVerdict(f filter.Flow, v filter.Verdict, pkt []byte, _ time.Time, _ time.Duration) {
 	o.last = seen{f, v, len(pkt)}
 }
 
@@ -147,7 +147,7 @@ func (panicky) Decide(filter.Flow) filter.Verdict { panic("decider bug") }
 
 type panickyObserver struct{}
 
-func (panickyObserver) OnVerdict(filter.Flow, filter.Verdict, []byte, time.Duration) {
+func (panickyObserver) OnVerdict(filter.Flow, filter.Verdict, []byte, time.Time, time.Duration) {
 	panic("observer bug")
 }
 

@@ -94,7 +94,7 @@ func TestRecentRing(t *testing.T) {
 	h := NewHub(4)
 	for i := range 10 {
 		f := tcp("10.0.1.1", "10.0.1.2", uint16(i+1))
-		h.OnVerdict(f, rs.Decide(f), nil, 0)
+		h.OnVerdict(f, rs.Decide(f), nil, time.Now(), 0)
 	}
 	var seqs []uint64
 	for _, r := range h.Recent(0, nil) {
@@ -189,15 +189,15 @@ func TestSubscriptionCountsLoss(t *testing.T) {
 	f, other := tcp("10.0.1.1", "10.0.1.2", 80), tcp("10.0.1.1", "10.0.1.2", 81)
 	v, ov := rs.Decide(f), rs.Decide(other)
 	for range 100 {
-		h.OnVerdict(f, v, nil, 0)
-		h.OnVerdict(other, ov, nil, 0) // filtered out: neither delivered nor lost
+		h.OnVerdict(f, v, nil, time.Now(), 0)
+		h.OnVerdict(other, ov, nil, time.Now(), 0) // filtered out: neither delivered nor lost
 	}
 	for range 4 {
 		if r := <-s.C(); r.Lost != 0 || r.Flow.DstPort != 80 {
 			t.Fatalf("buffered record: lost %d port %d", r.Lost, r.Flow.DstPort)
 		}
 	}
-	h.OnVerdict(f, v, nil, 0)
+	h.OnVerdict(f, v, nil, time.Now(), 0)
 	if r := <-s.C(); r.Lost != 96 {
 		t.Errorf("next record reports %d lost, want 96", r.Lost)
 	}
@@ -220,8 +220,8 @@ func TestHubAllocatesNothing(t *testing.T) {
 	defer s2.Close()
 	f := tcp("10.0.1.1", "10.0.1.2", 80)
 	v := rs.Decide(f)
-	h.OnVerdict(f, v, nil, 0) // resolves x/a and x/b once for this Ruleset
-	if n := testing.AllocsPerRun(1000, func() { h.OnVerdict(f, v, nil, time.Microsecond) }); n != 0 {
+	h.OnVerdict(f, v, nil, time.Now(), 0) // resolves x/a and x/b once for this Ruleset
+	if n := testing.AllocsPerRun(1000, func() { h.OnVerdict(f, v, nil, time.Now(), time.Microsecond) }); n != 0 {
 		t.Errorf("OnVerdict allocates %v per call", n)
 	}
 	if s1.Lost() == 0 || s2.Lost() == 0 {
@@ -322,7 +322,7 @@ func TestPoliciesAndFlowsOverSocket(t *testing.T) {
 	rs := compile(t, testCluster)
 	socket, h := serve(t, Options{State: func() *filter.Ruleset { return rs }, Renderer: flowlog.Renderer{Node: "node-1"}})
 	for _, f := range []filter.Flow{tcp("10.0.1.1", "10.0.1.2", 80), tcp("10.0.1.3", "10.0.1.2", 80), tcp("10.0.1.3", "10.0.1.1", 22)} {
-		h.OnVerdict(f, rs.Decide(f), nil, time.Microsecond)
+		h.OnVerdict(f, rs.Decide(f), nil, time.Now(), time.Microsecond)
 	}
 	out, err := Flows(context.Background(), socket, TraceQuery{To: "x/b"}, 10)
 	if err != nil {
@@ -407,8 +407,8 @@ func TestTraceStreams(t *testing.T) {
 	match, other := tcp("10.0.1.3", "10.0.1.2", 80), tcp("10.0.1.1", "10.0.1.2", 80)
 	const sent = 500
 	for range sent {
-		h.OnVerdict(match, rs.Decide(match), nil, 0)
-		h.OnVerdict(other, rs.Decide(other), nil, 0)
+		h.OnVerdict(match, rs.Decide(match), nil, time.Now(), 0)
+		h.OnVerdict(other, rs.Decide(other), nil, time.Now(), 0)
 	}
 	// Every matching record arrives or is reported lost, exactly once.
 	deadline := time.Now().Add(10 * time.Second)
@@ -500,7 +500,7 @@ func BenchmarkHubOnVerdict(b *testing.B) {
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			h.OnVerdict(f, v, nil, time.Microsecond)
+			h.OnVerdict(f, v, nil, time.Now(), time.Microsecond)
 		}
 	})
 }

@@ -41,8 +41,8 @@ func NewHub(size int) *Hub {
 // OnVerdict records a decision. It never blocks and allocates nothing
 // (except, once per Ruleset change, for subscribers filtering by pod name:
 // see Filter).
-func (h *Hub) OnVerdict(f filter.Flow, v filter.Verdict, _ []byte, latency time.Duration) {
-	r := flowlog.Record{Time: time.Now().UnixNano(), Seq: h.seq.Add(1), Flow: f, Verdict: v, Latency: latency}
+func (h *Hub) OnVerdict(f filter.Flow, v filter.Verdict, _ []byte, at time.Time, latency time.Duration) {
+	r := flowlog.Record{Time: at.UnixNano(), Seq: h.seq.Add(1), Flow: f, Verdict: v, Latency: latency}
 	h.mu.Lock()
 	h.ring[h.next] = r
 	h.next = (h.next + 1) % len(h.ring)

@@ -202,11 +202,11 @@ func (l *Logger) selected(v *filter.Verdict) bool {
 
 // OnVerdict offers one decided flow to the log. It never blocks and
 // allocates nothing; pkt is not used (the capture package records packets).
-func (l *Logger) OnVerdict(f filter.Flow, v filter.Verdict, _ []byte, latency time.Duration) {
+func (l *Logger) OnVerdict(f filter.Flow, v filter.Verdict, _ []byte, at time.Time, latency time.Duration) {
 	if !l.selected(&v) {
 		return
 	}
-	now := time.Now().UnixNano()
+	now := at.UnixNano() // the reader read the clock once for every observer
 	if l.lim != nil && !l.lim.allow(f.Src, now) {
 		l.pendLimited.Add(1)
 		l.limited.Add(1)

@@ -126,7 +126,7 @@ func TestFields(t *testing.T) {
 				t.Fatal(err)
 			}
 			before := time.Now()
-			l.OnVerdict(tc.f, tc.v, nil, 1500*time.Nanosecond)
+			l.OnVerdict(tc.f, tc.v, nil, time.Now(), 1500*time.Nanosecond)
 			if err := l.Close(); err != nil {
 				t.Fatal(err)
 			}
@@ -177,9 +177,9 @@ func TestSelect(t *testing.T) {
 				t.Fatal(err)
 			}
 			f := flow("10.0.0.1", "10.0.0.2", 1, 2, filter.ProtoTCP)
-			l.OnVerdict(f, denyVerdict, nil, 0)
-			l.OnVerdict(f, allowVerdict, nil, 0)
-			l.OnVerdict(f, wouldDenyVerdict, nil, 0)
+			l.OnVerdict(f, denyVerdict, nil, time.Now(), 0)
+			l.OnVerdict(f, allowVerdict, nil, time.Now(), 0)
+			l.OnVerdict(f, wouldDenyVerdict, nil, time.Now(), 0)
 			l.Close()
 			var got []string
 			for _, e := range buf.entries(t) {
@@ -225,7 +225,7 @@ func TestSlowSinkCountsLoss(t *testing.T) {
 	f := flow("10.0.0.1", "10.0.0.2", 1, 2, filter.ProtoTCP)
 	start := time.Now()
 	for range sent {
-		l.OnVerdict(f, denyVerdict, nil, 0)
+		l.OnVerdict(f, denyVerdict, nil, time.Now(), 0)
 	}
 	if d := time.Since(start); d > 500*time.Millisecond {
 		t.Errorf("offering %d records took %v: the verdict path waited for the sink", sent, d)
@@ -274,7 +274,7 @@ func TestConcurrentProducersAccountForEveryRecord(t *testing.T) {
 			defer wg.Done()
 			f := flow(fmt.Sprintf("10.0.0.%d", p+1), "10.0.0.200", 1, 2, filter.ProtoTCP)
 			for range each {
-				l.OnVerdict(f, denyVerdict, nil, 0)
+				l.OnVerdict(f, denyVerdict, nil, time.Now(), 0)
 			}
 		}()
 	}
@@ -311,7 +311,7 @@ func TestPeriodicSummaryReportsLossWithoutLaterRecords(t *testing.T) {
 	}
 	f := flow("10.0.0.1", "10.0.0.2", 1, 2, filter.ProtoTCP)
 	for range 10 {
-		l.OnVerdict(f, denyVerdict, nil, 0)
+		l.OnVerdict(f, denyVerdict, nil, time.Now(), 0)
 	}
 	close(release)
 	deadline := time.Now().Add(5 * time.Second)
@@ -356,10 +356,10 @@ func TestRateLimit(t *testing.T) {
 	a := flow("10.0.0.1", "10.0.0.9", 1, 2, filter.ProtoTCP)
 	b := flow("10.0.0.2", "10.0.0.9", 1, 2, filter.ProtoTCP)
 	for range 10 {
-		l.OnVerdict(a, denyVerdict, nil, 0)
+		l.OnVerdict(a, denyVerdict, nil, time.Now(), 0)
 	}
 	for range 2 {
-		l.OnVerdict(b, denyVerdict, nil, 0)
+		l.OnVerdict(b, denyVerdict, nil, time.Now(), 0)
 	}
 	l.Close()
 	bySrc := map[string]int{}
@@ -541,8 +541,8 @@ func TestOnVerdictAllocatesNothing(t *testing.T) {
 			}
 			// Let the rate limiter see this source first: its first insert
 			// may size the map.
-			l.OnVerdict(f, v, nil, 0)
-			if n := testing.AllocsPerRun(1000, func() { l.OnVerdict(f, v, nil, time.Microsecond) }); n != 0 {
+			l.OnVerdict(f, v, nil, time.Now(), 0)
+			if n := testing.AllocsPerRun(1000, func() { l.OnVerdict(f, v, nil, time.Now(), time.Microsecond) }); n != 0 {
 				t.Errorf("OnVerdict allocates %v per call", n)
 			}
 		})
@@ -558,7 +558,7 @@ func BenchmarkOnVerdict(b *testing.B) {
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			l.OnVerdict(f, denyVerdict, nil, time.Microsecond)
+			l.OnVerdict(f, denyVerdict, nil, time.Now(), time.Microsecond)
 		}
 	})
 	b.StopTimer()

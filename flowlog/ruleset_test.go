@@ -1,6 +1,8 @@
 package flowlog
 
 import (
+	"time"
+
 	"net/netip"
 	"slices"
 	"strings"
@@ -123,7 +125,7 @@ func TestRulesetFields(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			l.OnVerdict(tc.f, rs.Decide(tc.f), nil, 0)
+			l.OnVerdict(tc.f, rs.Decide(tc.f), nil, time.Now(), 0)
 			l.Close()
 			es := buf.entries(t)
 			if len(es) != 1 {
@@ -171,7 +173,7 @@ func TestRulesetVerdictsAllocateNothing(t *testing.T) {
 	}
 	f := flow("10.0.1.3", "10.0.1.1", 4000, 443, filter.ProtoTCP)
 	v := rs.Decide(f)
-	if n := testing.AllocsPerRun(1000, func() { l.OnVerdict(f, v, nil, 0) }); n != 0 {
+	if n := testing.AllocsPerRun(1000, func() { l.OnVerdict(f, v, nil, time.Now(), 0) }); n != 0 {
 		t.Errorf("OnVerdict with a real verdict allocates %v per call", n)
 	}
 	_ = netip.Addr{}

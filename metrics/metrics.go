@@ -188,7 +188,7 @@ func b2i(b bool) int {
 // OnVerdict counts one decided flow. Flows staged policies would decide
 // differently are also counted per staged policy; naming those policies
 // allocates, so only that (rollout-time) path does.
-func (m *Metrics) OnVerdict(_ filter.Flow, v filter.Verdict, _ []byte, latency time.Duration) {
+func (m *Metrics) OnVerdict(_ filter.Flow, v filter.Verdict, _ []byte, _ time.Time, latency time.Duration) {
 	m.verdicts[b2i(v.Allow)].Inc()
 	if v.Egress.Decision == filter.Malformed || v.Ingress.Decision == filter.Malformed {
 		m.malformed.Inc()

@@ -187,9 +187,9 @@ func TestOnVerdictCounts(t *testing.T) {
 	for _, in := range feed {
 		v := rs.Decide(in.f)
 		v.Cached = in.cached
-		m.OnVerdict(in.f, v, nil, in.lat)
+		m.OnVerdict(in.f, v, nil, time.Now(), in.lat)
 	}
-	m.OnVerdict(filter.Flow{}, filter.Verdict{Egress: filter.Side{Decision: filter.Malformed}, Ingress: filter.Side{Decision: filter.Malformed}}, nil, 0)
+	m.OnVerdict(filter.Flow{}, filter.Verdict{Egress: filter.Side{Decision: filter.Malformed}, Ingress: filter.Side{Decision: filter.Malformed}}, nil, time.Now(), 0)
 
 	mustValue(t, m, "nfqpolicy_verdicts_total", map[string]string{"verdict": "deny", "mode": "enforce"}, 4)
 	mustValue(t, m, "nfqpolicy_verdicts_total", map[string]string{"verdict": "allow", "mode": "enforce"}, 3)
@@ -233,7 +233,7 @@ func TestOnVerdictAllocatesNothing(t *testing.T) {
 	if v.AuditDiffers() {
 		t.Fatal("test flow should not be changed by staged policies")
 	}
-	if n := testing.AllocsPerRun(1000, func() { m.OnVerdict(f, v, nil, time.Microsecond) }); n != 0 {
+	if n := testing.AllocsPerRun(1000, func() { m.OnVerdict(f, v, nil, time.Now(), time.Microsecond) }); n != 0 {
 		t.Errorf("OnVerdict allocates %v per call", n)
 	}
 }
@@ -294,7 +294,7 @@ func TestHandler(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.OnVerdict(filter.Flow{}, filter.Verdict{Allow: true}, nil, time.Microsecond)
+	m.OnVerdict(filter.Flow{}, filter.Verdict{Allow: true}, nil, time.Now(), time.Microsecond)
 	h := m.Handler()
 	tests := []struct {
 		path string
@@ -332,7 +332,7 @@ func BenchmarkOnVerdict(b *testing.B) {
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			m.OnVerdict(f, v, nil, time.Microsecond)
+			m.OnVerdict(f, v, nil, time.Now(), time.Microsecond)
 		}
 	})
 }

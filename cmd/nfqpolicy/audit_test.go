@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nfqpolicy/nfqpolicy/filter"
 	"github.com/nfqpolicy/nfqpolicy/flowlog"
@@ -171,7 +172,7 @@ spec:
 	}
 	for _, port := range []uint16{80, 80, 443, 8080} {
 		f := filter.Flow{Src: netip.MustParseAddr("10.0.1.1"), Dst: netip.MustParseAddr("10.0.1.2"), SrcPort: 1, DstPort: port, Proto: filter.ProtoTCP}
-		l.OnVerdict(f, rs.Decide(f), nil, 0)
+		l.OnVerdict(f, rs.Decide(f), nil, time.Now(), 0)
 	}
 	if err := l.Close(); err != nil {
 		t.Fatal(err)

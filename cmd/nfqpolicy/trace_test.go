@@ -101,8 +101,8 @@ spec: {podSelector: {matchLabels: {app: b}}}
 			toB := filter.Flow{Src: netip.MustParseAddr("10.0.1.1"), Dst: netip.MustParseAddr("10.0.1.2"), SrcPort: 40000, DstPort: 80, Proto: filter.ProtoTCP}
 			toA := toB
 			toA.Src, toA.Dst = toB.Dst, toB.Src
-			hub.OnVerdict(toA, rs.Decide(toA), nil, 0) // filtered out
-			hub.OnVerdict(toB, rs.Decide(toB), nil, 0)
+			hub.OnVerdict(toA, rs.Decide(toA), nil, time.Now(), 0) // filtered out
+			hub.OnVerdict(toB, rs.Decide(toB), nil, time.Now(), 0)
 			deadline := time.Now().Add(5 * time.Second)
 			for !strings.Contains(out.String(), "\n") && time.Now().Before(deadline) {
 				time.Sleep(10 * time.Millisecond)

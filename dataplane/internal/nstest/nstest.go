@@ -7,16 +7,15 @@
 package nstest
 
 import (
-	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
-	"strings"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
+	inetns "github.com/nfqpolicy/nfqpolicy/internal/netns"
 )
 
 // Stem starts the name of every namespace these tests create.
@@ -35,31 +34,17 @@ func Require(t testing.TB, tools ...string) {
 	}
 }
 
-// Sweep deletes namespaces named Stem-* that no live process of ours owns:
+// Sweep deletes namespaces named Stem-PID-* whose PID no longer runs:
 // leftovers of runs that were killed before their cleanup ran. A run's
 // names carry its pid, so a concurrent run's namespaces are left alone.
 func Sweep(t testing.TB) {
-	out, err := exec.Command("ip", "netns", "list").Output()
-	if err != nil {
-		return
+	t.Helper()
+	deleted, err := inetns.Sweep(Stem + "-")
+	for _, name := range deleted {
+		t.Logf("swept stale namespace %s", name)
 	}
-	for _, line := range strings.Split(string(out), "\n") {
-		name, _, _ := strings.Cut(strings.TrimSpace(line), " ")
-		if !strings.HasPrefix(name, Stem+"-") {
-			continue
-		}
-		var pid int
-		if _, err := fmt.Sscanf(strings.TrimPrefix(name, Stem+"-"), "%d", &pid); err == nil && pid > 0 {
-			if unix.Kill(pid, 0) == nil && pid != os.Getpid() {
-				continue // a run still alive owns it
-			}
-		}
-		if pid == os.Getpid() {
-			continue
-		}
-		if err := exec.Command("ip", "netns", "del", name).Run(); err == nil {
-			t.Logf("swept stale namespace %s", name)
-		}
+	if err != nil {
+		t.Logf("sweep stale namespaces: %v", err)
 	}
 }
 
@@ -67,29 +52,32 @@ func Sweep(t testing.TB) {
 type Namespace struct {
 	Name string
 	t    testing.TB
+	ns   *inetns.NS
 }
 
 // New creates a namespace named Stem-PID-suffix with lo up and deletes it
-// when t ends.
+// (killing whatever still runs in it) when t ends. A leftover of the same
+// name, from an earlier run that had this pid, is replaced.
 func New(t testing.TB, suffix string) *Namespace {
 	t.Helper()
 	name := fmt.Sprintf("%s-%d-%s", Stem, os.Getpid(), suffix)
-	_ = exec.Command("ip", "netns", "del", name).Run()
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
+	n, err := inetns.Create(context.Background(), name, inetns.Replace())
+	if err != nil {
+		t.Fatal(err)
 	}
-	ns := &Namespace{Name: name, t: t}
+	ns := &Namespace{Name: name, t: t, ns: n}
 	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", name, err, out)
+		if err := n.Delete(); err != nil {
+			t.Error(err)
 		}
 	})
 	ns.Run("ip", "link", "set", "lo", "up")
 	// No duplicate address detection: a link-local address still in DAD
 	// delays the first IPv6 exchange by a second (the first SYN is lost),
 	// which would pass for a dataplane fault.
-	ns.Run("sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0")
-	ns.Run("sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0")
+	if err := n.Sysctl("net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0"); err != nil {
+		t.Fatal(err)
+	}
 	return ns
 }
 
@@ -111,20 +99,20 @@ func (ns *Namespace) Run(args ...string) string {
 
 // Try runs a command inside the namespace and returns its combined output.
 func (ns *Namespace) Try(args ...string) (string, error) {
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns.Name}, args...)...)
-	var b bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &b, &b
-	if err := cmd.Run(); err != nil {
-		return b.String(), fmt.Errorf("[%s] %s: %w: %s", ns.Name, strings.Join(args, " "), err, b.String())
+	if len(args) == 0 {
+		return "", fmt.Errorf("[%s] no command to run", ns.Name)
 	}
-	return b.String(), nil
+	return ns.ns.Exec(context.Background(), args[0], args[1:]...)
 }
 
 // Start starts a long-running command inside the namespace, killed (by its
 // own pid) when t ends.
 func (ns *Namespace) Start(args ...string) *exec.Cmd {
 	ns.t.Helper()
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns.Name}, args...)...)
+	if len(args) == 0 {
+		ns.t.Fatalf("start in %s: no command", ns.Name)
+	}
+	cmd := ns.ns.Command(context.Background(), args[0], args[1:]...)
 	if err := cmd.Start(); err != nil {
 		ns.t.Fatalf("start %v in %s: %v", args, ns.Name, err)
 	}
@@ -136,56 +124,17 @@ func (ns *Namespace) Start(args ...string) *exec.Cmd {
 }
 
 // Do runs fn on an OS thread switched into the namespace, so that sockets
-// fn creates live in it (they stay there after Do returns). The thread is
-// switched back afterwards; if that fails the thread is never reused (it
-// stays locked and exits with the goroutine), so nothing else can run in
-// the wrong namespace.
+// fn creates live in it (they stay there after Do returns); a thread that
+// cannot be switched back is never reused. fn runs on a goroutine of its
+// own, so that a hung fn fails the test after 30s instead of hanging it;
+// fn must therefore not call t.Fatal.
 func (ns *Namespace) Do(fn func() error) error {
 	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			errc <- fmt.Errorf("open own netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		target, err := os.Open(ns.Path())
-		if err != nil {
-			errc <- fmt.Errorf("open netns %s: %w", ns.Name, err)
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns %s: %w", ns.Name, err)
-			runtime.UnlockOSThread()
-			return
-		}
-		// Never run fn anywhere but in the namespace asked for: compare
-		// the thread's namespace with the target's identity.
-		var want, got unix.Stat_t
-		ferr := unix.Fstat(int(target.Fd()), &want)
-		if ferr == nil {
-			ferr = unix.Stat("/proc/thread-self/ns/net", &got)
-		}
-		if ferr == nil && (want.Dev != got.Dev || want.Ino != got.Ino) {
-			ferr = fmt.Errorf("thread is in netns %d:%d after setns, want %s (%d:%d)", got.Dev, got.Ino, ns.Name, want.Dev, want.Ino)
-		}
-		if ferr == nil {
-			ferr = fn()
-		}
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			// Leave the thread locked: it dies with this goroutine.
-			errc <- fmt.Errorf("setns back from %s: %w", ns.Name, err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
+	go func() { errc <- ns.ns.Do(fn) }()
 	select {
 	case err := <-errc:
 		return err
 	case <-time.After(30 * time.Second):
-		return fmt.Errorf("netns %s: function did not return in 30s", ns.Name)
+		return errors.New("netns " + ns.Name + ": function did not return in 30s")
 	}
 }
