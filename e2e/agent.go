@@ -92,6 +92,10 @@ func (a *agentSet) start(bin string, args []string, node string, ns *NS) (*agent
 		"--node-name", node,
 		"--queues", "1",
 		"--health-addr", agentHealthAddr,
+		// Each agent its own debug socket: the default path is the host's,
+		// where agents of one topology (or a real agent) would replace
+		// each other's. Later args (a test's own --debug-socket) win.
+		"--debug-socket", filepath.Join(a.dir, "debug-"+node+".sock"),
 	}
 	if a.snapshot != "" {
 		// Without one (Cluster.StartAgents) args say where the state is.
