@@ -8,7 +8,6 @@ package nstest
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -135,6 +134,6 @@ func (ns *Namespace) Do(fn func() error) error {
 	case err := <-errc:
 		return err
 	case <-time.After(30 * time.Second):
-		return errors.New("netns " + ns.Name + ": function did not return in 30s")
+		return fmt.Errorf("netns %s: function did not return in 30s", ns.Name)
 	}
 }
