@@ -270,7 +270,7 @@ func TestInformerIntegration(t *testing.T) {
 		From:  []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}}},
 		Ports: []networkingv1.NetworkPolicyPort{{Port: &named}},
 	}}
-	if pol, err = client.NetworkingV1().NetworkPolicies("shop").Update(ctx, pol, metav1.UpdateOptions{}); err != nil {
+	if _, err := client.NetworkingV1().NetworkPolicies("shop").Update(ctx, pol, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, src, "policy spec update", func(c *k8swatch.Cluster) bool {
@@ -281,7 +281,7 @@ func TestInformerIntegration(t *testing.T) {
 
 	// ...a pod label update takes the source out of the rule...
 	web.Labels = map[string]string{"app": "other"}
-	if web, err = client.CoreV1().Pods("shop").Update(ctx, web, metav1.UpdateOptions{}); err != nil {
+	if _, err := client.CoreV1().Pods("shop").Update(ctx, web, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, src, "pod relabelled", func(c *k8swatch.Cluster) bool {

@@ -217,7 +217,6 @@ func TestInformerCoalescesStorm(t *testing.T) {
 	}
 	// NewClientset tracks managed fields (8ms per update here), too slow
 	// for a 10,000-update storm; the simple one is deprecated but fast.
-	//lint:ignore SA1019 see above
 	client := fake.NewSimpleClientset(
 		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns"}},
 		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}},
@@ -455,7 +454,6 @@ func TestInformerDropsInvalidPolicy(t *testing.T) {
 			From: []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: "10.0.0.0/33"}}}}}},
 	}
 	good := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "good", Namespace: "ns"}}
-	//lint:ignore SA1019 the fake that tracks managed fields is needlessly slow (see the storm test)
 	client := fake.NewSimpleClientset(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns"}}, bad, good)
 	var logs informerLogBuffer
 	src, err := NewInformerSourceForClient(client, InformerOptions{Quiet: 10 * time.Millisecond}, zerolog.New(&logs))
