@@ -2,19 +2,16 @@ package integration
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
-	"runtime"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
+	inetns "github.com/nfqpolicy/nfqpolicy/internal/netns"
 )
 
 // nsStem starts the name of every network namespace these tests create;
@@ -36,50 +33,35 @@ func requireKernel(t *testing.T, tools ...string) {
 
 // sweepNamespaces deletes nsStem namespaces whose run is gone.
 func sweepNamespaces(t *testing.T) {
-	out, err := exec.Command("ip", "netns", "list").Output()
-	if err != nil {
-		return
+	t.Helper()
+	deleted, err := inetns.Sweep(nsStem + "-")
+	for _, name := range deleted {
+		t.Logf("deleted stale namespace %s", name)
 	}
-	for _, line := range strings.Split(string(out), "\n") {
-		name, _, _ := strings.Cut(strings.TrimSpace(line), " ")
-		if !strings.HasPrefix(name, nsStem+"-") {
-			continue
-		}
-		var pid int
-		if _, err := fmt.Sscanf(strings.TrimPrefix(name, nsStem+"-"), "%d", &pid); err == nil && pid > 0 {
-			if pid == os.Getpid() || unix.Kill(pid, 0) == nil {
-				continue // a live run owns it
-			}
-		}
-		if err := exec.Command("ip", "netns", "del", name).Run(); err == nil {
-			t.Logf("deleted stale namespace %s", name)
-		}
+	if err != nil {
+		t.Logf("sweep stale namespaces: %v", err)
 	}
 }
 
 // netns is a named network namespace the test created.
 type netns struct {
 	name string
-	fd   int
+	ns   *inetns.NS
 }
 
-// newNetns creates a namespace and deletes it when the test ends.
+// newNetns creates a namespace and deletes it (and whatever still runs in
+// it) when the test ends.
 func newNetns(t *testing.T, suffix string) *netns {
 	t.Helper()
 	name := fmt.Sprintf("%s-%d-%s", nsStem, os.Getpid(), suffix)
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
-	}
-	fd, err := unix.Open("/run/netns/"+name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	ns, err := inetns.Create(context.Background(), name)
 	if err != nil {
-		_ = exec.Command("ip", "netns", "del", name).Run()
-		t.Fatalf("open namespace %s: %v", name, err)
+		t.Fatal(err)
 	}
-	n := &netns{name: name, fd: fd}
+	n := &netns{name: name, ns: ns}
 	t.Cleanup(func() {
-		unix.Close(fd)
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", name, err, out)
+		if err := ns.Delete(); err != nil {
+			t.Error(err)
 		}
 	})
 	n.ip(t, "link set lo up")
@@ -90,43 +72,22 @@ func newNetns(t *testing.T, suffix string) *netns {
 // root namespace.
 func (n *netns) ip(t *testing.T, args string) {
 	t.Helper()
-	cmd := exec.Command("ip", append([]string{"-n", n.name}, strings.Fields(args)...)...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("ip -n %s %s: %v: %s", n.name, args, err, out)
+	if err := n.ns.IPBatch(context.Background(), []string{args}); err != nil {
+		t.Fatal(err)
 	}
 }
 
 // exec runs a command inside the namespace.
 func (n *netns) exec(t *testing.T, name string, args ...string) {
 	t.Helper()
-	cmd := exec.Command("ip", append([]string{"netns", "exec", n.name, name}, args...)...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("in %s: %s %v: %v: %s", n.name, name, args, err, out)
+	if _, err := n.ns.Exec(context.Background(), name, args...); err != nil {
+		t.Fatal(err)
 	}
 }
 
 // do runs fn on an OS thread inside the namespace; sockets fn creates stay
-// there. A thread that cannot return to its namespace stays locked and dies
-// with the goroutine instead of running other goroutines in the wrong place.
-func (n *netns) do(fn func() error) error {
-	runtime.LockOSThread()
-	orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("open current namespace: %w", err)
-	}
-	defer unix.Close(orig)
-	if err := unix.Setns(n.fd, unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("enter %s: %w", n.name, err)
-	}
-	ferr := fn()
-	if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-		return errors.Join(ferr, fmt.Errorf("leave %s: %w", n.name, err))
-	}
-	runtime.UnlockOSThread()
-	return ferr
-}
+// there.
+func (n *netns) do(fn func() error) error { return n.ns.Do(fn) }
 
 func (n *netns) listen(t *testing.T, addr string) net.Listener {
 	t.Helper()
