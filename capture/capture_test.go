@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,73 +17,8 @@ import (
 	"github.com/gopacket/gopacket/pcapgo"
 
 	"github.com/nfqpolicy/nfqpolicy/filter"
-	"github.com/nfqpolicy/nfqpolicy/k8swatch"
+	"github.com/nfqpolicy/nfqpolicy/internal/testcluster"
 )
-
-// Pods x/a (10.0.1.1, fd00:10::1), x/b (10.0.1.2), y/c (10.0.1.3). x/allow-a
-// isolates x/b for ingress and lets app=a in on TCP 80; the staged
-// x/staged-deny isolates x/a.
-const testCluster = `
-apiVersion: v1
-kind: Namespace
-metadata: {name: x}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: y}
----
-apiVersion: v1
-kind: Node
-metadata: {name: node-1}
-status: {addresses: [{type: InternalIP, address: 192.168.0.1}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: a, namespace: x, labels: {app: a}}
-spec: {nodeName: node-1, containers: [{name: c}]}
-status: {phase: Running, podIP: 10.0.1.1, podIPs: [{ip: 10.0.1.1}, {ip: "fd00:10::1"}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: b, namespace: x, labels: {app: b}}
-spec: {nodeName: node-1, containers: [{name: c}]}
-status: {phase: Running, podIP: 10.0.1.2}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: c, namespace: y, labels: {app: c}}
-spec: {nodeName: node-1, containers: [{name: c}]}
-status: {phase: Running, podIP: 10.0.1.3}
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: allow-a, namespace: x}
-spec:
-  podSelector: {matchLabels: {app: b}}
-  ingress: [{from: [{podSelector: {matchLabels: {app: a}}}], ports: [{port: 80}]}]
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: staged-deny, namespace: x, annotations: {nfqpolicy.io/mode: audit}}
-spec: {podSelector: {matchLabels: {app: a}}}
-`
-
-func compileTest(t testing.TB) *filter.Ruleset {
-	t.Helper()
-	c, err := k8swatch.Decode("test.yaml", []byte(testCluster))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rs, err := filter.Compile(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return rs
-}
-
-func flow(src, dst string, sport, dport uint16, proto uint8) filter.Flow {
-	return filter.Flow{Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst), SrcPort: sport, DstPort: dport, Proto: proto}
-}
 
 // packet builds the IP packet of f with payload bytes of data, as NFQUEUE
 // hands it over (starting at the IP header).
@@ -168,17 +102,18 @@ type probe struct {
 	audit   string // substring of the audit comment, "" for none
 }
 
+// probes are flows through testcluster.YAML and the comments each must get.
 var probes = []probe{
-	{flow("10.0.1.1", "10.0.1.2", 40000, 80, filter.ProtoTCP), "allow", "allowed by x/allow-a ingress[0]", ""},
-	{flow("10.0.1.3", "10.0.1.2", 40001, 80, filter.ProtoTCP), "deny", "default deny by isolation of x/b from x/allow-a", ""},
-	{flow("10.0.1.3", "10.0.1.1", 40002, 443, filter.ProtoTCP), "allow", "x/a not isolated", "would deny with staged x/staged-deny"},
-	{flow("fd00::9", "fd00:10::1", 5353, 53, filter.ProtoUDP), "allow", "source is not a pod", "would deny with staged x/staged-deny"},
-	{flow("10.0.1.3", "10.0.1.2", 40003, 8080, filter.ProtoUDP), "deny", "default deny by isolation of x/b", ""},
+	{testcluster.Flow("10.0.1.1", "10.0.1.2", 40000, 80, filter.ProtoTCP), "allow", "allowed by x/allow-a ingress[0]", ""},
+	{testcluster.Flow("10.0.1.3", "10.0.1.2", 40001, 80, filter.ProtoTCP), "deny", "default deny by isolation of x/b from x/allow-a", ""},
+	{testcluster.Flow("10.0.1.3", "10.0.1.1", 40002, 443, filter.ProtoTCP), "allow", "x/a not isolated", "would deny with staged x/staged-deny"},
+	{testcluster.Flow("fd00::9", "fd00:10::1", 5353, 53, filter.ProtoUDP), "allow", "source is not a pod", "would deny with staged x/staged-deny"},
+	{testcluster.Flow("10.0.1.3", "10.0.1.2", 40003, 8080, filter.ProtoUDP), "deny", "default deny by isolation of x/b", ""},
 }
 
 func writeProbes(t *testing.T, o Options) (path string, pkts [][]byte) {
 	t.Helper()
-	rs := compileTest(t)
+	rs := testcluster.Compile(t)
 	path = filepath.Join(t.TempDir(), "cap.pcapng")
 	o.Path = path
 	c, err := New(o)
@@ -300,7 +235,7 @@ func TestSelectAndFilter(t *testing.T) {
 }
 
 func TestParseMatch(t *testing.T) {
-	f := flow("10.0.0.1", "10.0.0.2", 1234, 80, filter.ProtoTCP)
+	f := testcluster.Flow("10.0.0.1", "10.0.0.2", 1234, 80, filter.ProtoTCP)
 	tests := []struct {
 		expr  string
 		match bool
@@ -355,7 +290,7 @@ func TestSegmentRing(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			rs := compileTest(t)
+			rs := testcluster.Compile(t)
 			dir := t.TempDir()
 			o := tc.o
 			o.Path = filepath.Join(dir, "ring.pcapng")
@@ -365,7 +300,7 @@ func TestSegmentRing(t *testing.T) {
 				t.Fatal(err)
 			}
 			for i := range tc.packets {
-				f := flow("10.0.1.3", "10.0.1.2", uint16(10000+i), 80, filter.ProtoTCP)
+				f := testcluster.Flow("10.0.1.3", "10.0.1.2", uint16(10000+i), 80, filter.ProtoTCP)
 				c.OnVerdict(f, rs.Decide(f), packet(t, f, 0), time.Now(), 0)
 				// Let the writer keep up: this test is about rotation, not loss.
 				for c.Stats().Written+c.Stats().Lost < uint64(i+1) {
@@ -416,13 +351,13 @@ func TestSegmentRing(t *testing.T) {
 }
 
 func TestLossIsRecorded(t *testing.T) {
-	rs := compileTest(t)
+	rs := testcluster.Compile(t)
 	path := filepath.Join(t.TempDir(), "loss.pcapng")
 	c, err := New(Options{Path: path, Select: SelectAll, Buffer: 1, Poll: time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := flow("10.0.1.3", "10.0.1.2", 1, 80, filter.ProtoTCP)
+	f := testcluster.Flow("10.0.1.3", "10.0.1.2", 1, 80, filter.ProtoTCP)
 	v := rs.Decide(f)
 	pkt := packet(t, f, 0)
 	// Bursts of 10 into a one-slot buffer: the first of each burst gets
@@ -487,8 +422,8 @@ func TestNewRejectsBadOptions(t *testing.T) {
 }
 
 func TestOnVerdictAllocatesNothing(t *testing.T) {
-	rs := compileTest(t)
-	f := flow("10.0.1.3", "10.0.1.2", 1, 80, filter.ProtoTCP)
+	rs := testcluster.Compile(t)
+	f := testcluster.Flow("10.0.1.3", "10.0.1.2", 1, 80, filter.ProtoTCP)
 	v := rs.Decide(f)
 	pkt := packet(t, f, 300)
 	m, _ := ParseMatch("host 10.0.1.2 and port 80")
@@ -504,8 +439,8 @@ func TestOnVerdictAllocatesNothing(t *testing.T) {
 }
 
 func TestOrigLen(t *testing.T) {
-	v4 := packet(t, flow("10.0.0.1", "10.0.0.2", 1, 2, filter.ProtoTCP), 500)
-	v6 := packet(t, flow("fd00::1", "fd00::2", 1, 2, filter.ProtoUDP), 500)
+	v4 := packet(t, testcluster.Flow("10.0.0.1", "10.0.0.2", 1, 2, filter.ProtoTCP), 500)
+	v6 := packet(t, testcluster.Flow("fd00::1", "fd00::2", 1, 2, filter.ProtoUDP), 500)
 	for _, tc := range []struct {
 		pkt  []byte
 		want uint32
@@ -522,8 +457,8 @@ func TestOrigLen(t *testing.T) {
 }
 
 func BenchmarkOnVerdict(b *testing.B) {
-	rs := compileTest(b)
-	f := flow("10.0.1.3", "10.0.1.2", 1, 80, filter.ProtoTCP)
+	rs := testcluster.Compile(b)
+	f := testcluster.Flow("10.0.1.3", "10.0.1.2", 1, 80, filter.ProtoTCP)
 	v := rs.Decide(f)
 	pkt := packet(b, f, 300)
 	c, err := New(Options{Path: filepath.Join(b.TempDir(), "bench.pcapng"), Select: SelectAll, Segments: 2, SegmentBytes: 1 << 20})
