@@ -15,11 +15,8 @@ import (
 	"time"
 
 	"github.com/nfqpolicy/nfqpolicy/filter"
+	"github.com/nfqpolicy/nfqpolicy/internal/testcluster"
 )
-
-func flow(src, dst string, sport, dport uint16, proto uint8) filter.Flow {
-	return filter.Flow{Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst), SrcPort: sport, DstPort: dport, Proto: proto}
-}
 
 var (
 	denyVerdict = filter.Verdict{
@@ -86,7 +83,7 @@ func TestFields(t *testing.T) {
 	}{
 		{
 			name: "ipv4 tcp deny",
-			f:    flow("10.0.0.1", "10.0.0.2", 40000, 80, filter.ProtoTCP),
+			f:    testcluster.Flow("10.0.0.1", "10.0.0.2", 40000, 80, filter.ProtoTCP),
 			v:    denyVerdict,
 			want: Entry{Node: "n1", Verdict: "deny", Mode: "enforce", Proto: "tcp", Family: 4,
 				Src: "10.0.0.1", SrcPort: 40000, Dst: "10.0.0.2", DstPort: 80,
@@ -94,7 +91,7 @@ func TestFields(t *testing.T) {
 		},
 		{
 			name: "ipv6 udp allow cached",
-			f:    flow("fd00::1", "fd00::2", 5353, 53, filter.ProtoUDP),
+			f:    testcluster.Flow("fd00::1", "fd00::2", 5353, 53, filter.ProtoUDP),
 			v:    allowVerdict,
 			want: Entry{Node: "n1", Verdict: "allow", Mode: "enforce", Proto: "udp", Family: 6,
 				Src: "fd00::1", SrcPort: 5353, Dst: "fd00::2", DstPort: 53, Cached: true,
@@ -103,7 +100,7 @@ func TestFields(t *testing.T) {
 		},
 		{
 			name: "sctp",
-			f:    flow("10.1.0.1", "10.1.0.2", 1, 9999, filter.ProtoSCTP),
+			f:    testcluster.Flow("10.1.0.1", "10.1.0.2", 1, 9999, filter.ProtoSCTP),
 			v:    denyVerdict,
 			want: Entry{Node: "n1", Verdict: "deny", Mode: "enforce", Proto: "sctp", Family: 4,
 				Src: "10.1.0.1", SrcPort: 1, Dst: "10.1.0.2", DstPort: 9999,
@@ -111,7 +108,7 @@ func TestFields(t *testing.T) {
 		},
 		{
 			name: "icmp has no ports",
-			f:    flow("10.1.0.1", "10.1.0.2", 0, 0, filter.ProtoICMP),
+			f:    testcluster.Flow("10.1.0.1", "10.1.0.2", 0, 0, filter.ProtoICMP),
 			v:    denyVerdict,
 			want: Entry{Node: "n1", Verdict: "deny", Mode: "enforce", Proto: "icmp", Family: 4,
 				Src: "10.1.0.1", Dst: "10.1.0.2",
@@ -176,7 +173,7 @@ func TestSelect(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			f := flow("10.0.0.1", "10.0.0.2", 1, 2, filter.ProtoTCP)
+			f := testcluster.Flow("10.0.0.1", "10.0.0.2", 1, 2, filter.ProtoTCP)
 			l.OnVerdict(f, denyVerdict, nil, time.Now(), 0)
 			l.OnVerdict(f, allowVerdict, nil, time.Now(), 0)
 			l.OnVerdict(f, wouldDenyVerdict, nil, time.Now(), 0)
@@ -222,7 +219,7 @@ func TestSlowSinkCountsLoss(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := flow("10.0.0.1", "10.0.0.2", 1, 2, filter.ProtoTCP)
+	f := testcluster.Flow("10.0.0.1", "10.0.0.2", 1, 2, filter.ProtoTCP)
 	start := time.Now()
 	for range sent {
 		l.OnVerdict(f, denyVerdict, nil, time.Now(), 0)
@@ -272,7 +269,7 @@ func TestConcurrentProducersAccountForEveryRecord(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			f := flow(fmt.Sprintf("10.0.0.%d", p+1), "10.0.0.200", 1, 2, filter.ProtoTCP)
+			f := testcluster.Flow(fmt.Sprintf("10.0.0.%d", p+1), "10.0.0.200", 1, 2, filter.ProtoTCP)
 			for range each {
 				l.OnVerdict(f, denyVerdict, nil, time.Now(), 0)
 			}
@@ -309,7 +306,7 @@ func TestPeriodicSummaryReportsLossWithoutLaterRecords(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := flow("10.0.0.1", "10.0.0.2", 1, 2, filter.ProtoTCP)
+	f := testcluster.Flow("10.0.0.1", "10.0.0.2", 1, 2, filter.ProtoTCP)
 	for range 10 {
 		l.OnVerdict(f, denyVerdict, nil, time.Now(), 0)
 	}
@@ -353,8 +350,8 @@ func TestRateLimit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := flow("10.0.0.1", "10.0.0.9", 1, 2, filter.ProtoTCP)
-	b := flow("10.0.0.2", "10.0.0.9", 1, 2, filter.ProtoTCP)
+	a := testcluster.Flow("10.0.0.1", "10.0.0.9", 1, 2, filter.ProtoTCP)
+	b := testcluster.Flow("10.0.0.2", "10.0.0.9", 1, 2, filter.ProtoTCP)
 	for range 10 {
 		l.OnVerdict(a, denyVerdict, nil, time.Now(), 0)
 	}
@@ -534,7 +531,7 @@ func TestOnVerdictAllocatesNothing(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			f := flow("10.0.0.1", "10.0.0.2", 1, 2, filter.ProtoTCP)
+			f := testcluster.Flow("10.0.0.1", "10.0.0.2", 1, 2, filter.ProtoTCP)
 			v := allowVerdict
 			if tc.o.Select == SelectAll {
 				v = denyVerdict
@@ -554,7 +551,7 @@ func BenchmarkOnVerdict(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	f := flow("10.0.0.1", "10.0.0.2", 1, 2, filter.ProtoTCP)
+	f := testcluster.Flow("10.0.0.1", "10.0.0.2", 1, 2, filter.ProtoTCP)
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {

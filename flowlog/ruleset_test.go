@@ -3,78 +3,17 @@ package flowlog
 import (
 	"time"
 
-	"net/netip"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/nfqpolicy/nfqpolicy/filter"
-	"github.com/nfqpolicy/nfqpolicy/k8swatch"
+	"github.com/nfqpolicy/nfqpolicy/internal/testcluster"
 )
 
-// Namespaces x and y; pods x/a (app=a), x/b (app=b), y/c (app=c). x/allow-a
-// isolates x/b for ingress and lets app=a in on TCP 80; the staged
-// x/staged-deny isolates x/a.
-const testCluster = `
-apiVersion: v1
-kind: Namespace
-metadata: {name: x}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: y}
----
-apiVersion: v1
-kind: Node
-metadata: {name: node-1}
-status: {addresses: [{type: InternalIP, address: 192.168.0.1}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: a, namespace: x, labels: {app: a}}
-spec: {nodeName: node-1, containers: [{name: c}]}
-status: {phase: Running, podIP: 10.0.1.1}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: b, namespace: x, labels: {app: b}}
-spec: {nodeName: node-1, containers: [{name: c}]}
-status: {phase: Running, podIP: 10.0.1.2}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: c, namespace: y, labels: {app: c}}
-spec: {nodeName: node-1, containers: [{name: c}]}
-status: {phase: Running, podIP: 10.0.1.3}
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: allow-a, namespace: x}
-spec:
-  podSelector: {matchLabels: {app: b}}
-  ingress: [{from: [{podSelector: {matchLabels: {app: a}}}], ports: [{port: 80}]}]
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: staged-deny, namespace: x, annotations: {nfqpolicy.io/mode: audit}}
-spec: {podSelector: {matchLabels: {app: a}}}
-`
-
-func compileTest(t testing.TB) *filter.Ruleset {
-	t.Helper()
-	c, err := k8swatch.Decode("test.yaml", []byte(testCluster))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rs, err := filter.Compile(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return rs
-}
-
+// TestRulesetFields logs verdicts of flows through testcluster.YAML.
 func TestRulesetFields(t *testing.T) {
-	rs := compileTest(t)
+	rs := testcluster.Compile(t)
 	tests := []struct {
 		name       string
 		f          filter.Flow
@@ -89,21 +28,21 @@ func TestRulesetFields(t *testing.T) {
 		auditCause string // substring of audit_reason
 	}{
 		{
-			name: "allowed by rule", f: flow("10.0.1.1", "10.0.1.2", 4000, 80, filter.ProtoTCP),
+			name: "allowed by rule", f: testcluster.Flow("10.0.1.1", "10.0.1.2", 4000, 80, filter.ProtoTCP),
 			verdict: "allow", src: "x/a", dst: "x/b", dstLabels: map[string]string{"app": "b"},
 			reason:  "allowed by x/allow-a ingress[0]",
 			ingress: SideEntry{Decision: "allowed-by-rule", Policy: "x/allow-a"},
 			audit:   "would-allow",
 		},
 		{
-			name: "default deny", f: flow("10.0.1.3", "10.0.1.2", 4000, 80, filter.ProtoTCP),
+			name: "default deny", f: testcluster.Flow("10.0.1.3", "10.0.1.2", 4000, 80, filter.ProtoTCP),
 			verdict: "deny", src: "y/c", dst: "x/b", dstLabels: map[string]string{"app": "b"},
 			reason:  "default deny by isolation of x/b from x/allow-a",
 			ingress: SideEntry{Decision: "denied-isolated"},
 			audit:   "would-deny",
 		},
 		{
-			name: "staged policy would deny", f: flow("10.0.1.3", "10.0.1.1", 4000, 443, filter.ProtoTCP),
+			name: "staged policy would deny", f: testcluster.Flow("10.0.1.3", "10.0.1.1", 4000, 443, filter.ProtoTCP),
 			verdict: "allow", src: "y/c", dst: "x/a", dstLabels: map[string]string{"app": "a"},
 			reason:  "x/a not isolated",
 			ingress: SideEntry{Decision: "not-isolated"},
@@ -111,7 +50,7 @@ func TestRulesetFields(t *testing.T) {
 			auditCause: "would deny with staged x/staged-deny",
 		},
 		{
-			name: "external source", f: flow("203.0.113.9", "10.0.1.3", 4000, 53, filter.ProtoUDP),
+			name: "external source", f: testcluster.Flow("203.0.113.9", "10.0.1.3", 4000, 53, filter.ProtoUDP),
 			verdict: "allow", dst: "y/c", dstLabels: map[string]string{"app": "c"},
 			reason:  "source is not a pod",
 			ingress: SideEntry{Decision: "not-isolated"},
@@ -164,17 +103,16 @@ func TestRulesetFields(t *testing.T) {
 }
 
 func TestRulesetVerdictsAllocateNothing(t *testing.T) {
-	rs := compileTest(t)
+	rs := testcluster.Compile(t)
 	gate := make(chan struct{})
 	defer close(gate)
 	l, err := New(Options{Out: &gateWriter{gate: gate}, Select: SelectAll, Buffer: 1 << 16})
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := flow("10.0.1.3", "10.0.1.1", 4000, 443, filter.ProtoTCP)
+	f := testcluster.Flow("10.0.1.3", "10.0.1.1", 4000, 443, filter.ProtoTCP)
 	v := rs.Decide(f)
 	if n := testing.AllocsPerRun(1000, func() { l.OnVerdict(f, v, nil, time.Now(), 0) }); n != 0 {
 		t.Errorf("OnVerdict with a real verdict allocates %v per call", n)
 	}
-	_ = netip.Addr{}
 }
