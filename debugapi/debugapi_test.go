@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,54 +16,11 @@ import (
 
 	"github.com/nfqpolicy/nfqpolicy/filter"
 	"github.com/nfqpolicy/nfqpolicy/flowlog"
-	"github.com/nfqpolicy/nfqpolicy/k8swatch"
+	"github.com/nfqpolicy/nfqpolicy/internal/testcluster"
 )
-
-// Pods x/a (10.0.1.1), x/b (10.0.1.2), y/c (10.0.1.3); x/allow-a isolates
-// x/b (ingress, app=a on 80); staged x/staged-deny isolates x/a.
-const testCluster = `
-apiVersion: v1
-kind: Namespace
-metadata: {name: x}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: y}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: a, namespace: x, labels: {app: a}}
-spec: {nodeName: node-1, containers: [{name: c}]}
-status: {phase: Running, podIP: 10.0.1.1}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: b, namespace: x, labels: {app: b}}
-spec: {nodeName: node-1, containers: [{name: c}]}
-status: {phase: Running, podIP: 10.0.1.2}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: c, namespace: y, labels: {app: c}}
-spec: {nodeName: node-1, containers: [{name: c}]}
-status: {phase: Running, podIP: 10.0.1.3}
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: allow-a, namespace: x}
-spec:
-  podSelector: {matchLabels: {app: b}}
-  ingress: [{from: [{podSelector: {matchLabels: {app: a}}}], ports: [{port: 80}]}]
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: staged-deny, namespace: x, annotations: {nfqpolicy.io/mode: audit}}
-spec: {podSelector: {matchLabels: {app: a}}}
-`
 
 // extraPod sorts before x/a, shifting every pod index after it.
 const extraPod = `
----
 apiVersion: v1
 kind: Pod
 metadata: {name: "0first", namespace: x, labels: {app: z}}
@@ -72,25 +28,13 @@ spec: {nodeName: node-1, containers: [{name: c}]}
 status: {phase: Running, podIP: 10.0.1.9}
 `
 
-func compile(t testing.TB, yaml string) *filter.Ruleset {
-	t.Helper()
-	c, err := k8swatch.Decode("test.yaml", []byte(yaml))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rs, err := filter.Compile(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return rs
-}
-
+// tcp is a flow through testcluster.YAML from src:40000 to dst:dport.
 func tcp(src, dst string, dport uint16) filter.Flow {
-	return filter.Flow{Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst), SrcPort: 40000, DstPort: dport, Proto: filter.ProtoTCP}
+	return testcluster.Flow(src, dst, 40000, dport, filter.ProtoTCP)
 }
 
 func TestRecentRing(t *testing.T) {
-	rs := compile(t, testCluster)
+	rs := testcluster.Compile(t)
 	h := NewHub(4)
 	for i := range 10 {
 		f := tcp("10.0.1.1", "10.0.1.2", uint16(i+1))
@@ -113,11 +57,11 @@ func TestRecentRing(t *testing.T) {
 }
 
 func TestFilter(t *testing.T) {
-	rs := compile(t, testCluster)
+	rs := testcluster.Compile(t)
 	aToB := tcp("10.0.1.1", "10.0.1.2", 80)
 	cToB := tcp("10.0.1.3", "10.0.1.2", 80)
 	extToA := tcp("203.0.113.5", "10.0.1.1", 443)
-	udp := filter.Flow{Src: netip.MustParseAddr("10.0.1.3"), Dst: netip.MustParseAddr("10.0.1.1"), DstPort: 53, Proto: filter.ProtoUDP}
+	udp := testcluster.Flow("10.0.1.3", "10.0.1.1", 0, 53, filter.ProtoUDP)
 	flows := []filter.Flow{aToB, cToB, extToA, udp}
 	tests := []struct {
 		from, to, port string
@@ -164,8 +108,8 @@ func TestFilter(t *testing.T) {
 }
 
 func TestFilterFollowsNewRuleset(t *testing.T) {
-	old := compile(t, testCluster)
-	shifted := compile(t, testCluster+extraPod)
+	old := testcluster.Compile(t)
+	shifted := testcluster.Compile(t, extraPod)
 	m, _ := ParseFilter("x/a", "", "")
 	f := tcp("10.0.1.1", "10.0.1.2", 80)
 	for _, rs := range []*filter.Ruleset{old, shifted, old} {
@@ -181,7 +125,7 @@ func TestFilterFollowsNewRuleset(t *testing.T) {
 }
 
 func TestSubscriptionCountsLoss(t *testing.T) {
-	rs := compile(t, testCluster)
+	rs := testcluster.Compile(t)
 	h := NewHub(16)
 	m, _ := ParseFilter("", "", "80")
 	s := h.Subscribe(m, 4)
@@ -211,7 +155,7 @@ func TestSubscriptionCountsLoss(t *testing.T) {
 }
 
 func TestHubAllocatesNothing(t *testing.T) {
-	rs := compile(t, testCluster)
+	rs := testcluster.Compile(t)
 	h := NewHub(64)
 	byIP, _ := ParseFilter("10.0.1.1", "", "80/TCP")
 	byPod, _ := ParseFilter("x/a", "x/b", "")
@@ -319,7 +263,7 @@ func TestExplainOverSocket(t *testing.T) {
 }
 
 func TestPoliciesAndFlowsOverSocket(t *testing.T) {
-	rs := compile(t, testCluster)
+	rs := testcluster.Compile(t)
 	socket, h := serve(t, Options{State: func() *filter.Ruleset { return rs }, Renderer: flowlog.Renderer{Node: "node-1"}})
 	for _, f := range []filter.Flow{tcp("10.0.1.1", "10.0.1.2", 80), tcp("10.0.1.3", "10.0.1.2", 80), tcp("10.0.1.3", "10.0.1.1", 22)} {
 		h.OnVerdict(f, rs.Decide(f), nil, time.Now(), time.Microsecond)
@@ -382,7 +326,7 @@ func TestUnwiredEndpoints(t *testing.T) {
 }
 
 func TestTraceStreams(t *testing.T) {
-	rs := compile(t, testCluster)
+	rs := testcluster.Compile(t)
 	socket, h := serve(t, Options{TraceReport: 20 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -490,7 +434,7 @@ func TestServeUnixReplacesStaleSocket(t *testing.T) {
 }
 
 func BenchmarkHubOnVerdict(b *testing.B) {
-	rs := compile(b, testCluster)
+	rs := testcluster.Compile(b)
 	h := NewHub(1024)
 	f := tcp("10.0.1.1", "10.0.1.2", 80)
 	v := rs.Decide(f)
