@@ -5,7 +5,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,7 +15,7 @@ import (
 
 	"github.com/nfqpolicy/nfqpolicy/conntrack"
 	"github.com/nfqpolicy/nfqpolicy/filter"
-	"github.com/nfqpolicy/nfqpolicy/k8swatch"
+	"github.com/nfqpolicy/nfqpolicy/internal/testcluster"
 )
 
 // value returns the value of the metric name whose labels include want
@@ -118,6 +117,9 @@ func TestQueueCollector(t *testing.T) {
 	}
 }
 
+// testCluster is not testcluster.YAML: the counts below need x/a -> x/b on
+// TCP 80 denied (testcluster's x/allow-a allows it) and name x/deny-b and
+// x/staged-deny-a.
 const testCluster = `
 apiVersion: v1
 kind: Namespace
@@ -146,25 +148,12 @@ metadata: {name: staged-deny-a, namespace: x, annotations: {nfqpolicy.io/mode: a
 spec: {podSelector: {matchLabels: {app: a}}}
 `
 
-func compileTest(t testing.TB) *filter.Ruleset {
-	t.Helper()
-	c, err := k8swatch.Decode("test.yaml", []byte(testCluster))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rs, err := filter.Compile(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return rs
-}
-
 func tcp(src, dst string) filter.Flow {
-	return filter.Flow{Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst), SrcPort: 1000, DstPort: 80, Proto: filter.ProtoTCP}
+	return testcluster.Flow(src, dst, 1000, 80, filter.ProtoTCP)
 }
 
 func TestOnVerdictCounts(t *testing.T) {
-	rs := compileTest(t)
+	rs := testcluster.CompileDocs(t, testCluster)
 	m, err := New(Options{QueueStatsPath: "-", NoRuntime: true, Mode: "enforce"})
 	if err != nil {
 		t.Fatal(err)
@@ -223,7 +212,7 @@ func TestOnVerdictCounts(t *testing.T) {
 }
 
 func TestOnVerdictAllocatesNothing(t *testing.T) {
-	rs := compileTest(t)
+	rs := testcluster.CompileDocs(t, testCluster)
 	m, err := New(Options{QueueStatsPath: "-", NoRuntime: true})
 	if err != nil {
 		t.Fatal(err)
@@ -325,7 +314,7 @@ func TestHandler(t *testing.T) {
 }
 
 func BenchmarkOnVerdict(b *testing.B) {
-	rs := compileTest(b)
+	rs := testcluster.CompileDocs(b, testCluster)
 	m, _ := New(Options{QueueStatsPath: "-", NoRuntime: true})
 	f := tcp("10.0.1.1", "10.0.1.2")
 	v := rs.Decide(f)
