@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 
@@ -43,6 +44,12 @@ type Ruleset struct {
 	addr4 map[[4]byte]endpoint
 	addr6 map[[16]byte]endpoint
 
+	// podCIDRs are every node's spec.podCIDRs; an address inside one that
+	// is in neither address map is a pod the snapshot does not know yet.
+	podCIDRs []podCIDR
+	cidr4    cidrIndex
+	cidr6    cidrIndex
+
 	podByName  map[string]int32 // "ns/name"
 	nodeByName map[string]int32
 	portNames  []string // named ports, interned; index is portRange.name
@@ -60,9 +67,51 @@ type endpoint struct {
 	pod  int32 // -1: not a (policed) pod
 	node int32 // the node this address is, or the pod runs on; -1: none
 	host int32 // a hostNetwork pod on this node address, for naming; -1
+	// cidr is the pod CIDR (podCIDRs index) an address that is no known
+	// pod falls in: a pod not synced yet; -1 otherwise.
+	cidr int32
 }
 
-var external = endpoint{pod: -1, node: -1, host: -1}
+var external = endpoint{pod: -1, node: -1, host: -1, cidr: -1}
+
+// podCIDR is one range a node hands out pod addresses from.
+type podCIDR struct {
+	node   int32
+	prefix netip.Prefix
+}
+
+// cidrIndex finds the pod CIDR containing an address with one map probe
+// per distinct prefix length (usually one), whatever the node count.
+type cidrIndex struct {
+	bits  []int // distinct prefix lengths, longest first
+	byNet map[netip.Prefix]int32
+}
+
+// find returns the podCIDRs index of the range containing a, or -1. It
+// does not allocate.
+func (ci *cidrIndex) find(a netip.Addr) int32 {
+	for _, b := range ci.bits {
+		p, err := a.Prefix(b)
+		if err != nil {
+			continue
+		}
+		if i, ok := ci.byNet[p]; ok {
+			return i
+		}
+	}
+	return -1
+}
+
+func (ci *cidrIndex) add(p netip.Prefix, idx int32) {
+	if ci.byNet == nil {
+		ci.byNet = make(map[netip.Prefix]int32)
+	}
+	ci.byNet[p] = idx
+	if !slices.Contains(ci.bits, p.Bits()) {
+		ci.bits = append(ci.bits, p.Bits())
+		slices.SortFunc(ci.bits, func(x, y int) int { return y - x })
+	}
+}
 
 type pod struct {
 	ns, name string
@@ -99,8 +148,9 @@ type namedPort struct {
 }
 
 type node struct {
-	name  string
-	addrs []netip.Addr
+	name     string
+	addrs    []netip.Addr
+	podCIDRs []netip.Prefix
 }
 
 type policy struct {
@@ -220,11 +270,45 @@ func (b *builder) nodes(nodes []*corev1.Node) {
 			}
 			ip = ip.Unmap()
 			nd.addrs = append(nd.addrs, ip)
-			b.rs.setAddr(ip, endpoint{pod: -1, node: idx, host: -1})
+			b.rs.setAddr(ip, endpoint{pod: -1, node: idx, host: -1, cidr: -1})
 		}
+		nd.podCIDRs = b.podCIDRs(n, idx)
 		b.rs.nodeByName[n.Name] = idx
 		b.rs.nodes = append(b.rs.nodes, nd)
 	}
+}
+
+// podCIDRs indexes node n's spec.podCIDRs (spec.podCIDR when the list is
+// empty). A range another node already claims keeps its first owner.
+func (b *builder) podCIDRs(n *corev1.Node, idx int32) []netip.Prefix {
+	cidrs := n.Spec.PodCIDRs
+	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
+		cidrs = []string{n.Spec.PodCIDR}
+	}
+	var out []netip.Prefix
+	for _, c := range cidrs {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			b.warn("node %s: spec.podCIDRs: %q is not a CIDR", n.Name, c)
+			continue
+		}
+		if p.Addr().Is4In6() && p.Bits() >= 96 {
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		}
+		p = p.Masked()
+		ci := &b.rs.cidr6
+		if p.Addr().Is4() {
+			ci = &b.rs.cidr4
+		}
+		if prev, dup := ci.byNet[p]; dup {
+			b.warn("node %s: pod CIDR %s already belongs to node %s, which keeps it", n.Name, p, b.rs.nodes[b.rs.podCIDRs[prev].node].name)
+			continue
+		}
+		ci.add(p, int32(len(b.rs.podCIDRs)))
+		b.rs.podCIDRs = append(b.rs.podCIDRs, podCIDR{node: idx, prefix: p})
+		out = append(out, p)
+	}
+	return out
 }
 
 func (b *builder) namespaces(nss []*corev1.Namespace) {
@@ -302,7 +386,7 @@ func (b *builder) pods(pods []*corev1.Pod) {
 		for _, a := range k8swatch.PodAddrs(p) {
 			a = a.Unmap()
 			pd.addrs = append(pd.addrs, a)
-			b.rs.setAddr(a, endpoint{pod: idx, node: pd.node, host: -1})
+			b.rs.setAddr(a, endpoint{pod: idx, node: pd.node, host: -1, cidr: -1})
 		}
 		b.rs.pods = append(b.rs.pods, pd)
 		if _, seen := b.nsGroups[p.Namespace]; !seen {
@@ -343,7 +427,7 @@ func (b *builder) hostNetworkAddrs(p *corev1.Pod, idx int32) {
 		if ep, ok := b.rs.lookup(a); ok && ep.node >= 0 {
 			continue // the Node object already names this address
 		}
-		b.rs.setAddr(a, endpoint{pod: -1, node: n, host: idx})
+		b.rs.setAddr(a, endpoint{pod: -1, node: n, host: idx, cidr: -1})
 	}
 }
 

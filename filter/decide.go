@@ -16,11 +16,30 @@ func (rs *Ruleset) lookup(a netip.Addr) (endpoint, bool) {
 	return ep, ok
 }
 
+// endpointOf returns what an address stands for. The pod CIDRs are only
+// searched on a map miss, so known pods, nodes and hostNetwork pods (all
+// in the maps) are never unknown pods, and external addresses pay one
+// short search.
 func (rs *Ruleset) endpointOf(a netip.Addr) endpoint {
 	if ep, ok := rs.lookup(a); ok {
 		return ep
 	}
+	if ci := rs.podCIDRIndex(a); ci >= 0 {
+		// node stays -1: an unknown pod is not its node, so it never
+		// earns NodeLocal.
+		return endpoint{pod: -1, node: -1, host: -1, cidr: ci}
+	}
 	return external
+}
+
+// podCIDRIndex returns the podCIDRs index of the node pod CIDR holding a,
+// or -1.
+func (rs *Ruleset) podCIDRIndex(a netip.Addr) int32 {
+	a = a.Unmap()
+	if a.Is4() {
+		return rs.cidr4.find(a)
+	}
+	return rs.cidr6.find(a)
 }
 
 // Decide returns the verdict for a flow: Allow from enforced policies,
@@ -63,8 +82,13 @@ func (rs *Ruleset) decide(f Flow, audit bool) Verdict {
 // or its ingress from peer. dstPod resolves named ports, which always name
 // the destination's container ports.
 func (rs *Ruleset) side(dir uint8, self, peer endpoint, selfAddr, peerAddr netip.Addr, dstPod int32, f Flow, audit bool) Side {
-	s := Side{Decision: NotPoliced, Pod: self.pod, Policy: -1, Rule: -1, Peer: -1}
+	s := Side{Decision: NotPoliced, Pod: self.pod, Policy: -1, Rule: -1, Peer: -1, PodCIDR: -1}
 	if self.pod < 0 {
+		if self.cidr >= 0 {
+			// Fail closed: the pod exists (its node handed out the
+			// address) but its labels, and so its policies, are unknown.
+			s.Decision, s.PodCIDR = UnknownPod, self.cidr
+		}
 		return s
 	}
 	h := &rs.hot[self.pod]

@@ -3,6 +3,7 @@ package filter
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -54,6 +55,27 @@ func (rs *Ruleset) LocalPodAddrs(node string) []netip.Addr {
 		}
 	}
 	return out
+}
+
+// LocalPodCIDRs returns node's pod CIDRs (spec.podCIDRs, or spec.podCIDR),
+// those a new pod on it gets its address from; nil when the node is
+// unknown or has none.
+func (rs *Ruleset) LocalPodCIDRs(node string) []netip.Prefix {
+	i, ok := rs.nodeByName[node]
+	if !ok {
+		return nil
+	}
+	return slices.Clone(rs.nodes[i].podCIDRs)
+}
+
+// PodCIDR returns the node and range of pod CIDR index i (an UnknownPod
+// side's PodCIDR); ok is false for an index out of range.
+func (rs *Ruleset) PodCIDR(i int32) (node string, prefix netip.Prefix, ok bool) {
+	if i < 0 || int(i) >= len(rs.podCIDRs) {
+		return "", netip.Prefix{}, false
+	}
+	c := rs.podCIDRs[i]
+	return rs.nodes[c.node].name, c.prefix, true
 }
 
 // Isolators returns the names of the policies that isolate pod index i in
@@ -118,12 +140,24 @@ func (rs *Ruleset) DescribeAudit(v Verdict) string {
 	if v.Audit.Allow {
 		what = "would allow"
 	}
-	return what + " with staged " + strings.Join(rs.StagedCause(v), ", ") + ": egress: " + rs.describeSide(v.Audit.Egress, "egress", true) + "; ingress: " + rs.describeSide(v.Audit.Ingress, "ingress", true)
+	return what + " with staged " + strings.Join(rs.StagedCause(v), ", ") + ": egress: " + rs.describeSide(v.Audit.Egress, "egress", true, netip.Addr{}) + "; ingress: " + rs.describeSide(v.Audit.Ingress, "ingress", true, netip.Addr{})
 }
 
 // Describe renders a verdict's reason in one line, naming the rule that
-// allowed each side or the policies whose isolation denied it.
+// allowed each side or the policies whose isolation denied it. An
+// UnknownPod side is named "source" or "destination"; DescribeFlow names
+// its address.
 func (rs *Ruleset) Describe(v Verdict) string {
+	return rs.describe(v, netip.Addr{}, netip.Addr{})
+}
+
+// DescribeFlow is Describe with the flow's addresses, which an UnknownPod
+// side (an address the Ruleset has no name for) is rendered with.
+func (rs *Ruleset) DescribeFlow(f Flow, v Verdict) string {
+	return rs.describe(v, f.Src, f.Dst)
+}
+
+func (rs *Ruleset) describe(v Verdict, src, dst netip.Addr) string {
 	verdict := "deny"
 	if v.Allow {
 		verdict = "allow"
@@ -131,16 +165,31 @@ func (rs *Ruleset) Describe(v Verdict) string {
 	if v.Egress.Decision == Malformed || v.Ingress.Decision == Malformed {
 		return "deny: malformed packet"
 	}
-	return verdict + ": egress: " + rs.DescribeSide(v.Egress, "egress") + "; ingress: " + rs.DescribeSide(v.Ingress, "ingress")
+	return verdict + ": egress: " + rs.describeSide(v.Egress, "egress", false, src) + "; ingress: " + rs.describeSide(v.Ingress, "ingress", false, dst)
 }
 
 // DescribeSide renders one side of a verdict.
 func (rs *Ruleset) DescribeSide(s Side, direction string) string {
-	return rs.describeSide(s, direction, false)
+	return rs.describeSide(s, direction, false, netip.Addr{})
 }
 
-func (rs *Ruleset) describeSide(s Side, direction string, audit bool) string {
+// describeSide renders s; self is the side's own address when known
+// (the source's for egress), used to name an unknown pod.
+func (rs *Ruleset) describeSide(s Side, direction string, audit bool, self netip.Addr) string {
 	switch s.Decision {
+	case UnknownPod:
+		who := "source"
+		if direction == "ingress" {
+			who = "destination"
+		}
+		if self.IsValid() {
+			who = self.String()
+		}
+		node, prefix, ok := rs.PodCIDR(s.PodCIDR)
+		if !ok {
+			return who + " is in a node's pod CIDR but belongs to no known pod (not synced yet): denied"
+		}
+		return fmt.Sprintf("%s is in %s's pod CIDR %s but belongs to no known pod (not synced yet): denied", who, node, prefix)
 	case NotPoliced:
 		if direction == "egress" {
 			return "source is not a pod"
@@ -225,16 +274,16 @@ func (rs *Ruleset) Explain(f Flow) Explanation {
 	dst := rs.endpointOf(f.Dst)
 	e := Explanation{
 		Verdict: map[bool]string{true: "allow", false: "deny"}[v.Allow],
-		Reason:  rs.Describe(v),
+		Reason:  rs.DescribeFlow(f, v),
 		Flow:    fmt.Sprintf("%s -> %s %d/%s", rs.addrName(f.Src), rs.addrName(f.Dst), f.DstPort, ProtoName(f.Proto)),
 	}
-	e.Egress = rs.explainSide(egress, v.Egress, dst, f.Dst, dst.pod, f)
-	e.Ingress = rs.explainSide(ingress, v.Ingress, src, f.Src, dst.pod, f)
+	e.Egress = rs.explainSide(egress, v.Egress, f.Src, dst, f.Dst, dst.pod, f)
+	e.Ingress = rs.explainSide(ingress, v.Ingress, f.Dst, src, f.Src, dst.pod, f)
 	return e
 }
 
-func (rs *Ruleset) explainSide(dir uint8, s Side, peer endpoint, peerAddr netip.Addr, dstPod int32, f Flow) SideExplanation {
-	out := SideExplanation{Pod: rs.PodName(s.Pod), Decision: s.Decision.String(), Summary: rs.DescribeSide(s, dirNames[dir])}
+func (rs *Ruleset) explainSide(dir uint8, s Side, selfAddr netip.Addr, peer endpoint, peerAddr netip.Addr, dstPod int32, f Flow) SideExplanation {
+	out := SideExplanation{Pod: rs.PodName(s.Pod), Decision: s.Decision.String(), Summary: rs.describeSide(s, dirNames[dir], false, selfAddr)}
 	if s.Pod < 0 {
 		return out
 	}
@@ -304,6 +353,9 @@ func (rs *Ruleset) addrName(a netip.Addr) string {
 		return rs.PodName(ep.host) + " (hostNetwork, " + a.String() + ")"
 	case ep.node >= 0:
 		return "node/" + rs.nodes[ep.node].name + " (" + a.String() + ")"
+	case ep.cidr >= 0:
+		node, _, _ := rs.PodCIDR(ep.cidr)
+		return a.String() + " (unknown pod on node/" + node + ")"
 	}
 	return a.String()
 }

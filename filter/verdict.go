@@ -42,6 +42,11 @@ const (
 	DeniedIsolated
 	// Malformed: the packet could not be decoded; it is denied.
 	Malformed
+	// UnknownPod: the endpoint on this side is in a node's pod CIDR but is
+	// no pod the Ruleset knows (created after the last compile): its
+	// policies cannot be known, so the flow is denied until it is synced.
+	// Side.PodCIDR names the range.
+	UnknownPod
 )
 
 func (d Decision) String() string {
@@ -58,6 +63,8 @@ func (d Decision) String() string {
 		return "denied-isolated"
 	case Malformed:
 		return "malformed"
+	case UnknownPod:
+		return "unknown-pod"
 	}
 	return "unknown"
 }
@@ -78,6 +85,9 @@ type Side struct {
 	Policy int32
 	Rule   int16
 	Peer   int16
+	// PodCIDR is, for UnknownPod, the node pod CIDR the endpoint's address
+	// is in (Ruleset.PodCIDR names it); meaningless for other decisions.
+	PodCIDR int32
 }
 
 // Verdict is the decision for a flow: allowed only if the source's egress
