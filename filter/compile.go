@@ -67,12 +67,13 @@ type endpoint struct {
 	pod  int32 // -1: not a (policed) pod
 	node int32 // the node this address is, or the pod runs on; -1: none
 	host int32 // a hostNetwork pod on this node address, for naming; -1
-	// cidr is the pod CIDR (podCIDRs index) an address that is no known
-	// pod falls in: a pod not synced yet; -1 otherwise.
-	cidr int32
 }
 
-var external = endpoint{pod: -1, node: -1, host: -1, cidr: -1}
+// external is an address in neither map: every mapped address has a pod,
+// a node or a hostNetwork pod, so this value means "not mapped". Whether
+// it is an unknown pod (in a node's pod CIDR) is asked only when needed,
+// which keeps map values small.
+var external = endpoint{pod: -1, node: -1, host: -1}
 
 // podCIDR is one range a node hands out pod addresses from.
 type podCIDR struct {
@@ -270,7 +271,7 @@ func (b *builder) nodes(nodes []*corev1.Node) {
 			}
 			ip = ip.Unmap()
 			nd.addrs = append(nd.addrs, ip)
-			b.rs.setAddr(ip, endpoint{pod: -1, node: idx, host: -1, cidr: -1})
+			b.rs.setAddr(ip, endpoint{pod: -1, node: idx, host: -1})
 		}
 		nd.podCIDRs = b.podCIDRs(n, idx)
 		b.rs.nodeByName[n.Name] = idx
@@ -386,7 +387,7 @@ func (b *builder) pods(pods []*corev1.Pod) {
 		for _, a := range k8swatch.PodAddrs(p) {
 			a = a.Unmap()
 			pd.addrs = append(pd.addrs, a)
-			b.rs.setAddr(a, endpoint{pod: idx, node: pd.node, host: -1, cidr: -1})
+			b.rs.setAddr(a, endpoint{pod: idx, node: pd.node, host: -1})
 		}
 		b.rs.pods = append(b.rs.pods, pd)
 		if _, seen := b.nsGroups[p.Namespace]; !seen {
@@ -427,7 +428,7 @@ func (b *builder) hostNetworkAddrs(p *corev1.Pod, idx int32) {
 		if ep, ok := b.rs.lookup(a); ok && ep.node >= 0 {
 			continue // the Node object already names this address
 		}
-		b.rs.setAddr(a, endpoint{pod: -1, node: n, host: idx, cidr: -1})
+		b.rs.setAddr(a, endpoint{pod: -1, node: n, host: idx})
 	}
 }
 

@@ -16,20 +16,23 @@ func (rs *Ruleset) lookup(a netip.Addr) (endpoint, bool) {
 	return ep, ok
 }
 
-// endpointOf returns what an address stands for. The pod CIDRs are only
-// searched on a map miss, so known pods, nodes and hostNetwork pods (all
-// in the maps) are never unknown pods, and external addresses pay one
-// short search.
 func (rs *Ruleset) endpointOf(a netip.Addr) endpoint {
 	if ep, ok := rs.lookup(a); ok {
 		return ep
 	}
-	if ci := rs.podCIDRIndex(a); ci >= 0 {
-		// node stays -1: an unknown pod is not its node, so it never
-		// earns NodeLocal.
-		return endpoint{pod: -1, node: -1, host: -1, cidr: ci}
-	}
 	return external
+}
+
+// unknownPod returns the pod CIDR index of an address whose endpoint ep is
+// unmapped but lies in a node's pod CIDR, or -1. The pod CIDRs are only
+// searched on a map miss, so known pods, nodes and hostNetwork pods (all
+// mapped) are never unknown pods, and external addresses pay one short
+// search.
+func (rs *Ruleset) unknownPod(ep endpoint, a netip.Addr) int32 {
+	if ep != external {
+		return -1
+	}
+	return rs.podCIDRIndex(a)
 }
 
 // podCIDRIndex returns the podCIDRs index of the node pod CIDR holding a,
@@ -82,12 +85,14 @@ func (rs *Ruleset) decide(f Flow, audit bool) Verdict {
 // or its ingress from peer. dstPod resolves named ports, which always name
 // the destination's container ports.
 func (rs *Ruleset) side(dir uint8, self, peer endpoint, selfAddr, peerAddr netip.Addr, dstPod int32, f Flow, audit bool) Side {
-	s := Side{Decision: NotPoliced, Pod: self.pod, Policy: -1, Rule: -1, Peer: -1, PodCIDR: -1}
+	s := Side{Decision: NotPoliced, Pod: self.pod, Policy: -1, Rule: -1, Peer: -1}
 	if self.pod < 0 {
-		if self.cidr >= 0 {
+		if ci := rs.unknownPod(self, selfAddr); ci >= 0 {
 			// Fail closed: the pod exists (its node handed out the
 			// address) but its labels, and so its policies, are unknown.
-			s.Decision, s.PodCIDR = UnknownPod, self.cidr
+			// Its node stays -1 in the peer role, so it never earns
+			// NodeLocal on the other side.
+			s.Decision, s.Policy = UnknownPod, ci
 		}
 		return s
 	}

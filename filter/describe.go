@@ -69,7 +69,7 @@ func (rs *Ruleset) LocalPodCIDRs(node string) []netip.Prefix {
 }
 
 // PodCIDR returns the node and range of pod CIDR index i (an UnknownPod
-// side's PodCIDR); ok is false for an index out of range.
+// side's Policy); ok is false for an index out of range.
 func (rs *Ruleset) PodCIDR(i int32) (node string, prefix netip.Prefix, ok bool) {
 	if i < 0 || int(i) >= len(rs.podCIDRs) {
 		return "", netip.Prefix{}, false
@@ -185,7 +185,7 @@ func (rs *Ruleset) describeSide(s Side, direction string, audit bool, self netip
 		if self.IsValid() {
 			who = self.String()
 		}
-		node, prefix, ok := rs.PodCIDR(s.PodCIDR)
+		node, prefix, ok := rs.PodCIDR(s.Policy)
 		if !ok {
 			return who + " is in a node's pod CIDR but belongs to no known pod (not synced yet): denied"
 		}
@@ -353,8 +353,8 @@ func (rs *Ruleset) addrName(a netip.Addr) string {
 		return rs.PodName(ep.host) + " (hostNetwork, " + a.String() + ")"
 	case ep.node >= 0:
 		return "node/" + rs.nodes[ep.node].name + " (" + a.String() + ")"
-	case ep.cidr >= 0:
-		node, _, _ := rs.PodCIDR(ep.cidr)
+	case rs.unknownPod(ep, a) >= 0:
+		node, _, _ := rs.PodCIDR(rs.unknownPod(ep, a))
 		return a.String() + " (unknown pod on node/" + node + ")"
 	}
 	return a.String()

@@ -45,7 +45,7 @@ const (
 	// UnknownPod: the endpoint on this side is in a node's pod CIDR but is
 	// no pod the Ruleset knows (created after the last compile): its
 	// policies cannot be known, so the flow is denied until it is synced.
-	// Side.PodCIDR names the range.
+	// Side.Policy indexes the range (Ruleset.PodCIDR).
 	UnknownPod
 )
 
@@ -82,12 +82,13 @@ type Side struct {
 	// Policy, Rule and Peer name the policy (Ruleset index), rule and peer
 	// index within it that allowed the flow; -1 when not AllowedByRule. Peer
 	// is -1 too when the rule has no peers (it allows every peer).
+	//
+	// For UnknownPod, Policy is instead the index of the node pod CIDR the
+	// address is in (Ruleset.PodCIDR names it): a field of its own would
+	// grow every verdict the hot path copies, for a rare decision.
 	Policy int32
 	Rule   int16
 	Peer   int16
-	// PodCIDR is, for UnknownPod, the node pod CIDR the endpoint's address
-	// is in (Ruleset.PodCIDR names it); meaningless for other decisions.
-	PodCIDR int32
 }
 
 // Verdict is the decision for a flow: allowed only if the source's egress
