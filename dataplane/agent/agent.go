@@ -107,6 +107,7 @@ type Agent struct {
 	compileErrors atomic.Uint64
 	syncErrors    atomic.Uint64
 	localAddrs    atomic.Int64
+	localPodNets  atomic.Int64
 }
 
 // New checks cfg and returns an agent following src.
@@ -277,7 +278,8 @@ func (a *Agent) compiled(rs *filter.Ruleset) {
 	a.compiles.Add(1)
 	pods, nodes, pols, rules := rs.Counts()
 	ev := a.log.Info().Int("pods", pods).Int("nodes", nodes).Int("policies", pols).Int("rules", rules).
-		Int("local_addrs", len(rs.LocalPodAddrs(a.cfg.NodeName)))
+		Int("local_addrs", len(rs.LocalPodAddrs(a.cfg.NodeName))).
+		Int("local_pod_cidrs", len(rs.LocalPodCIDRs(a.cfg.NodeName)))
 	ev.Msg("policies compiled")
 	for _, w := range rs.Warnings {
 		a.log.Warn().Str("warning", w).Msg("compile warning")
@@ -321,9 +323,11 @@ func (a *Agent) onSwap(old, rs *filter.Ruleset) {
 	a.cfg.OnSwap(old, rs)
 }
 
-// sync makes the local pod sets match rs and, with rules, (re)installs
-// the chains. Sets first: the chains match them, and on a fresh node the
-// sets must exist before the rules referencing them.
+// sync makes the local pod sets (addresses and the node's pod CIDRs)
+// match rs and, with rules, (re)installs the chains. Sets first: the
+// chains match them, and on a fresh node the sets must exist before the
+// rules referencing them. The pod CIDR set is what diverts a pod created
+// since the last compile, which the engine then denies as unknown.
 func (a *Agent) sync(ctx context.Context, rs *filter.Ruleset, rules bool) error {
 	addrs := rs.LocalPodAddrs(a.cfg.NodeName)
 	if err := a.tables.SyncSets(ctx, addrs); err != nil {
@@ -332,6 +336,13 @@ func (a *Agent) sync(ctx context.Context, rs *filter.Ruleset, rules bool) error 
 		return err
 	}
 	a.localAddrs.Store(int64(len(addrs)))
+	nets := rs.LocalPodCIDRs(a.cfg.NodeName)
+	if err := a.tables.SyncPodNets(ctx, nets); err != nil {
+		a.syncErrors.Add(1)
+		a.setNotReady(err.Error())
+		return err
+	}
+	a.localPodNets.Store(int64(len(nets)))
 	if rules {
 		if err := a.tables.Install(ctx, a.cfg.Rules); err != nil {
 			a.syncErrors.Add(1)
@@ -408,6 +419,9 @@ type Status struct {
 	CompileErrors uint64                             `json:"compile_errors"`
 	SyncErrors    uint64                             `json:"sync_errors"`
 	LocalAddrs    int64                              `json:"local_addrs"`
+	// LocalPodCIDRs counts the local node's pod CIDRs diverted (0: the
+	// node has no spec.podCIDR(s), and unsynced pods are not diverted).
+	LocalPodCIDRs int64 `json:"local_pod_cidrs"`
 }
 
 // Status snapshots the agent's counters.
@@ -419,6 +433,7 @@ func (a *Agent) Status() Status {
 		CompileErrors: a.compileErrors.Load(),
 		SyncErrors:    a.syncErrors.Load(),
 		LocalAddrs:    a.localAddrs.Load(),
+		LocalPodCIDRs: a.localPodNets.Load(),
 	}
 	if !s.Ready {
 		if p := a.notReady.Load(); p != nil {

@@ -169,6 +169,16 @@ func (t *Tables) SyncSets(ctx context.Context, addrs []netip.Addr) error {
 	return t.ipsetRestore(ctx, b.String())
 }
 
+// SyncPodNets makes the pod CIDR sets hold exactly nets (both families):
+// the local node's pod CIDRs.
+func (t *Tables) SyncPodNets(ctx context.Context, nets []netip.Prefix) error {
+	var b strings.Builder
+	for _, f := range t.families {
+		b.WriteString(RenderNetSetSync(f, nets))
+	}
+	return t.ipsetRestore(ctx, b.String())
+}
+
 func (t *Tables) ipsetRestore(ctx context.Context, input string) error {
 	if _, err := t.run.Run(ctx, input, "ipset", "restore"); err != nil {
 		return fmt.Errorf("ipset restore: %w", err)

@@ -82,6 +82,18 @@ func TestInstallCleanupInNamespace(t *testing.T) {
 			if got := ns.Run("ipset", "list", "NFQPOLICY-LOCAL6"); !strings.Contains(got, "fd00:1::2") {
 				t.Errorf("set NFQPOLICY-LOCAL6 lacks fd00:1::2:\n%s", got)
 			}
+			if err := tb.SyncPodNets(ctx, []netip.Prefix{netip.MustParsePrefix("10.1.0.0/24"), netip.MustParsePrefix("fd00:1::/64")}); err != nil {
+				t.Fatalf("sync pod nets: %v", err)
+			}
+			if got := ns.Run("ipset", "list", "NFQPOLICY-PODNET4"); !strings.Contains(got, "10.1.0.0/24") {
+				t.Errorf("set NFQPOLICY-PODNET4 lacks 10.1.0.0/24:\n%s", got)
+			}
+			if got := ns.Run("ipset", "list", "NFQPOLICY-PODNET6"); !strings.Contains(got, "fd00:1::/64") {
+				t.Errorf("set NFQPOLICY-PODNET6 lacks fd00:1::/64:\n%s", got)
+			}
+			if !strings.Contains(first4, "--match-set NFQPOLICY-PODNET4 dst") || !strings.Contains(first6, "--match-set NFQPOLICY-PODNET6 src") {
+				t.Errorf("the chains do not match the pod CIDR sets")
+			}
 			// A resync replaces the set's contents.
 			if err := tb.SyncSets(ctx, []netip.Addr{netip.MustParseAddr("10.1.0.3")}); err != nil {
 				t.Fatalf("resync sets: %v", err)

@@ -83,6 +83,15 @@ func SetName(f Family) string {
 	return Prefix + "LOCAL4"
 }
 
+// NetSetName is the ipset (hash:net) of the local node's pod CIDRs of a
+// family.
+func NetSetName(f Family) string {
+	if f == IPv6 {
+		return Prefix + "PODNET6"
+	}
+	return Prefix + "PODNET4"
+}
+
 // jump is one rule we insert into a built-in chain.
 type jump struct{ from, to string }
 
@@ -268,7 +277,11 @@ var ndTypes = [...]int{133, 134, 135, 136, 137}
 //     verdict cheap. It also means a policy change that allows the flow
 //     needs no connmark to be cleared.
 //  4. (IPv6) ICMPv6 neighbour discovery: RETURN, never queued.
-//  5. NEW flows touching a local pod address (ipset): NFQUEUE. Packets of
+//  5. NEW flows touching a local pod address (ipset LOCAL), then NEW flows
+//     touching the local node's pod CIDRs (ipset PODNET): NFQUEUE. The
+//     second pair catches pods created since the agent's last compile,
+//     which the engine denies as unknown pods until they are synced; on a
+//     node without spec.podCIDR(s) that set is empty. Packets of
 //     flows that are not NEW and carry no mark (flows that predate the
 //     agent, or that were let through by --queue-bypass) are not ours to
 //     judge here; recheck of established flows is the conntrack package's
@@ -280,7 +293,7 @@ var ndTypes = [...]int{133, 134, 135, 136, 137}
 // drop when its queue overflows only with FailOpen.
 func ChainRules(c Config, f Family) []string {
 	m := c.Marks
-	set := SetName(f)
+	sets := []string{SetName(f), NetSetName(f)}
 	entry := func(chain string, dirs ...string) []string {
 		r := []string{
 			fmt.Sprintf("-A %s -m connmark --mark %s -j ACCEPT", chain, mark(m.Allow, m.Mask)),
@@ -292,8 +305,10 @@ func ChainRules(c Config, f Family) []string {
 				r = append(r, fmt.Sprintf("-A %s -p ipv6-icmp -m icmp6 --icmpv6-type %d -j RETURN", chain, t))
 			}
 		}
-		for _, d := range dirs {
-			r = append(r, fmt.Sprintf("-A %s -m conntrack --ctstate NEW -m set --match-set %s %s %s", chain, set, d, c.queueTarget()))
+		for _, set := range sets {
+			for _, d := range dirs {
+				r = append(r, fmt.Sprintf("-A %s -m conntrack --ctstate NEW -m set --match-set %s %s %s", chain, set, d, c.queueTarget()))
+			}
 		}
 		return r
 	}

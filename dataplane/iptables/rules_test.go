@@ -1,6 +1,7 @@
 package iptables
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -105,10 +106,13 @@ func TestRenderInstall(t *testing.T) {
 -A NFQPOLICY-FORWARD -m mark --mark 0x20000/0x30000 -j NFQPOLICY-DENY
 -A NFQPOLICY-FORWARD -m conntrack --ctstate NEW -m set --match-set NFQPOLICY-LOCAL4 dst -j NFQUEUE --queue-balance 100:101
 -A NFQPOLICY-FORWARD -m conntrack --ctstate NEW -m set --match-set NFQPOLICY-LOCAL4 src -j NFQUEUE --queue-balance 100:101
+-A NFQPOLICY-FORWARD -m conntrack --ctstate NEW -m set --match-set NFQPOLICY-PODNET4 dst -j NFQUEUE --queue-balance 100:101
+-A NFQPOLICY-FORWARD -m conntrack --ctstate NEW -m set --match-set NFQPOLICY-PODNET4 src -j NFQUEUE --queue-balance 100:101
 -A NFQPOLICY-INPUT -m connmark --mark 0x10000/0x30000 -j ACCEPT
 -A NFQPOLICY-INPUT -m mark --mark 0x10000/0x30000 -j NFQPOLICY-ALLOW
 -A NFQPOLICY-INPUT -m mark --mark 0x20000/0x30000 -j NFQPOLICY-DENY
 -A NFQPOLICY-INPUT -m conntrack --ctstate NEW -m set --match-set NFQPOLICY-LOCAL4 src -j NFQUEUE --queue-balance 100:101
+-A NFQPOLICY-INPUT -m conntrack --ctstate NEW -m set --match-set NFQPOLICY-PODNET4 src -j NFQUEUE --queue-balance 100:101
 -A NFQPOLICY-ALLOW -j CONNMARK --set-xmark 0x10000/0x30000
 -A NFQPOLICY-ALLOW -j MARK --set-xmark 0x0/0x30000
 -A NFQPOLICY-ALLOW -j ACCEPT
@@ -138,6 +142,8 @@ COMMIT
 -A NFQPOLICY-FORWARD -p ipv6-icmp -m icmp6 --icmpv6-type 137 -j RETURN
 -A NFQPOLICY-FORWARD -m conntrack --ctstate NEW -m set --match-set NFQPOLICY-LOCAL6 dst -j NFQUEUE --queue-num 7 --queue-bypass
 -A NFQPOLICY-FORWARD -m conntrack --ctstate NEW -m set --match-set NFQPOLICY-LOCAL6 src -j NFQUEUE --queue-num 7 --queue-bypass
+-A NFQPOLICY-FORWARD -m conntrack --ctstate NEW -m set --match-set NFQPOLICY-PODNET6 dst -j NFQUEUE --queue-num 7 --queue-bypass
+-A NFQPOLICY-FORWARD -m conntrack --ctstate NEW -m set --match-set NFQPOLICY-PODNET6 src -j NFQUEUE --queue-num 7 --queue-bypass
 -A NFQPOLICY-INPUT -m connmark --mark 0x10000/0x30000 -j ACCEPT
 -A NFQPOLICY-INPUT -m mark --mark 0x10000/0x30000 -j NFQPOLICY-ALLOW
 -A NFQPOLICY-INPUT -m mark --mark 0x20000/0x30000 -j NFQPOLICY-DENY
@@ -147,6 +153,7 @@ COMMIT
 -A NFQPOLICY-INPUT -p ipv6-icmp -m icmp6 --icmpv6-type 136 -j RETURN
 -A NFQPOLICY-INPUT -p ipv6-icmp -m icmp6 --icmpv6-type 137 -j RETURN
 -A NFQPOLICY-INPUT -m conntrack --ctstate NEW -m set --match-set NFQPOLICY-LOCAL6 src -j NFQUEUE --queue-num 7 --queue-bypass
+-A NFQPOLICY-INPUT -m conntrack --ctstate NEW -m set --match-set NFQPOLICY-PODNET6 src -j NFQUEUE --queue-num 7 --queue-bypass
 -A NFQPOLICY-ALLOW -j CONNMARK --set-xmark 0x10000/0x30000
 -A NFQPOLICY-ALLOW -j MARK --set-xmark 0x0/0x30000
 -A NFQPOLICY-ALLOW -j ACCEPT
@@ -187,10 +194,13 @@ COMMIT
 -A NFQPOLICY-FORWARD -m mark --mark 0x2000000/0x3000000 -j NFQPOLICY-DENY
 -A NFQPOLICY-FORWARD -m conntrack --ctstate NEW -m set --match-set NFQPOLICY-LOCAL4 dst -j NFQUEUE --queue-num 100
 -A NFQPOLICY-FORWARD -m conntrack --ctstate NEW -m set --match-set NFQPOLICY-LOCAL4 src -j NFQUEUE --queue-num 100
+-A NFQPOLICY-FORWARD -m conntrack --ctstate NEW -m set --match-set NFQPOLICY-PODNET4 dst -j NFQUEUE --queue-num 100
+-A NFQPOLICY-FORWARD -m conntrack --ctstate NEW -m set --match-set NFQPOLICY-PODNET4 src -j NFQUEUE --queue-num 100
 -A NFQPOLICY-INPUT -m connmark --mark 0x1000000/0x3000000 -j ACCEPT
 -A NFQPOLICY-INPUT -m mark --mark 0x1000000/0x3000000 -j NFQPOLICY-ALLOW
 -A NFQPOLICY-INPUT -m mark --mark 0x2000000/0x3000000 -j NFQPOLICY-DENY
 -A NFQPOLICY-INPUT -m conntrack --ctstate NEW -m set --match-set NFQPOLICY-LOCAL4 src -j NFQUEUE --queue-num 100
+-A NFQPOLICY-INPUT -m conntrack --ctstate NEW -m set --match-set NFQPOLICY-PODNET4 src -j NFQUEUE --queue-num 100
 -A NFQPOLICY-ALLOW -j CONNMARK --set-xmark 0x1000000/0x3000000
 -A NFQPOLICY-ALLOW -j MARK --set-xmark 0x0/0x3000000
 -A NFQPOLICY-ALLOW -j ACCEPT
@@ -295,6 +305,76 @@ destroy NFQPOLICY-LOCAL6-NEXT
 				t.Errorf("RenderSetSync mismatch\n--- got\n%s--- want\n%s", got, tt.want)
 			}
 		})
+	}
+}
+
+func TestRenderNetSetSync(t *testing.T) {
+	nets := []netip.Prefix{
+		netip.MustParsePrefix("10.244.1.0/24"),
+		netip.MustParsePrefix("fd00:244:1::/64"),
+		netip.MustParsePrefix("10.244.1.7/24"),       // unmasked: the same range
+		netip.MustParsePrefix("::ffff:10.9.0.0/112"), // mapped: 10.9.0.0/16
+		netip.MustParsePrefix("10.0.0.0/8"),
+		netip.MustParsePrefix("0.0.0.0/0"), // hash:net cannot hold it; never queue everything
+		{},
+	}
+	tests := []struct {
+		f    Family
+		nets []netip.Prefix
+		want string
+	}{
+		{IPv4, nets, `create NFQPOLICY-PODNET4 hash:net family inet -exist
+create NFQPOLICY-PODNET4-NEXT hash:net family inet -exist
+flush NFQPOLICY-PODNET4-NEXT
+add NFQPOLICY-PODNET4-NEXT 10.0.0.0/8
+add NFQPOLICY-PODNET4-NEXT 10.9.0.0/16
+add NFQPOLICY-PODNET4-NEXT 10.244.1.0/24
+swap NFQPOLICY-PODNET4-NEXT NFQPOLICY-PODNET4
+destroy NFQPOLICY-PODNET4-NEXT
+`},
+		{IPv6, nets, `create NFQPOLICY-PODNET6 hash:net family inet6 -exist
+create NFQPOLICY-PODNET6-NEXT hash:net family inet6 -exist
+flush NFQPOLICY-PODNET6-NEXT
+add NFQPOLICY-PODNET6-NEXT fd00:244:1::/64
+swap NFQPOLICY-PODNET6-NEXT NFQPOLICY-PODNET6
+destroy NFQPOLICY-PODNET6-NEXT
+`},
+		// A node without spec.podCIDR(s): the set exists, empty.
+		{IPv4, nil, `create NFQPOLICY-PODNET4 hash:net family inet -exist
+create NFQPOLICY-PODNET4-NEXT hash:net family inet -exist
+flush NFQPOLICY-PODNET4-NEXT
+swap NFQPOLICY-PODNET4-NEXT NFQPOLICY-PODNET4
+destroy NFQPOLICY-PODNET4-NEXT
+`},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%s/%d", tt.f, len(tt.nets)), func(t *testing.T) {
+			if got := RenderNetSetSync(tt.f, tt.nets); got != tt.want {
+				t.Errorf("RenderNetSetSync mismatch\n--- got\n%s--- want\n%s", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestRenderSetCreate(t *testing.T) {
+	for _, tt := range []struct {
+		f    Family
+		want string
+	}{
+		{IPv4, "create NFQPOLICY-LOCAL4 hash:ip family inet -exist\ncreate NFQPOLICY-PODNET4 hash:net family inet -exist\n"},
+		{IPv6, "create NFQPOLICY-LOCAL6 hash:ip family inet6 -exist\ncreate NFQPOLICY-PODNET6 hash:net family inet6 -exist\n"},
+	} {
+		if got := RenderSetCreate(tt.f); got != tt.want {
+			t.Errorf("RenderSetCreate(%s) = %q, want %q", tt.f, got, tt.want)
+		}
+	}
+}
+
+func TestOurSets(t *testing.T) {
+	list := "KUBE-X\nNFQPOLICY-LOCAL4\nNFQPOLICY-PODNET4\nNFQPOLICY-PODNET6-NEXT\nother\n"
+	want := []string{"NFQPOLICY-LOCAL4", "NFQPOLICY-PODNET4", "NFQPOLICY-PODNET6-NEXT"}
+	if got := ourSets(list); !slices.Equal(got, want) {
+		t.Errorf("ourSets = %v, want %v", got, want)
 	}
 }
 
