@@ -36,13 +36,26 @@ func (rs *Ruleset) unknownPod(ep endpoint, a netip.Addr) int32 {
 }
 
 // podCIDRIndex returns the podCIDRs index of the node pod CIDR holding a,
-// or -1.
+// or -1. The range's first two addresses are the node's, not pods': the
+// network address is where flannel-style overlays put the node's tunnel
+// interface (the source of a remote node's traffic to pods) and the first
+// host is the CNI bridge's gateway (host-local IPAM starts pods after
+// it). Treating them as unknown pods would deny that node traffic for
+// good, not just until a sync.
 func (rs *Ruleset) podCIDRIndex(a netip.Addr) int32 {
 	a = a.Unmap()
+	ci := &rs.cidr6
 	if a.Is4() {
-		return rs.cidr4.find(a)
+		ci = &rs.cidr4
 	}
-	return rs.cidr6.find(a)
+	i := ci.find(a)
+	if i < 0 {
+		return -1
+	}
+	if base := rs.podCIDRs[i].prefix.Addr(); a == base || a == base.Next() {
+		return -1
+	}
+	return i
 }
 
 // Decide returns the verdict for a flow: Allow from enforced policies,
