@@ -125,15 +125,16 @@ func TestStripOthers(t *testing.T) {
 		name    string
 		in, out any
 	}{{
-		name: "node keeps only addresses",
+		name: "node keeps only addresses and pod CIDRs",
 		in: &corev1.Node{ObjectMeta: meta(""),
-			Spec: corev1.NodeSpec{PodCIDR: "10.0.0.0/24"},
+			Spec: corev1.NodeSpec{PodCIDR: "10.0.0.0/24", PodCIDRs: []string{"10.0.0.0/24", "fd00::/64"}, ProviderID: "cloud://x", Unschedulable: true},
 			Status: corev1.NodeStatus{
 				Addresses:  []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.1.10"}},
 				Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady}},
 				Images:     []corev1.ContainerImage{{Names: []string{"big"}}},
 			}},
 		out: &corev1.Node{ObjectMeta: keptMeta("", kv),
+			Spec:   corev1.NodeSpec{PodCIDR: "10.0.0.0/24", PodCIDRs: []string{"10.0.0.0/24", "fd00::/64"}},
 			Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.1.10"}}}},
 	}, {
 		name: "namespace keeps metadata only, defaulted",

@@ -84,10 +84,14 @@ func stripPod(p *corev1.Pod) *corev1.Pod {
 	return out
 }
 
+// stripNode keeps a node's addresses and its pod CIDRs: the compiler
+// tells a pod it has not heard of yet (an address in a pod CIDR) from an
+// external address by them, and the agent diverts its node's ranges.
 func stripNode(n *corev1.Node) *corev1.Node {
 	return &corev1.Node{
 		TypeMeta:   n.TypeMeta,
 		ObjectMeta: stripMeta(&n.ObjectMeta),
+		Spec:       corev1.NodeSpec{PodCIDR: n.Spec.PodCIDR, PodCIDRs: n.Spec.PodCIDRs},
 		Status:     corev1.NodeStatus{Addresses: n.Status.Addresses},
 	}
 }
