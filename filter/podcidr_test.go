@@ -1,6 +1,7 @@
 package filter_test
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -258,5 +259,48 @@ func TestUnknownPodNoAllocs(t *testing.T) {
 		if n := testing.AllocsPerRun(1000, func() { rs.Decide(f) }); n != 0 {
 			t.Errorf("Decide from %s allocates %.1f times", src, n)
 		}
+	}
+}
+
+// BenchmarkDecidePodCIDR decides flows from addresses outside the maps on
+// a cluster of 1000 nodes with a /24 each: the pod CIDR search is one map
+// probe per distinct prefix length, not one check per node.
+func BenchmarkDecidePodCIDR(b *testing.B) {
+	var doc strings.Builder
+	doc.WriteString(podCIDRCluster)
+	for i := 3; i < 1003; i++ {
+		fmt.Fprintf(&doc, "---\napiVersion: v1\nkind: Node\nmetadata: {name: n%d}\nspec: {podCIDR: 10.%d.%d.0/24}\n", i, 100+i/256, i%256)
+	}
+	rs := compilePodCIDR(b, doc.String())
+	if len(rs.Warnings) > 0 {
+		b.Fatalf("compile warnings: %v", rs.Warnings)
+	}
+	// The same flow on a cluster whose nodes have no pod CIDRs: what the
+	// search adds.
+	bare := compilePodCIDR(b, strings.NewReplacer("spec: {podCIDR: 10.244.1.0/24, podCIDRs: [10.244.1.0/24, \"fd00:244:1::/64\"]}\n", "", "spec: {podCIDR: 10.244.2.0/24}\n", "").Replace(podCIDRCluster))
+	if len(bare.LocalPodCIDRs("node-1")) != 0 {
+		b.Fatal("the bare cluster still has pod CIDRs")
+	}
+	f := filter.Flow{Src: netip.MustParseAddr("8.8.8.8"), Dst: netip.MustParseAddr("10.244.1.10"), SrcPort: 1, DstPort: 80, Proto: filter.ProtoTCP}
+	b.Run("external-no-pod-cidrs", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			bare.Decide(f)
+		}
+	})
+	for _, tc := range []struct{ name, src string }{
+		{"external", "8.8.8.8"},
+		{"unknown-pod", "10.103.200.9"},
+	} {
+		f := filter.Flow{Src: netip.MustParseAddr(tc.src), Dst: netip.MustParseAddr("10.244.1.10"), SrcPort: 1, DstPort: 80, Proto: filter.ProtoTCP}
+		if v := rs.Decide(f); v.Allow == (tc.name == "unknown-pod") {
+			b.Fatalf("%s: %s", tc.name, rs.DescribeFlow(f, v))
+		}
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				rs.Decide(f)
+			}
+		})
 	}
 }
