@@ -29,8 +29,6 @@ func setFamily(f Family) string {
 	return "inet"
 }
 
-func nextSetName(f Family) string { return SetName(f) + "-NEXT" }
-
 // RenderSetCreate returns ipset restore input that creates family f's
 // sets (local pod addresses and local pod CIDRs) if they do not exist yet,
 // leaving their contents alone (the chains reference the sets, so they
