@@ -271,9 +271,10 @@ func (c *Capture) flush() {
 	}
 }
 
-// Comments renders the pcapng comments of a decided packet: a summary, the
-// reason, and the audit reason when staged policies would change it.
-func Comments(v *filter.Verdict, latency time.Duration, lost uint64) []string {
+// Comments renders the pcapng comments of a decided packet of flow f: a
+// summary, the reason, and the audit reason when staged policies would
+// change it.
+func Comments(f filter.Flow, v *filter.Verdict, latency time.Duration, lost uint64) []string {
 	verdict := "deny"
 	if v.Allow {
 		verdict = "allow"
@@ -290,7 +291,7 @@ func Comments(v *filter.Verdict, latency time.Duration, lost uint64) []string {
 		" latency_us=" + strconv.FormatFloat(float64(latency)/float64(time.Microsecond), 'f', -1, 64)
 	out := []string{sum}
 	if v.Ruleset != nil {
-		out = append(out, "reason: "+v.Ruleset.Describe(*v))
+		out = append(out, "reason: "+v.Ruleset.DescribeFlow(f, *v))
 		if v.AuditDiffers() {
 			out = append(out, "audit: "+v.Ruleset.DescribeAudit(*v))
 		}
@@ -319,7 +320,7 @@ func (c *Capture) write(s *slot) {
 		CaptureLength: len(data),
 		Length:        int(s.origLen),
 	}
-	opts := pcapgo.NgPacketOptions{Comments: Comments(&s.verdict, s.latency, s.lost)}
+	opts := pcapgo.NgPacketOptions{Comments: Comments(s.flow, &s.verdict, s.latency, s.lost)}
 	if s.lost > 0 {
 		opts.DropCount = &s.lost
 	}

@@ -116,13 +116,13 @@ func AuditVerdict(v *filter.Verdict) string {
 	return "would-deny"
 }
 
-// Reason is the one-line human explanation of a verdict, "" without a
-// Ruleset.
-func Reason(v *filter.Verdict) string {
+// Reason is the one-line human explanation of flow f's verdict, "" without
+// a Ruleset. The flow lets it name an address that belongs to no known pod.
+func Reason(f filter.Flow, v *filter.Verdict) string {
 	if v.Ruleset == nil {
 		return ""
 	}
-	return v.Ruleset.Describe(*v)
+	return v.Ruleset.DescribeFlow(f, *v)
 }
 
 // Fields appends the record's fields to a zerolog event.
@@ -168,7 +168,7 @@ func (rd *Renderer) Fields(e *zerolog.Event, r *Record) *zerolog.Event {
 			e = e.Dict("dst_labels", labelDict(l))
 		}
 	}
-	if reason := Reason(v); reason != "" {
+	if reason := Reason(r.Flow, v); reason != "" {
 		e = e.Str("reason", reason)
 	}
 	e = e.Dict("egress", sideDict(v.Ruleset, &v.Egress)).
