@@ -448,3 +448,28 @@ func BenchmarkHubOnVerdict(b *testing.B) {
 		}
 	})
 }
+
+// /policies lists the agent's own node's pods; ?all=1 the whole cluster.
+func TestDescribeLocalNode(t *testing.T) {
+	rs := testcluster.Compile(t)
+	for _, tc := range []struct {
+		node string
+		all  bool
+		want int
+	}{
+		{"node-1", false, 2}, // x/a (staged isolation) and x/b
+		{"node-2", false, 0},
+		{"node-2", true, 3},
+		{"", false, 2},
+	} {
+		st := Describe(rs, tc.node, tc.all)
+		if len(st.Isolated) != tc.want {
+			t.Errorf("Describe(node %q, all %v): %d pods %+v, want %d", tc.node, tc.all, len(st.Isolated), st.Isolated, tc.want)
+		}
+		for _, p := range st.Isolated {
+			if p.Node != "node-1" {
+				t.Errorf("pod %s: node %q, want node-1", p.Name, p.Node)
+			}
+		}
+	}
+}

@@ -130,6 +130,7 @@ type PolicyState struct {
 // PodState is one pod's compiled isolation.
 type PodState struct {
 	Name   string            `json:"name"`
+	Node   string            `json:"node,omitempty"`
 	Labels map[string]string `json:"labels,omitempty"`
 	// Ingress and Egress name the policies that isolate the pod in that
 	// direction (enforced); the Audit lists include staged ones.
@@ -146,13 +147,15 @@ type State struct {
 	Rules    int           `json:"rules"`
 	Staged   bool          `json:"has_staged"`
 	Policies []PolicyState `json:"policies"`
-	// Isolated lists the pods some policy isolates (with ?all=1, every pod).
+	// Isolated lists the pods on this node that some policy isolates
+	// (with ?all=1, every pod of the cluster).
 	Isolated []PodState `json:"isolated_pods"`
 	Warnings []string   `json:"warnings,omitempty"`
 }
 
-// Describe renders a Ruleset as /policies serves it.
-func Describe(rs *filter.Ruleset, all bool) State {
+// Describe renders a Ruleset as /policies serves it: the isolated pods of
+// node (every node's when node is ""), or with all every pod.
+func Describe(rs *filter.Ruleset, node string, all bool) State {
 	pods, nodes, policies, rules := rs.Counts()
 	st := State{Pods: pods, Nodes: nodes, Rules: rules, Staged: rs.HasStaged(), Warnings: rs.Warnings,
 		Policies: make([]PolicyState, 0, policies), Isolated: []PodState{}}
@@ -160,8 +163,12 @@ func Describe(rs *filter.Ruleset, all bool) State {
 		st.Policies = append(st.Policies, PolicyState{Name: rs.PolicyName(i), Staged: rs.PolicyStaged(i)})
 	}
 	for i := range int32(pods) {
+		if !all && node != "" && rs.PodNode(i) != node {
+			continue
+		}
 		p := PodState{
 			Name:         rs.PodName(i),
+			Node:         rs.PodNode(i),
 			Labels:       rs.PodLabels(i),
 			Ingress:      rs.Isolators(i, "ingress", false),
 			Egress:       rs.Isolators(i, "egress", false),
@@ -192,7 +199,7 @@ func (s *Server) policies(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	enc.Encode(Describe(rs, all == "1" || all == "true"))
+	enc.Encode(Describe(rs, s.o.Renderer.Node, all == "1" || all == "true"))
 }
 
 func (s *Server) explain(w http.ResponseWriter, r *http.Request) {

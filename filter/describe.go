@@ -25,6 +25,15 @@ func (rs *Ruleset) PodLabels(i int32) map[string]string {
 	return rs.pods[i].labels
 }
 
+// PodNode returns the name of the node pod index i is scheduled on ("" for
+// -1 or an unscheduled pod).
+func (rs *Ruleset) PodNode(i int32) string {
+	if i < 0 || int(i) >= len(rs.pods) {
+		return ""
+	}
+	return rs.pods[i].nodeName
+}
+
 // PolicyName returns "namespace/name" of policy index i, or "" for -1.
 func (rs *Ruleset) PolicyName(i int32) string {
 	if i < 0 || int(i) >= len(rs.policies) {
