@@ -13,7 +13,7 @@ import (
 
 	"github.com/nfqpolicy/nfqpolicy/filter"
 	"github.com/nfqpolicy/nfqpolicy/flowlog"
-	"github.com/nfqpolicy/nfqpolicy/k8swatch"
+	"github.com/nfqpolicy/nfqpolicy/internal/testcluster"
 )
 
 // A hand-written flow log: x/staged-deny would cut three allowed flows,
@@ -130,7 +130,7 @@ func TestAuditReportText(t *testing.T) {
 // The report reads what the flow log writes: log real verdicts of a
 // compiled cluster with a staged policy and report on them.
 func TestAuditReportReadsFlowLog(t *testing.T) {
-	c, err := k8swatch.Decode("t.yaml", []byte(`
+	rs := testcluster.CompileDocs(t, `
 apiVersion: v1
 kind: Namespace
 metadata: {name: x}
@@ -153,14 +153,7 @@ metadata: {name: lock-b, namespace: x, annotations: {nfqpolicy.io/mode: audit}}
 spec:
   podSelector: {matchLabels: {app: b}}
   ingress: [{ports: [{port: 8080}]}]
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rs, err := filter.Compile(c)
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	path := filepath.Join(t.TempDir(), "flows.log")
 	sink, err := flowlog.OpenSink(path, 0, 0)
 	if err != nil {

@@ -13,7 +13,7 @@ import (
 
 	"github.com/nfqpolicy/nfqpolicy/debugapi"
 	"github.com/nfqpolicy/nfqpolicy/filter"
-	"github.com/nfqpolicy/nfqpolicy/k8swatch"
+	"github.com/nfqpolicy/nfqpolicy/internal/testcluster"
 )
 
 // lockedBuffer lets the test read what cmdTrace writes from another
@@ -36,7 +36,7 @@ func (l *lockedBuffer) String() string {
 }
 
 func TestTraceCommand(t *testing.T) {
-	c, err := k8swatch.Decode("t.yaml", []byte(`
+	rs := testcluster.CompileDocs(t, `
 apiVersion: v1
 kind: Namespace
 metadata: {name: x}
@@ -57,14 +57,7 @@ apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: deny-b, namespace: x}
 spec: {podSelector: {matchLabels: {app: b}}}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rs, err := filter.Compile(c)
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	hub := debugapi.NewHub(16)
 	srv, err := debugapi.New(debugapi.Options{Hub: hub})
 	if err != nil {
