@@ -23,7 +23,9 @@ import (
 
 // The agent's health endpoint inside each node namespace. Probe servers
 // bind node addresses, never loopback, so this cannot collide with them.
-const agentHealthAddr = "127.0.0.1:9901"
+// AgentHealthAddr is where the agents started here serve /readyz and
+// /debug/counters inside their node namespace.
+const AgentHealthAddr = "127.0.0.1:9901"
 
 // agentPoll is the snapshot poll interval the agents get: a swap takes
 // about two polls (the source waits for two identical reads).
@@ -91,7 +93,7 @@ func (a *agentSet) start(bin string, args []string, node string, ns *NS) (*agent
 	argv := []string{"netns", "exec", ns.Name, bin, "run",
 		"--node-name", node,
 		"--queues", "1",
-		"--health-addr", agentHealthAddr,
+		"--health-addr", AgentHealthAddr,
 		// Each agent its own debug socket: the default path is the host's,
 		// where agents of one topology (or a real agent) would replace
 		// each other's. Later args (a test's own --debug-socket) win.
@@ -179,11 +181,18 @@ func (p *agentProc) waitReady(ctx context.Context, deadline time.Time) error {
 }
 
 func (p *agentProc) get(ctx context.Context, path string) ([]byte, int, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+agentHealthAddr+path, nil)
+	return AgentGet(ctx, p.client, path)
+}
+
+// AgentGet fetches path from an agent's health address with c, a client
+// whose connections are made inside the agent's node namespace. It returns
+// the body (at most 1 MiB) and the status code.
+func AgentGet(ctx context.Context, c *http.Client, path string) ([]byte, int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+AgentHealthAddr+path, nil)
 	if err != nil {
 		return nil, 0, err
 	}
-	resp, err := p.client.Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
 		return nil, 0, err
 	}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -14,11 +13,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
-)
 
-// agentHealthAddr is the agent's health endpoint on the node namespace's
-// loopback.
-const agentHealthAddr = "127.0.0.1:9901"
+	"github.com/nfqpolicy/nfqpolicy/e2e"
+)
 
 // agentProc is one running `nfqpolicy run` in the node namespace.
 type agentProc struct {
@@ -40,7 +37,7 @@ func startAgent(ctx context.Context, sp *spawner, bin string, ns *netNS, node, s
 		"--node-name", node,
 		"--snapshot", snapshot,
 		"--queues", strconv.Itoa(queues),
-		"--health-addr", agentHealthAddr}, extra...)...)
+		"--health-addr", e2e.AgentHealthAddr}, extra...)...)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	if err := sp.start(cmd); err != nil {
 		lf.Close()
@@ -97,17 +94,7 @@ func startAgent(ctx context.Context, sp *spawner, bin string, ns *netNS, node, s
 }
 
 func (a *agentProc) get(ctx context.Context, path string) ([]byte, int, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+agentHealthAddr+path, nil)
-	if err != nil {
-		return nil, 0, err
-	}
-	resp, err := a.client.Do(req)
-	if err != nil {
-		return nil, 0, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	return body, resp.StatusCode, err
+	return e2e.AgentGet(ctx, a.client, path)
 }
 
 // agentStatus is the part of /debug/counters the harness reads.
