@@ -13,13 +13,13 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 	"github.com/nfqpolicy/nfqpolicy/filter"
-	"github.com/nfqpolicy/nfqpolicy/k8swatch"
 )
 
 // Workload is a generated cluster and flows over it.
 type Workload struct {
-	Cluster *k8swatch.Cluster
+	Cluster *cluster.Cluster
 	Flows   []filter.Flow
 }
 
@@ -31,7 +31,7 @@ type Workload struct {
 // pod-to-pod (70%), pod-to-external and external-to-pod traffic.
 func Generate(namespaces, pods, policies, flows int, seed uint64) *Workload {
 	rnd := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-	c := &k8swatch.Cluster{}
+	c := &cluster.Cluster{}
 	teams := []string{"t-0", "t-1", "t-2", "t-3"}
 	tiers := []string{"frontend", "backend", "db"}
 	podsPerNS := pods / namespaces

@@ -5,8 +5,8 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 	"github.com/nfqpolicy/nfqpolicy/filter"
-	"github.com/nfqpolicy/nfqpolicy/k8swatch"
 )
 
 // Addresses of the test cluster: pods a, b and c on node1; c is the pod a
@@ -60,7 +60,7 @@ spec:
 
 func compileYAML(t testing.TB, y string) *filter.Ruleset {
 	t.Helper()
-	c, err := k8swatch.Decode("test.yaml", []byte(y))
+	c, err := cluster.Decode("test.yaml", []byte(y))
 	if err != nil {
 		t.Fatalf("decode cluster: %v", err)
 	}

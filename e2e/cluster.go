@@ -10,7 +10,7 @@ import (
 	"sort"
 	"time"
 
-	"github.com/nfqpolicy/nfqpolicy/k8swatch"
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 	"github.com/nfqpolicy/nfqpolicy/scenario"
 )
 
@@ -71,9 +71,9 @@ func NewCluster(ctx context.Context, s *scenario.Scenario, name string, opts Opt
 
 // State is the scenario's objects as the agents must see them: pods that
 // name no node carry the node the topology put them on.
-func (c *Cluster) State() *k8swatch.Cluster {
+func (c *Cluster) State() *cluster.Cluster {
 	src := c.p.s.Cluster
-	out := &k8swatch.Cluster{}
+	out := &cluster.Cluster{}
 	for _, n := range src.Namespaces {
 		out.Namespaces = append(out.Namespaces, n.DeepCopy())
 	}

@@ -8,7 +8,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/nfqpolicy/nfqpolicy/k8swatch"
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 )
 
 // plan is the shape of the namespaces a scenario needs: its nodes with
@@ -86,10 +86,10 @@ func sortAddrs(a []netip.Addr) {
 // planCluster lays out the namespaces for c. It fails when the cluster
 // cannot be wired as a network: two objects claiming one address, a pod on
 // no known node, a node without any address to route to.
-func planCluster(c *k8swatch.Cluster) (*plan, error) {
+func planCluster(c *cluster.Cluster) (*plan, error) {
 	nodeAddrs := map[string][]netip.Addr{}
 	for _, n := range c.Nodes {
-		for _, a := range k8swatch.NodeAddrs(n) {
+		for _, a := range cluster.NodeAddrs(n) {
 			nodeAddrs[n.Name] = appendUnique(nodeAddrs[n.Name], a)
 		}
 	}
@@ -110,10 +110,10 @@ func planCluster(c *k8swatch.Cluster) (*plan, error) {
 	var pods []podAt
 	assigned := map[string]string{}
 	for _, p := range c.Pods {
-		if !k8swatch.PodActive(p) {
+		if !cluster.PodActive(p) {
 			continue
 		}
-		addrs := k8swatch.PodAddrs(p)
+		addrs := cluster.PodAddrs(p)
 		hips, err := hostIPs(p)
 		if err != nil {
 			return nil, err
@@ -254,7 +254,7 @@ const unscheduledBase = "nfqp-unscheduled"
 
 // unscheduledName returns unscheduledBase, suffixed if a pod or Node of c
 // already uses that name.
-func unscheduledName(c *k8swatch.Cluster) string {
+func unscheduledName(c *cluster.Cluster) string {
 	used := map[string]bool{}
 	for _, n := range c.Nodes {
 		used[n.Name] = true
@@ -285,14 +285,14 @@ type endpoint struct {
 }
 
 // resolver maps a scenario's probe endpoints onto a plan, with the same
-// endpoint rules (k8swatch.Index.Resolve) as the offline verdict path.
+// endpoint rules (cluster.Index.Resolve) as the offline verdict path.
 type resolver struct {
-	ix *k8swatch.Index
+	ix *cluster.Index
 	pl *plan
 }
 
-func newResolver(c *k8swatch.Cluster, pl *plan) resolver {
-	return resolver{ix: k8swatch.NewIndex(c), pl: pl}
+func newResolver(c *cluster.Cluster, pl *plan) resolver {
+	return resolver{ix: cluster.NewIndex(c), pl: pl}
 }
 
 func familyOf(a netip.Addr) int {
@@ -319,7 +319,7 @@ func (r resolver) resolve(s string, family int) (endpoint, error) {
 	if pl, ok := r.pl.owner[ep.Addr]; ok {
 		return endpoint{place: pl, addr: ep.Addr}, nil
 	}
-	if ep.Kind != k8swatch.EndpointExternal {
+	if ep.Kind != cluster.EndpointExternal {
 		return endpoint{}, fmt.Errorf("endpoint %s: %s address %s is on no node of the topology", s, ep.Kind, ep.Addr)
 	}
 	return endpoint{place: place{kind: placeExt}, addr: ep.Addr}, nil

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nfqpolicy/nfqpolicy/k8swatch"
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 )
 
 const (
@@ -33,10 +33,10 @@ func pod(name, node string, hostNet bool, hostIP string, ips ...string) string {
 	return fmt.Sprintf(podYAML, name, name, node, hostNet, hostIP, strings.Join(list, ", "))
 }
 
-func cluster(t *testing.T, objs ...string) *k8swatch.Cluster {
+func decodeCluster(t *testing.T, objs ...string) *cluster.Cluster {
 	t.Helper()
 	doc := "apiVersion: v1\nkind: List\nitems:" + strings.Join(objs, "")
-	c, err := k8swatch.Decode("test.yaml", []byte(doc))
+	c, err := cluster.Decode("test.yaml", []byte(doc))
 	if err != nil {
 		t.Fatalf("decode test cluster: %v\n%s", err, doc)
 	}
@@ -69,7 +69,7 @@ func TestPlanClusterErrors(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := planCluster(cluster(t, tc.objs...))
+			_, err := planCluster(decodeCluster(t, tc.objs...))
 			switch {
 			case tc.want == "" && err != nil:
 				t.Fatalf("planCluster: %v", err)
@@ -81,7 +81,7 @@ func TestPlanClusterErrors(t *testing.T) {
 }
 
 func TestResolvePlaces(t *testing.T) {
-	c := cluster(t, node("n1", "192.168.56.1"), node("n2", "192.168.56.2"),
+	c := decodeCluster(t, node("n1", "192.168.56.1"), node("n2", "192.168.56.2"),
 		pod("a", "n1", false, "192.168.56.1", "10.244.1.1", "fd00::1"),
 		pod("b", "n2", false, "192.168.56.2", "10.244.2.1"),
 		pod("h", "n2", true, "192.168.56.2", "192.168.56.2"))
@@ -136,7 +136,7 @@ func TestFingerprintGroups(t *testing.T) {
 	relabelled := []string{node("n1", "192.168.56.1"), strings.Replace(pod("a", "n1", false, "", "10.244.1.1"), "{pod: a}", "{pod: other}", 1)}
 	moved := []string{node("n1", "192.168.56.1"), pod("a", "n1", false, "", "10.244.1.2")}
 	fp := func(objs []string) string {
-		pl, err := planCluster(cluster(t, objs...))
+		pl, err := planCluster(decodeCluster(t, objs...))
 		if err != nil {
 			t.Fatal(err)
 		}

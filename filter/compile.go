@@ -13,7 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
-	"github.com/nfqpolicy/nfqpolicy/k8swatch"
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 )
 
 // Directions index per-direction arrays.
@@ -191,11 +191,11 @@ type portRange struct {
 }
 
 // Compile builds a Ruleset from a cluster. The objects are expected to be
-// defaulted and validated (k8swatch does both); whatever still cannot be
+// defaulted and validated (package cluster does both); whatever still cannot be
 // compiled is skipped and listed in Ruleset.Warnings rather than failing
 // the whole cluster, because one bad object must not stop enforcement of
 // the rest. An error is returned only for a nil cluster.
-func Compile(c *k8swatch.Cluster) (*Ruleset, error) {
+func Compile(c *cluster.Cluster) (*Ruleset, error) {
 	if c == nil {
 		return nil, errors.New("compile: no cluster state")
 	}
@@ -343,7 +343,7 @@ func (b *builder) namespaceLabels(ns string) labels.Set {
 func (b *builder) pods(pods []*corev1.Pod) {
 	sorted := make([]*corev1.Pod, 0, len(pods))
 	for _, p := range pods {
-		if p != nil && k8swatch.PodActive(p) {
+		if p != nil && cluster.PodActive(p) {
 			sorted = append(sorted, p)
 		}
 	}
@@ -384,7 +384,7 @@ func (b *builder) pods(pods []*corev1.Pod) {
 			b.hostNetworkAddrs(p, idx)
 			continue
 		}
-		for _, a := range k8swatch.PodAddrs(p) {
+		for _, a := range cluster.PodAddrs(p) {
 			a = a.Unmap()
 			pd.addrs = append(pd.addrs, a)
 			b.rs.setAddr(a, endpoint{pod: idx, node: pd.node, host: -1})
@@ -417,7 +417,7 @@ func (b *builder) pods(pods []*corev1.Pod) {
 // them when the node object is missing from the snapshot.
 func (b *builder) hostNetworkAddrs(p *corev1.Pod, idx int32) {
 	var addrs []netip.Addr
-	for _, a := range k8swatch.PodAddrs(p) {
+	for _, a := range cluster.PodAddrs(p) {
 		addrs = append(addrs, a.Unmap())
 	}
 	if ip, err := netip.ParseAddr(p.Status.HostIP); err == nil {

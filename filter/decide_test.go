@@ -7,8 +7,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 	"github.com/nfqpolicy/nfqpolicy/filter"
-	"github.com/nfqpolicy/nfqpolicy/k8swatch"
 )
 
 // cluster: namespaces x (team=a) and y; pods x/a (app=a, named port web=8080/TCP,
@@ -68,7 +68,7 @@ status: {phase: Succeeded, podIP: 10.0.2.9}
 
 func compileYAML(t testing.TB, policies string) *filter.Ruleset {
 	t.Helper()
-	c, err := k8swatch.Decode("test.yaml", []byte(base+policies))
+	c, err := cluster.Decode("test.yaml", []byte(base+policies))
 	if err != nil {
 		t.Fatalf("decode: %v", err)
 	}
@@ -269,7 +269,7 @@ spec:
 }
 
 func TestNamespaceAuditLabel(t *testing.T) {
-	c, err := k8swatch.Decode("t.yaml", []byte(strings.Replace(base, "metadata: {name: x, labels: {team: a}}", "metadata: {name: x, labels: {team: a, nfqpolicy.io/mode: audit}}", 1)+`
+	c, err := cluster.Decode("t.yaml", []byte(strings.Replace(base, "metadata: {name: x, labels: {team: a}}", "metadata: {name: x, labels: {team: a, nfqpolicy.io/mode: audit}}", 1)+`
 ---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -336,11 +336,11 @@ spec:
 func TestCompileSkipsWhatItCannotUse(t *testing.T) {
 	// Objects that bypass validation (e.g. an informer fed by a newer API
 	// server) must not crash the compiler or widen what is allowed.
-	c, err := k8swatch.Decode("t.yaml", []byte(base))
+	c, err := cluster.Decode("t.yaml", []byte(base))
 	if err != nil {
 		t.Fatal(err)
 	}
-	bad, _ := k8swatch.Decode("p.yaml", []byte(`
+	bad, _ := cluster.Decode("p.yaml", []byte(`
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: ok, namespace: x}

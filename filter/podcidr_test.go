@@ -7,8 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 	"github.com/nfqpolicy/nfqpolicy/filter"
-	"github.com/nfqpolicy/nfqpolicy/k8swatch"
 )
 
 // podCIDRCluster: node-1 hands out 10.244.1.0/24 and fd00:244:1::/64
@@ -71,7 +71,7 @@ spec:
 
 func compilePodCIDR(t testing.TB, docs string) *filter.Ruleset {
 	t.Helper()
-	c, err := k8swatch.Decode("podcidr.yaml", []byte(docs))
+	c, err := cluster.Decode("podcidr.yaml", []byte(docs))
 	if err != nil {
 		t.Fatalf("decode: %v", err)
 	}

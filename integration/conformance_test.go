@@ -8,6 +8,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 	"github.com/nfqpolicy/nfqpolicy/internal/apiserver"
 	"github.com/nfqpolicy/nfqpolicy/k8swatch"
 	"github.com/nfqpolicy/nfqpolicy/probe"
@@ -77,7 +78,7 @@ func TestIntegrationConformanceViaAPIServer(t *testing.T) {
 
 // waitFollowed waits until the source publishes exactly the loaded objects
 // at exactly their last written versions.
-func waitFollowed(t *testing.T, l *apiserver.Loader, src k8swatch.Source, what string) *k8swatch.Cluster {
+func waitFollowed(t *testing.T, l *apiserver.Loader, src k8swatch.Source, what string) *cluster.Cluster {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {

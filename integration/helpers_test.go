@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 	"github.com/nfqpolicy/nfqpolicy/k8swatch"
 )
 
@@ -22,7 +23,7 @@ func runSource(t *testing.T, src k8swatch.Source) {
 	})
 }
 
-func waitSynced(t *testing.T, src k8swatch.Source, timeout time.Duration) *k8swatch.Cluster {
+func waitSynced(t *testing.T, src k8swatch.Source, timeout time.Duration) *cluster.Cluster {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 	"io"
 	"net/http"
 	"slices"
@@ -26,7 +27,7 @@ import (
 // InformerOptions tunes the informer source. The zero value is usable.
 type InformerOptions struct {
 	// Quiet is how long the source waits after the last event before it
-	// rebuilds the Cluster, so that a burst (a rollout, a node draining)
+	// rebuilds the cluster.Cluster, so that a burst (a rollout, a node draining)
 	// costs one recompilation instead of thousands. Default 150ms.
 	Quiet time.Duration
 	// MaxDelay bounds how long a change can wait for a rebuild while events
@@ -52,7 +53,7 @@ func (o InformerOptions) withDefaults() InformerOptions {
 
 // InformerSource follows the API server with client-go shared informers for
 // Pods, Namespaces, NetworkPolicies and Nodes and publishes an immutable
-// Cluster after every (coalesced) change. It implements Source.
+// cluster.Cluster after every (coalesced) change. It implements Source.
 type InformerSource struct {
 	opts    InformerOptions
 	log     zerolog.Logger
@@ -60,7 +61,7 @@ type InformerSource struct {
 
 	namespaces, nodes, pods, policies cache.SharedIndexInformer
 
-	cur     atomic.Pointer[Cluster]
+	cur     atomic.Pointer[cluster.Cluster]
 	dirty   chan struct{} // an event arrived since the last rebuild
 	changed chan struct{}
 
@@ -162,7 +163,7 @@ func (s *InformerSource) informers() []cache.SharedIndexInformer {
 
 // Run starts the informers and publishes Clusters until ctx is done. It
 // does not return when the API server is unreachable: client-go retries with
-// backoff and the last published Cluster stays current meanwhile.
+// backoff and the last published cluster.Cluster stays current meanwhile.
 func (s *InformerSource) Run(ctx context.Context) error {
 	if !s.started.CompareAndSwap(false, true) {
 		return errors.New("informer source: Run called twice")
@@ -232,11 +233,11 @@ func (s *InformerSource) markDirty() {
 	}
 }
 
-// rebuild reads every cache and publishes a new Cluster, sorted by
+// rebuild reads every cache and publishes a new cluster.Cluster, sorted by
 // namespace and name so that equal states compile identically.
 func (s *InformerSource) rebuild() {
 	start := time.Now()
-	c := &Cluster{
+	c := &cluster.Cluster{
 		Namespaces: listAs[*corev1.Namespace](s.namespaces),
 		Nodes:      listAs[*corev1.Node](s.nodes),
 		Pods:       listAs[*corev1.Pod](s.pods),
@@ -296,9 +297,9 @@ func listAs[T metav1.Object](inf cache.SharedIndexInformer) []T {
 	return out
 }
 
-// Current returns the last published Cluster; ok is false until every
+// Current returns the last published cluster.Cluster; ok is false until every
 // informer has completed its first list.
-func (s *InformerSource) Current() (*Cluster, bool) {
+func (s *InformerSource) Current() (*cluster.Cluster, bool) {
 	c := s.cur.Load()
 	return c, c != nil
 }

@@ -1,6 +1,7 @@
 package k8swatch
 
 import (
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 )
@@ -11,12 +12,12 @@ import (
 // mostly guards against servers that validate less than we rely on (older
 // versions, or a server with validation bugs).
 
-func defaultInformerPod(p *corev1.Pod)              { DefaultPod(p) }
-func defaultInformerNamespace(ns *corev1.Namespace) { DefaultNamespace(ns) }
+func defaultInformerPod(p *corev1.Pod)              { cluster.DefaultPod(p) }
+func defaultInformerNamespace(ns *corev1.Namespace) { cluster.DefaultNamespace(ns) }
 func defaultInformerPolicy(p *networkingv1.NetworkPolicy) {
-	DefaultPolicy(p)
+	cluster.DefaultPolicy(p)
 }
 
 func validateInformerPolicy(p *networkingv1.NetworkPolicy) error {
-	return asError(ValidatePolicy(p))
+	return cluster.AsError(cluster.ValidatePolicy(p))
 }

@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 	"github.com/nfqpolicy/nfqpolicy/filter"
 	"github.com/nfqpolicy/nfqpolicy/internal/apiserver"
 	"github.com/nfqpolicy/nfqpolicy/k8swatch"
@@ -51,7 +52,7 @@ func startSource(t *testing.T, cfg *rest.Config, opts k8swatch.InformerOptions) 
 }
 
 // eventually polls the source until cond holds for its Cluster.
-func eventually(t *testing.T, src k8swatch.Source, what string, cond func(*k8swatch.Cluster) bool) {
+func eventually(t *testing.T, src k8swatch.Source, what string, cond func(*cluster.Cluster) bool) {
 	t.Helper()
 	deadline := time.Now().Add(follow)
 	for {
@@ -65,7 +66,7 @@ func eventually(t *testing.T, src k8swatch.Source, what string, cond func(*k8swa
 	}
 }
 
-func findPod(c *k8swatch.Cluster, ns, name string) *corev1.Pod {
+func findPod(c *cluster.Cluster, ns, name string) *corev1.Pod {
 	for _, p := range c.Pods {
 		if p.Namespace == ns && p.Name == name {
 			return p
@@ -74,7 +75,7 @@ func findPod(c *k8swatch.Cluster, ns, name string) *corev1.Pod {
 	return nil
 }
 
-func findNamespace(c *k8swatch.Cluster, name string) *corev1.Namespace {
+func findNamespace(c *cluster.Cluster, name string) *corev1.Namespace {
 	for _, n := range c.Namespaces {
 		if n.Name == name {
 			return n
@@ -83,7 +84,7 @@ func findNamespace(c *k8swatch.Cluster, name string) *corev1.Namespace {
 	return nil
 }
 
-func findPolicy(c *k8swatch.Cluster, ns, name string) *networkingv1.NetworkPolicy {
+func findPolicy(c *cluster.Cluster, ns, name string) *networkingv1.NetworkPolicy {
 	for _, p := range c.Policies {
 		if p.Namespace == ns && p.Name == name {
 			return p
@@ -202,7 +203,7 @@ func TestInformerIntegration(t *testing.T) {
 
 	src := startSource(t, srv.Config, k8swatch.InformerOptions{Quiet: 50 * time.Millisecond})
 	start := time.Now()
-	eventually(t, src, "first sync", func(*k8swatch.Cluster) bool { return true })
+	eventually(t, src, "first sync", func(*cluster.Cluster) bool { return true })
 	t.Logf("first sync after %v", time.Since(start).Round(time.Millisecond))
 	if !src.Connected() {
 		t.Fatal("synced but not Connected")
@@ -213,7 +214,7 @@ func TestInformerIntegration(t *testing.T) {
 	if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{"team": "a"}}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, src, "namespace shop appears with team=a and the metadata.name label", func(c *k8swatch.Cluster) bool {
+	eventually(t, src, "namespace shop appears with team=a and the metadata.name label", func(c *cluster.Cluster) bool {
 		n := findNamespace(c, "shop")
 		return n != nil && n.Labels["team"] == "a" && n.Labels[corev1.LabelMetadataName] == "shop"
 	})
@@ -227,7 +228,7 @@ func TestInformerIntegration(t *testing.T) {
 	if _, err := client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, src, "node-a with its InternalIP", func(c *k8swatch.Cluster) bool {
+	eventually(t, src, "node-a with its InternalIP", func(c *cluster.Cluster) bool {
 		return len(c.Nodes) == 1 && len(c.Nodes[0].Status.Addresses) == 1 && c.Nodes[0].Status.Addresses[0].Address == "192.168.50.1"
 	})
 
@@ -242,7 +243,7 @@ func TestInformerIntegration(t *testing.T) {
 	}
 	web = setPodStatus(t, client, web, "10.244.0.10")
 	setPodStatus(t, client, db, "10.244.0.11")
-	eventually(t, src, "both pods running with IPs, stripped", func(c *k8swatch.Cluster) bool {
+	eventually(t, src, "both pods running with IPs, stripped", func(c *cluster.Cluster) bool {
 		w, d := findPod(c, "shop", "web"), findPod(c, "shop", "db")
 		return w != nil && d != nil && w.Status.PodIP == "10.244.0.10" && d.Status.PodIP == "10.244.0.11" &&
 			w.Status.Phase == corev1.PodRunning && w.ManagedFields == nil && w.Spec.Containers[0].Image == "" &&
@@ -261,7 +262,7 @@ func TestInformerIntegration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, src, "policy deny-all appears", func(c *k8swatch.Cluster) bool { return findPolicy(c, "shop", "deny-all") != nil })
+	eventually(t, src, "policy deny-all appears", func(c *cluster.Cluster) bool { return findPolicy(c, "shop", "deny-all") != nil })
 	agent.expect(t, webToDB, false, "deny-all created")
 
 	// ...a spec update that allows app=web on the named port lets it through...
@@ -273,7 +274,7 @@ func TestInformerIntegration(t *testing.T) {
 	if _, err := client.NetworkingV1().NetworkPolicies("shop").Update(ctx, pol, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, src, "policy spec update", func(c *k8swatch.Cluster) bool {
+	eventually(t, src, "policy spec update", func(c *cluster.Cluster) bool {
 		p := findPolicy(c, "shop", "deny-all")
 		return p != nil && len(p.Spec.Ingress) == 1
 	})
@@ -284,7 +285,7 @@ func TestInformerIntegration(t *testing.T) {
 	if _, err := client.CoreV1().Pods("shop").Update(ctx, web, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, src, "pod relabelled", func(c *k8swatch.Cluster) bool {
+	eventually(t, src, "pod relabelled", func(c *cluster.Cluster) bool {
 		p := findPod(c, "shop", "web")
 		return p != nil && p.Labels["app"] == "other"
 	})
@@ -299,7 +300,7 @@ func TestInformerIntegration(t *testing.T) {
 	if _, err := client.CoreV1().Namespaces().Update(ctx, ns, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, src, "namespace relabelled", func(c *k8swatch.Cluster) bool {
+	eventually(t, src, "namespace relabelled", func(c *cluster.Cluster) bool {
 		n := findNamespace(c, "shop")
 		return n != nil && n.Labels["team"] == "b"
 	})
@@ -308,7 +309,7 @@ func TestInformerIntegration(t *testing.T) {
 	if err := client.NetworkingV1().NetworkPolicies("shop").Delete(ctx, "deny-all", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, src, "policy deleted", func(c *k8swatch.Cluster) bool { return findPolicy(c, "shop", "deny-all") == nil })
+	eventually(t, src, "policy deleted", func(c *cluster.Cluster) bool { return findPolicy(c, "shop", "deny-all") == nil })
 	agent.expect(t, webToDB, true, "deny-all deleted")
 
 	// Pod and node deletion (no kubelet: delete at once).
@@ -316,11 +317,11 @@ func TestInformerIntegration(t *testing.T) {
 	if err := client.CoreV1().Pods("shop").Delete(ctx, "db", metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, src, "pod db deleted", func(c *k8swatch.Cluster) bool { return findPod(c, "shop", "db") == nil })
+	eventually(t, src, "pod db deleted", func(c *cluster.Cluster) bool { return findPod(c, "shop", "db") == nil })
 	if err := client.CoreV1().Nodes().Delete(ctx, "node-a", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, src, "node deleted", func(c *k8swatch.Cluster) bool { return len(c.Nodes) == 0 })
+	eventually(t, src, "node deleted", func(c *cluster.Cluster) bool { return len(c.Nodes) == 0 })
 
 	// Namespace deletion: with no namespace controller running, finalize
 	// it by hand once its pods are gone, as the controller would.
@@ -338,7 +339,7 @@ func TestInformerIntegration(t *testing.T) {
 	if _, err := client.CoreV1().Namespaces().Finalize(ctx, ns, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, src, "namespace shop deleted", func(c *k8swatch.Cluster) bool { return findNamespace(c, "shop") == nil && len(c.Pods) == 0 })
+	eventually(t, src, "namespace shop deleted", func(c *cluster.Cluster) bool { return findNamespace(c, "shop") == nil && len(c.Pods) == 0 })
 
 }
 
@@ -362,7 +363,7 @@ func TestInformerIntegrationStorm(t *testing.T) {
 	}
 	opts := k8swatch.InformerOptions{Quiet: 150 * time.Millisecond, MaxDelay: time.Second}
 	src := startSource(t, srv.Config, opts)
-	eventually(t, src, "sync with all pods", func(c *k8swatch.Cluster) bool { return len(c.Pods) == pods })
+	eventually(t, src, "sync with all pods", func(c *cluster.Cluster) bool { return len(c.Pods) == pods })
 	before := src.Rebuilds()
 
 	start := time.Now()
@@ -388,7 +389,7 @@ func TestInformerIntegrationStorm(t *testing.T) {
 		t.Fatal(err)
 	}
 	storm := time.Since(start)
-	eventually(t, src, "every pod at the last generation", func(c *k8swatch.Cluster) bool {
+	eventually(t, src, "every pod at the last generation", func(c *cluster.Cluster) bool {
 		for _, p := range c.Pods {
 			if p.Labels["gen"] != fmt.Sprint(rounds) {
 				return false
@@ -448,7 +449,7 @@ func TestInformerIntegrationServerRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	src := startSource(t, srv.Config, k8swatch.InformerOptions{Quiet: 50 * time.Millisecond})
-	eventually(t, src, "namespace before", func(c *k8swatch.Cluster) bool { return findNamespace(c, "before") != nil })
+	eventually(t, src, "namespace before", func(c *cluster.Cluster) bool { return findNamespace(c, "before") != nil })
 	kept, _ := src.Current()
 
 	srv.StopAPIServer()

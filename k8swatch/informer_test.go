@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 	"os"
 	"path/filepath"
 	"strings"
@@ -240,7 +241,7 @@ func TestInformerCoalescesStorm(t *testing.T) {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	c := waitFor(t, src, 5*time.Second, func(c *Cluster) bool { return len(c.Pods) == 1 })
+	c := waitFor(t, src, 5*time.Second, func(c *cluster.Cluster) bool { return len(c.Pods) == 1 })
 	if len(c.Namespaces) != 1 || len(c.Nodes) != 1 || len(c.Policies) != 0 {
 		t.Fatalf("first sync: %d namespaces %d nodes %d policies", len(c.Namespaces), len(c.Nodes), len(c.Policies))
 	}
@@ -278,7 +279,7 @@ func TestInformerCoalescesStorm(t *testing.T) {
 	}
 	storm := time.Since(start)
 	last := fmt.Sprint(updates)
-	waitFor(t, src, 5*time.Second, func(c *Cluster) bool { return len(c.Pods) == 1 && c.Pods[0].Labels["gen"] == last })
+	waitFor(t, src, 5*time.Second, func(c *cluster.Cluster) bool { return len(c.Pods) == 1 && c.Pods[0].Labels["gen"] == last })
 	rebuilds := src.Rebuilds() - before
 	// One rebuild per MaxDelay while the storm lasts, plus the final one.
 	// Fewer than one per MaxDelay would mean changes waited longer than
@@ -302,7 +303,7 @@ func TestInformerQuietRebuild(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { _ = src.Run(ctx) }() // returns nil on cancel; checked in the storm test
-	waitFor(t, src, 5*time.Second, func(c *Cluster) bool { return len(c.Namespaces) == 1 })
+	waitFor(t, src, 5*time.Second, func(c *cluster.Cluster) bool { return len(c.Namespaces) == 1 })
 	select { // drain the first sync's notification
 	case <-src.Changed():
 	default:
@@ -334,7 +335,7 @@ func TestInformerRunTwice(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- src.Run(ctx) }()
-	waitFor(t, src, 5*time.Second, func(*Cluster) bool { return true })
+	waitFor(t, src, 5*time.Second, func(*cluster.Cluster) bool { return true })
 	if err := src.Run(ctx); err == nil {
 		t.Fatal("second Run did not fail")
 	}
@@ -394,7 +395,7 @@ current-context: ctx
 	}
 }
 
-func waitFor(t *testing.T, src Source, timeout time.Duration, cond func(*Cluster) bool) *Cluster {
+func waitFor(t *testing.T, src Source, timeout time.Duration, cond func(*cluster.Cluster) bool) *cluster.Cluster {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -412,7 +413,7 @@ func waitFor(t *testing.T, src Source, timeout time.Duration, cond func(*Cluster
 	}
 }
 
-func summary(c *Cluster) string {
+func summary(c *cluster.Cluster) string {
 	if c == nil {
 		return "nil"
 	}
@@ -464,7 +465,7 @@ func TestInformerDropsInvalidPolicy(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { _ = src.Run(ctx) }() // returns nil on cancel; checked in the storm test
-	c := waitFor(t, src, 5*time.Second, func(*Cluster) bool { return true })
+	c := waitFor(t, src, 5*time.Second, func(*cluster.Cluster) bool { return true })
 	if got := names(c.Policies); len(got) != 1 || got[0] != "good" {
 		t.Fatalf("policies = %v, want [good]", got)
 	}
@@ -473,7 +474,7 @@ func TestInformerDropsInvalidPolicy(t *testing.T) {
 		if _, err := client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, src, 5*time.Second, func(c *Cluster) bool { return len(c.Namespaces) == i+2 })
+		waitFor(t, src, 5*time.Second, func(c *cluster.Cluster) bool { return len(c.Namespaces) == i+2 })
 	}
 	if n := strings.Count(logs.String(), "ignoring invalid NetworkPolicy"); n != 1 {
 		t.Fatalf("invalid policy logged %d times, want once; logs:\n%s", n, logs.String())
@@ -487,7 +488,7 @@ func TestInformerDropsInvalidPolicy(t *testing.T) {
 	if _, err := client.NetworkingV1().NetworkPolicies("ns").Update(ctx, fixed, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, src, 5*time.Second, func(c *Cluster) bool { return len(c.Policies) == 2 })
+	waitFor(t, src, 5*time.Second, func(c *cluster.Cluster) bool { return len(c.Policies) == 2 })
 }
 
 // informerLogBuffer is a bytes.Buffer safe for the logger's goroutine and the test.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 	"os"
 	"sync"
 	"time"
@@ -22,13 +23,13 @@ type SnapshotSource struct {
 	changed chan struct{}
 
 	mu      sync.Mutex
-	current *Cluster
+	current *cluster.Cluster
 }
 
 var _ Source = (*SnapshotSource)(nil)
 
 // NewSnapshotSource returns a source reading paths (files or directories,
-// see ExpandPaths) every poll interval (one second if poll <= 0).
+// see cluster.ExpandPaths) every poll interval (one second if poll <= 0).
 func NewSnapshotSource(paths []string, poll time.Duration, log zerolog.Logger) *SnapshotSource {
 	if poll <= 0 {
 		poll = time.Second
@@ -42,7 +43,7 @@ func NewSnapshotSource(paths []string, poll time.Duration, log zerolog.Logger) *
 }
 
 // Current returns the last state read without errors that prevent it.
-func (s *SnapshotSource) Current() (*Cluster, bool) {
+func (s *SnapshotSource) Current() (*cluster.Cluster, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.current, s.current != nil
@@ -123,7 +124,7 @@ func sameContent(a, b map[string]fileState) bool {
 // check stats the files and hashes those whose size or mtime differ from
 // known, returning the state of every file now.
 func (s *SnapshotSource) check(known map[string]fileState) (map[string]fileState, error) {
-	files, err := ExpandPaths(s.paths)
+	files, err := cluster.ExpandPaths(s.paths)
 	if err != nil {
 		return nil, err
 	}
@@ -150,13 +151,12 @@ func (s *SnapshotSource) check(known map[string]fileState) (map[string]fileState
 // files it read. A document that does not parse fails the load: publishing
 // the rest would silently drop whatever policies that document held.
 func (s *SnapshotSource) load() (map[string]fileState, error) {
-	files, err := ExpandPaths(s.paths)
+	files, err := cluster.ExpandPaths(s.paths)
 	if err != nil {
 		return nil, err
 	}
 	states := make(map[string]fileState, len(files))
-	var docs []Document
-	var invalid []FieldError
+	var docs []cluster.Document
 	for _, f := range files {
 		st, err := os.Stat(f)
 		if err != nil {
@@ -167,14 +167,14 @@ func (s *SnapshotSource) load() (map[string]fileState, error) {
 			return nil, fmt.Errorf("snapshot: %w", err)
 		}
 		states[f] = fileState{size: int64(len(data)), mtime: st.ModTime(), sum: sha256.Sum256(data)}
-		d, err := ParseDocuments(f, data)
+		d, err := cluster.ParseDocuments(f, data)
 		if err != nil {
 			return nil, err
 		}
 		docs = append(docs, d...)
 	}
-	c, err := DecodeDocuments(docs...)
-	invalid = appendValidation(invalid, err)
+	c, err := cluster.DecodeDocuments(docs...)
+	invalid := cluster.FieldErrors(err)
 	for _, fe := range invalid {
 		s.log.Warn().Str("file", fe.File).Int("doc", fe.Doc).Str("object", fe.Object).Str("field", fe.Field).
 			Msg("invalid object skipped: " + fe.Msg)

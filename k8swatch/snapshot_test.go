@@ -3,6 +3,7 @@ package k8swatch
 import (
 	"bytes"
 	"context"
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 	"os"
 	"path/filepath"
 	"strings"
@@ -31,7 +32,7 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func waitChanged(t *testing.T, src *SnapshotSource, what string) *Cluster {
+func waitChanged(t *testing.T, src *SnapshotSource, what string) *cluster.Cluster {
 	t.Helper()
 	select {
 	case <-src.Changed():
@@ -164,4 +165,16 @@ func TestSnapshotSourceStartErrors(t *testing.T) {
 			t.Errorf("Run(%v): Current ok after a failed start", paths)
 		}
 	}
+}
+
+func policyDoc(name, spec string) string {
+	return "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: " + name + ", namespace: default}\nspec:\n" + spec
+}
+
+func policyNames(c *cluster.Cluster) []string {
+	var out []string
+	for _, p := range c.Policies {
+		out = append(out, p.Namespace+"/"+p.Name)
+	}
+	return out
 }

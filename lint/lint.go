@@ -11,7 +11,7 @@ import (
 	"net/netip"
 	"strings"
 
-	"github.com/nfqpolicy/nfqpolicy/k8swatch"
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -48,7 +48,7 @@ const maxListed = 3
 
 // Lint returns the findings about c, policies first (in c's order), then
 // pods.
-func Lint(c *k8swatch.Cluster) []Finding {
+func Lint(c *cluster.Cluster) []Finding {
 	l := newLinter(c)
 	var out []Finding
 	for _, p := range c.Policies {
@@ -61,7 +61,7 @@ func Lint(c *k8swatch.Cluster) []Finding {
 }
 
 type linter struct {
-	c        *k8swatch.Cluster
+	c        *cluster.Cluster
 	nsLabels map[string]labels.Set
 	// live are the pods policies apply to and traffic comes from: not
 	// terminated. Pending pods without an address count: they will have
@@ -75,7 +75,7 @@ type linter struct {
 	peerCache map[*networkingv1.NetworkPolicyPeer][]*corev1.Pod
 }
 
-func newLinter(c *k8swatch.Cluster) *linter {
+func newLinter(c *cluster.Cluster) *linter {
 	l := &linter{
 		c:              c,
 		nsLabels:       make(map[string]labels.Set, len(c.Namespaces)),
@@ -120,7 +120,7 @@ func hasType(p *networkingv1.NetworkPolicy, t networkingv1.PolicyType) bool {
 }
 
 func (l *linter) policy(p *networkingv1.NetworkPolicy) []Finding {
-	obj := k8swatch.ObjectName(p)
+	obj := cluster.ObjectName(p)
 	var out []Finding
 	add := func(check, field, format string, args ...any) {
 		out = append(out, Finding{Check: check, Object: obj, Field: field, Message: fmt.Sprintf(format, args...)})
@@ -208,7 +208,7 @@ func (l *linter) pod(p *corev1.Pod) []Finding {
 	if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
 		return nil
 	}
-	obj := k8swatch.ObjectName(p)
+	obj := cluster.ObjectName(p)
 	var out []Finding
 	if p.Spec.HostNetwork {
 		if p.Spec.DNSPolicy != corev1.DNSClusterFirstWithHostNet {
@@ -385,13 +385,13 @@ func (l *linter) portAllowed(ports []networkingv1.NetworkPolicyPort, proto corev
 
 // coveredPods returns the live non-hostNetwork pods with an address in b.
 func (l *linter) coveredPods(b *networkingv1.IPBlock) []*corev1.Pod {
-	cidr, err := k8swatch.ParseCIDR(b.CIDR)
+	cidr, err := cluster.ParseCIDR(b.CIDR)
 	if err != nil {
 		return nil
 	}
 	var except []netip.Prefix
 	for _, e := range b.Except {
-		if p, err := k8swatch.ParseCIDR(e); err == nil {
+		if p, err := cluster.ParseCIDR(e); err == nil {
 			except = append(except, p)
 		}
 	}
@@ -401,7 +401,7 @@ func (l *linter) coveredPods(b *networkingv1.IPBlock) []*corev1.Pod {
 			continue
 		}
 	addrs:
-		for _, a := range k8swatch.PodAddrs(pod) {
+		for _, a := range cluster.PodAddrs(pod) {
 			if !cidr.Contains(a) {
 				continue
 			}

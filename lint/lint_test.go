@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nfqpolicy/nfqpolicy/k8swatch"
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 )
 
 // base is a namespace with a web pod (named port http/TCP 80 and dns
@@ -136,7 +136,7 @@ status: {phase: Running, podIP: 10.244.2.40}
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := k8swatch.Decode(tt.name+".yaml", []byte(tt.objs))
+			c, err := cluster.Decode(tt.name+".yaml", []byte(tt.objs))
 			if err != nil {
 				t.Fatalf("test snapshot invalid: %v", err)
 			}
@@ -157,7 +157,7 @@ func TestPodListTruncates(t *testing.T) {
 		objs += "---\napiVersion: v1\nkind: Pod\nmetadata: {name: " + n + ", namespace: app}\nspec: {containers: [{name: c}]}\nstatus: {phase: Running}\n"
 	}
 	objs += policy("deny", "  podSelector: {}\n  policyTypes: [Egress]\n")
-	c, err := k8swatch.Decode("t.yaml", []byte(objs))
+	c, err := cluster.Decode("t.yaml", []byte(objs))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +168,7 @@ func TestPodListTruncates(t *testing.T) {
 }
 
 func TestKNPWorkloadLints(t *testing.T) {
-	c, err := k8swatch.LoadFiles("../testdata/bench/knp-workload.yaml")
+	c, err := cluster.LoadFiles("../testdata/bench/knp-workload.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

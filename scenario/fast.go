@@ -6,7 +6,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/nfqpolicy/nfqpolicy/k8swatch"
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 	yaml "go.yaml.in/yaml/v3"
 )
 
@@ -178,7 +178,7 @@ func smallInt(v string) (int, bool) {
 // line reader assumed: a top-level "probes" key on keyLine holding the
 // empty list splitProbes left there. It is not, for instance, when that
 // line was the continuation of a multi-line string.
-func tookProbes(docs []k8swatch.Document, keyLine int) bool {
+func tookProbes(docs []cluster.Document, keyLine int) bool {
 	if len(docs) != 1 || docs[0].Node == nil || docs[0].Node.Kind != yaml.MappingNode {
 		return false
 	}

@@ -1,7 +1,7 @@
 // Package scenario reads reachability scenario files (see
 // testdata/conformance/FORMAT.md): a cluster snapshot together with probes,
 // flows whose verdict must be allow or deny. The objects are read by
-// k8swatch exactly as snapshot files are; this package adds the probes,
+// package cluster exactly as snapshot files are; this package adds the probes,
 // their defaults, and checks that their endpoints exist.
 package scenario
 
@@ -13,7 +13,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/nfqpolicy/nfqpolicy/k8swatch"
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 	yaml "go.yaml.in/yaml/v3"
 	sigsjson "sigs.k8s.io/json"
 )
@@ -26,9 +26,9 @@ type Scenario struct {
 	// Doc is the document of File the scenario is (1 for one-document
 	// files).
 	Doc     int
-	Cluster *k8swatch.Cluster
+	Cluster *cluster.Cluster
 	// Index is Cluster's index, which resolved the probes' endpoints.
-	Index  *k8swatch.Index
+	Index  *cluster.Index
 	Probes []Probe
 }
 
@@ -42,7 +42,7 @@ type Probe struct {
 	Line     int    // line of File the probe is written on (0 for JSON)
 	// Src and Dst are From and To resolved against the scenario's cluster
 	// for Family.
-	Src, Dst k8swatch.Endpoint
+	Src, Dst cluster.Endpoint
 }
 
 // Expectations.
@@ -59,7 +59,7 @@ func (p Probe) String() string {
 // Load reads a scenario file, or every *.yaml and *.yml file of a
 // directory (sorted by name). Problems with objects or probes do not stop
 // it: the bad objects and probes are left out and every problem is
-// listed in a *k8swatch.ValidationError returned with the scenarios. Only
+// listed in a *cluster.ValidationError returned with the scenarios. Only
 // an unreadable path returns no scenarios.
 func Load(path string) ([]*Scenario, error) {
 	st, err := os.Stat(path)
@@ -85,7 +85,7 @@ func Load(path string) ([]*Scenario, error) {
 		sort.Strings(files)
 	}
 	var out []*Scenario
-	var errs []k8swatch.FieldError
+	var errs []cluster.FieldError
 	for _, f := range files {
 		data, err := os.ReadFile(f)
 		if err != nil {
@@ -101,7 +101,7 @@ func Load(path string) ([]*Scenario, error) {
 // LoadAll loads several files or directories (see Load) in order.
 func LoadAll(paths ...string) ([]*Scenario, error) {
 	var out []*Scenario
-	var errs []k8swatch.FieldError
+	var errs []cluster.FieldError
 	for _, p := range paths {
 		s, err := Load(p)
 		if s == nil && err != nil {
@@ -123,19 +123,19 @@ func Parse(file string, data []byte) ([]*Scenario, error) {
 func parse(file string, data []byte, fast bool) ([]*Scenario, error) {
 	var (
 		lineProbes []fastProbe
-		docs       []k8swatch.Document
+		docs       []cluster.Document
 		err        error
 	)
 	if fast {
 		if rest, probes, keyLine, ok := splitProbes(data); ok {
-			d, derr := k8swatch.ParseDocuments(file, rest)
+			d, derr := cluster.ParseDocuments(file, rest)
 			if derr == nil && tookProbes(d, keyLine) {
 				docs, lineProbes = d, probes
 			}
 		}
 	}
 	if lineProbes == nil {
-		docs, err = k8swatch.ParseDocuments(file, data)
+		docs, err = cluster.ParseDocuments(file, data)
 	}
 	errs := appendErr(nil, err)
 	out := make([]*Scenario, 0, len(docs))
@@ -149,7 +149,7 @@ func parse(file string, data []byte, fast bool) ([]*Scenario, error) {
 	return out, validationError(errs)
 }
 
-// document is the scenario's own keys; objects are read by k8swatch.
+// document is the scenario's own keys; objects are read by package cluster.
 type document struct {
 	Name    string            `json:"name"`
 	Source  string            `json:"source"`
@@ -169,16 +169,16 @@ type probeJSON struct {
 // parseDocument reads one scenario document; lineProbes, when not nil,
 // are its probes as the line reader read them (the document's own probes
 // list is then empty).
-func parseDocument(d k8swatch.Document, lineProbes []fastProbe) (*Scenario, []k8swatch.FieldError) {
-	fail := func(field, msg string) k8swatch.FieldError {
-		return k8swatch.FieldError{File: d.File, Doc: d.Index, Field: field, Msg: msg}
+func parseDocument(d cluster.Document, lineProbes []fastProbe) (*Scenario, []cluster.FieldError) {
+	fail := func(field, msg string) cluster.FieldError {
+		return cluster.FieldError{File: d.File, Doc: d.Index, Field: field, Msg: msg}
 	}
 	var doc document
 	strict, err := sigsjson.UnmarshalStrict(d.JSON, &doc)
 	if err != nil {
-		return nil, []k8swatch.FieldError{fail("", "not a scenario: "+strings.TrimPrefix(err.Error(), "json: "))}
+		return nil, []cluster.FieldError{fail("", "not a scenario: "+strings.TrimPrefix(err.Error(), "json: "))}
 	}
-	var errs []k8swatch.FieldError
+	var errs []cluster.FieldError
 	for _, se := range strict {
 		errs = append(errs, fail("", "not a scenario: "+se.Error()))
 	}
@@ -186,11 +186,11 @@ func parseDocument(d k8swatch.Document, lineProbes []fastProbe) (*Scenario, []k8
 		return nil, errs
 	}
 	if doc.Objects == nil && doc.Probes == nil && lineProbes == nil {
-		return nil, []k8swatch.FieldError{fail("", "not a scenario: it has neither objects nor probes")}
+		return nil, []cluster.FieldError{fail("", "not a scenario: it has neither objects nor probes")}
 	}
-	c, err := k8swatch.DecodeDocuments(d)
+	c, err := cluster.DecodeDocuments(d)
 	errs = appendErr(errs, err)
-	s := &Scenario{Name: doc.Name, Source: doc.Source, File: d.File, Doc: d.Index, Cluster: c, Index: k8swatch.NewIndex(c)}
+	s := &Scenario{Name: doc.Name, Source: doc.Source, File: d.File, Doc: d.Index, Cluster: c, Index: cluster.NewIndex(c)}
 	if s.Name == "" {
 		s.Name = strings.TrimSuffix(filepath.Base(d.File), filepath.Ext(d.File))
 		if d.Index > 1 {
@@ -293,7 +293,7 @@ func (s *Scenario) check(pj probeJSON, errs []string) (Probe, []string) {
 }
 
 // probeLines returns the file line of each entry of the probes list.
-func probeLines(d k8swatch.Document) []int {
+func probeLines(d cluster.Document) []int {
 	n := d.Node
 	if n == nil || n.Kind != yaml.MappingNode {
 		return nil
@@ -315,19 +315,19 @@ func probeLines(d k8swatch.Document) []int {
 	return nil
 }
 
-func appendErr(errs []k8swatch.FieldError, err error) []k8swatch.FieldError {
+func appendErr(errs []cluster.FieldError, err error) []cluster.FieldError {
 	if err == nil {
 		return errs
 	}
-	if ve, ok := err.(*k8swatch.ValidationError); ok {
+	if ve, ok := err.(*cluster.ValidationError); ok {
 		return append(errs, ve.Errors...)
 	}
-	return append(errs, k8swatch.FieldError{Msg: err.Error()})
+	return append(errs, cluster.FieldError{Msg: err.Error()})
 }
 
-func validationError(errs []k8swatch.FieldError) error {
+func validationError(errs []cluster.FieldError) error {
 	if len(errs) == 0 {
 		return nil
 	}
-	return &k8swatch.ValidationError{Errors: errs}
+	return &cluster.ValidationError{Errors: errs}
 }

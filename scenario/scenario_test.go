@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nfqpolicy/nfqpolicy/k8swatch"
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 )
 
 const objects = `objects:
@@ -39,9 +39,9 @@ func errorStrings(t *testing.T, err error) []string {
 	if err == nil {
 		return nil
 	}
-	var ve *k8swatch.ValidationError
+	var ve *cluster.ValidationError
 	if !errors.As(err, &ve) {
-		t.Fatalf("error %v is %T, not *k8swatch.ValidationError", err, err)
+		t.Fatalf("error %v is %T, not *cluster.ValidationError", err, err)
 	}
 	out := make([]string, len(ve.Errors))
 	for i, e := range ve.Errors {
@@ -256,13 +256,13 @@ func TestKNPWorkload(t *testing.T) {
 	if len(s.Cluster.Pods) != 1000 || len(s.Cluster.Policies) != 100 || len(s.Probes) != 10000 {
 		t.Errorf("%d pods, %d policies, %d probes", len(s.Cluster.Pods), len(s.Cluster.Policies), len(s.Probes))
 	}
-	kinds := map[k8swatch.EndpointKind]int{}
+	kinds := map[cluster.EndpointKind]int{}
 	for _, p := range s.Probes {
 		kinds[p.Src.Kind]++
 		kinds[p.Dst.Kind]++
 	}
 	t.Logf("loaded in %v (%v CPU); endpoints by kind: %v", took, cpu, kinds)
-	if kinds[k8swatch.EndpointPod] == 0 || kinds[k8swatch.EndpointExternal] == 0 {
+	if kinds[cluster.EndpointPod] == 0 || kinds[cluster.EndpointExternal] == 0 {
 		t.Errorf("endpoint kinds %v", kinds)
 	}
 	if cpu > time.Second && !testing.Short() && !raceEnabled {

@@ -6,8 +6,8 @@ import (
 	"net/netip"
 	"slices"
 
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 	"github.com/nfqpolicy/nfqpolicy/filter"
-	"github.com/nfqpolicy/nfqpolicy/k8swatch"
 	"github.com/nfqpolicy/nfqpolicy/scenario"
 )
 
@@ -38,7 +38,7 @@ func choosePair(s *scenario.Scenario, rs *filter.Ruleset) (pair, error) {
 	best, bestScore := pair{}, -1
 	for _, p := range s.Probes {
 		if p.Protocol != "TCP" || p.Family != 4 || p.Expect != scenario.Allow ||
-			p.Src.Kind != k8swatch.EndpointPod || p.Dst.Kind != k8swatch.EndpointPod ||
+			p.Src.Kind != cluster.EndpointPod || p.Dst.Kind != cluster.EndpointPod ||
 			p.Src.NodeName == "" || p.Src.NodeName != p.Dst.NodeName || p.Src.Addr == p.Dst.Addr {
 			continue
 		}

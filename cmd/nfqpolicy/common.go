@@ -5,8 +5,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 	"github.com/nfqpolicy/nfqpolicy/filter"
-	"github.com/nfqpolicy/nfqpolicy/k8swatch"
 )
 
 // portSpec is a destination port and protocol, written 80/TCP.
@@ -59,11 +59,11 @@ func (l *flagList) Set(s string) error { *l = append(*l, s); return nil }
 // loadSnapshot reads snapshot files and compiles them. Objects that fail
 // validation are reported; loading stops there, as the offline tools must
 // not answer questions about a cluster they only partly read.
-func loadSnapshot(paths []string) (*k8swatch.Cluster, *filter.Ruleset, error) {
+func loadSnapshot(paths []string) (*cluster.Cluster, *filter.Ruleset, error) {
 	if len(paths) == 0 {
 		return nil, nil, fmt.Errorf("--snapshot is required")
 	}
-	c, err := k8swatch.LoadFiles(paths...)
+	c, err := cluster.LoadFiles(paths...)
 	if err != nil {
 		return nil, nil, err
 	}

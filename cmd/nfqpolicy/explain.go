@@ -8,8 +8,8 @@ import (
 	"io"
 	"strings"
 
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 	"github.com/nfqpolicy/nfqpolicy/filter"
-	"github.com/nfqpolicy/nfqpolicy/k8swatch"
 	"github.com/nfqpolicy/nfqpolicy/probe"
 )
 
@@ -72,8 +72,8 @@ func cmdExplain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 
 // explainFlow resolves the endpoints, builds and decodes the flow's first
 // packet and explains the verdict on the decoded flow.
-func explainFlow(c *k8swatch.Cluster, rs *filter.Ruleset, from, to string, pt portSpec, family int) (filter.Explanation, error) {
-	ix := k8swatch.NewIndex(c)
+func explainFlow(c *cluster.Cluster, rs *filter.Ruleset, from, to string, pt portSpec, family int) (filter.Explanation, error) {
+	ix := cluster.NewIndex(c)
 	src, err := ix.Resolve(from, family)
 	if err != nil {
 		return filter.Explanation{}, fmt.Errorf("--from: %w", err)

@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/nfqpolicy/nfqpolicy/k8swatch"
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 	"github.com/nfqpolicy/nfqpolicy/lint"
 )
 
@@ -45,8 +45,8 @@ func cmdLint(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "nfqpolicy lint: -o %q: want text or json\n", *output)
 		return 2
 	}
-	c, err := k8swatch.LoadFiles(snapshots...)
-	var ve *k8swatch.ValidationError
+	c, err := cluster.LoadFiles(snapshots...)
+	var ve *cluster.ValidationError
 	if err != nil && !errors.As(err, &ve) {
 		fmt.Fprintf(stderr, "nfqpolicy lint: %v\n", err)
 		return 2

@@ -11,8 +11,8 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 	"github.com/nfqpolicy/nfqpolicy/filter"
-	"github.com/nfqpolicy/nfqpolicy/k8swatch"
 	"github.com/nfqpolicy/nfqpolicy/probe"
 )
 
@@ -64,13 +64,13 @@ func cmdMatrix(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	var eps []ep
 	for _, p := range c.Pods {
-		if !k8swatch.PodActive(p) {
+		if !cluster.PodActive(p) {
 			continue
 		}
 		if p.Spec.HostNetwork {
 			continue // node traffic, not a pod of the table
 		}
-		a, ok := k8swatch.PodAddr(p, *family)
+		a, ok := cluster.PodAddr(p, *family)
 		if !ok {
 			continue
 		}

@@ -9,7 +9,7 @@ import (
 	"io"
 	"path/filepath"
 
-	"github.com/nfqpolicy/nfqpolicy/k8swatch"
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 	"github.com/nfqpolicy/nfqpolicy/probe"
 	"github.com/nfqpolicy/nfqpolicy/scenario"
 )
@@ -78,7 +78,7 @@ func cmdTest(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // printLoadError prints every problem of a validation error on its own
 // line, so that one bad object does not hide the others.
 func printLoadError(w io.Writer, err error) {
-	var ve *k8swatch.ValidationError
+	var ve *cluster.ValidationError
 	if errors.As(err, &ve) {
 		for _, e := range ve.Errors {
 			fmt.Fprintf(w, "error: %v\n", e)

@@ -25,6 +25,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 	"github.com/nfqpolicy/nfqpolicy/dataplane"
 	"github.com/nfqpolicy/nfqpolicy/dataplane/iptables"
 	"github.com/nfqpolicy/nfqpolicy/filter"
@@ -182,11 +183,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	srcDone := make(chan error, 1)
 	go func() { srcDone <- a.src.Run(ctx) }()
 
-	cluster, err := a.firstState(ctx, srcDone)
-	if err != nil || cluster == nil {
+	state, err := a.firstState(ctx, srcDone)
+	if err != nil || state == nil {
 		return err
 	}
-	rs, err := a.compile(cluster)
+	rs, err := a.compile(state)
 	if err != nil {
 		return fmt.Errorf("compile the first cluster state: %w", err)
 	}
@@ -240,7 +241,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // firstState waits for the source's first complete state; nil, nil when
 // ctx ends first.
-func (a *Agent) firstState(ctx context.Context, srcDone <-chan error) (*k8swatch.Cluster, error) {
+func (a *Agent) firstState(ctx context.Context, srcDone <-chan error) (*cluster.Cluster, error) {
 	for {
 		if c, ok := a.src.Current(); ok {
 			return c, nil
@@ -262,7 +263,7 @@ func (a *Agent) firstState(ctx context.Context, srcDone <-chan error) (*k8swatch
 }
 
 // compile compiles c, timing and counting it.
-func (a *Agent) compile(c *k8swatch.Cluster) (*filter.Ruleset, error) {
+func (a *Agent) compile(c *cluster.Cluster) (*filter.Ruleset, error) {
 	start := time.Now()
 	rs, err := filter.Compile(c)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 	"github.com/nfqpolicy/nfqpolicy/dataplane/iptables"
 	"github.com/nfqpolicy/nfqpolicy/k8swatch"
 )
@@ -18,9 +19,9 @@ import (
 // staticSource never has a state: enough for what does not run.
 type staticSource struct{}
 
-func (staticSource) Run(ctx context.Context) error      { <-ctx.Done(); return nil }
-func (staticSource) Current() (*k8swatch.Cluster, bool) { return nil, false }
-func (staticSource) Changed() <-chan struct{}           { return nil }
+func (staticSource) Run(ctx context.Context) error     { <-ctx.Done(); return nil }
+func (staticSource) Current() (*cluster.Cluster, bool) { return nil, false }
+func (staticSource) Changed() <-chan struct{}          { return nil }
 
 var okRules = iptables.Config{Marks: iptables.DefaultMarks, QueueBase: 100, Queues: 1}
 

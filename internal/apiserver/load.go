@@ -15,11 +15,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/nfqpolicy/nfqpolicy/k8swatch"
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 )
 
 // Loader makes the API server hold exactly the objects of a
-// k8swatch.Cluster (a scenario, a snapshot), writing only differences, as a
+// cluster.Cluster (a scenario, a snapshot), writing only differences, as a
 // kubelet, the scheduler and users would have: pods are created, then
 // their status (IPs, phase) is written through the status subresource, and
 // nodes get their addresses the same way. It remembers the resourceVersion
@@ -49,7 +49,7 @@ func NewLoader(client kubernetes.Interface) *Loader {
 
 // Load writes c's objects and removes every other (non-system) object. A
 // Loader is not safe for concurrent use.
-func (l *Loader) Load(ctx context.Context, c *k8swatch.Cluster) error {
+func (l *Loader) Load(ctx context.Context, c *cluster.Cluster) error {
 	if c == nil {
 		return errors.New("apiserver: Load of a nil cluster")
 	}
@@ -315,7 +315,7 @@ func (l *Loader) deleteNamespace(ctx context.Context, name string) error {
 // Diff says how c differs from what was loaded: objects missing, extra or
 // at another resourceVersion ("" when c shows exactly the loaded objects).
 // System namespaces are ignored.
-func (l *Loader) Diff(c *k8swatch.Cluster) string {
+func (l *Loader) Diff(c *cluster.Cluster) string {
 	got := map[string]string{}
 	for _, n := range c.Namespaces {
 		if !isSystemNamespace(n.Name) {

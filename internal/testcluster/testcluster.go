@@ -11,8 +11,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 	"github.com/nfqpolicy/nfqpolicy/filter"
-	"github.com/nfqpolicy/nfqpolicy/k8swatch"
 )
 
 // YAML is the cluster: namespaces x and y; node node-1 (192.168.0.1); pods
@@ -79,7 +79,7 @@ func CompileDocs(t testing.TB, docs ...string) *filter.Ruleset {
 	t.Helper()
 	// A separator between the pieces keeps one's last document from running
 	// into the next one's first; empty documents this leaves are skipped.
-	c, err := k8swatch.Decode("test.yaml", []byte(strings.Join(docs, "\n---\n")))
+	c, err := cluster.Decode("test.yaml", []byte(strings.Join(docs, "\n---\n")))
 	if err != nil {
 		t.Fatalf("decode test cluster: %v", err)
 	}

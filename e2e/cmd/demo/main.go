@@ -26,9 +26,9 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 	"github.com/nfqpolicy/nfqpolicy/e2e"
 	"github.com/nfqpolicy/nfqpolicy/filter"
-	"github.com/nfqpolicy/nfqpolicy/k8swatch"
 	"github.com/nfqpolicy/nfqpolicy/scenario"
 )
 
@@ -121,10 +121,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func describe(w io.Writer, s *scenario.Scenario) {
 	fmt.Fprintf(w, "\nscenario %s\n  %s\n\n", s.Name, s.Source)
 	for _, n := range s.Cluster.Nodes {
-		fmt.Fprintf(w, "node %-8s %s  (a network namespace with a bridge and an nfqpolicy agent)\n", n.Name, join(k8swatch.NodeAddrs(n)))
+		fmt.Fprintf(w, "node %-8s %s  (a network namespace with a bridge and an nfqpolicy agent)\n", n.Name, join(cluster.NodeAddrs(n)))
 		for _, p := range s.Cluster.Pods {
-			if p.Spec.NodeName == n.Name && k8swatch.PodActive(p) {
-				fmt.Fprintf(w, "  pod %-18s %s\n", p.Namespace+"/"+p.Name, join(k8swatch.PodAddrs(p)))
+			if p.Spec.NodeName == n.Name && cluster.PodActive(p) {
+				fmt.Fprintf(w, "  pod %-18s %s\n", p.Namespace+"/"+p.Name, join(cluster.PodAddrs(p)))
 			}
 		}
 	}

@@ -1,6 +1,6 @@
 //go:build race
 
-package k8swatch
+package cluster
 
 // raceEnabled: the race detector slows loading several times, so timing
 // limits are not checked under it.

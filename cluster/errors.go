@@ -1,4 +1,4 @@
-package k8swatch
+package cluster
 
 import (
 	"fmt"
@@ -73,8 +73,8 @@ func (e *ValidationError) Error() string {
 	return b.String()
 }
 
-// asError returns nil for an empty list so that callers can test err != nil.
-func asError(errs []FieldError) error {
+// AsError returns nil for an empty list so that callers can test err != nil.
+func AsError(errs []FieldError) error {
 	if len(errs) == 0 {
 		return nil
 	}

@@ -1,4 +1,4 @@
-package k8swatch
+package cluster
 
 import (
 	"bytes"
@@ -82,7 +82,7 @@ func ParseDocuments(file string, data []byte) ([]Document, error) {
 		}
 		docs = append(docs, Document{File: file, Index: index, Line: ch.line, JSON: buf, Node: n})
 	}
-	return docs, asError(errs)
+	return docs, AsError(errs)
 }
 
 type chunk struct {

@@ -1,5 +1,5 @@
 //go:build !race
 
-package k8swatch
+package cluster
 
 const raceEnabled = false

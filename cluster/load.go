@@ -1,4 +1,4 @@
-package k8swatch
+package cluster
 
 import (
 	"encoding/json"
@@ -63,7 +63,7 @@ func LoadFiles(paths ...string) (*Cluster, error) {
 	}
 	c, err := DecodeDocuments(docs...)
 	errs = appendValidation(errs, err)
-	return c, asError(errs)
+	return c, AsError(errs)
 }
 
 // ExpandPaths replaces each directory by the *.yaml, *.yml and *.json files
@@ -113,8 +113,12 @@ func Decode(file string, data []byte) (*Cluster, error) {
 	errs := appendValidation(nil, err)
 	c, err := DecodeDocuments(docs...)
 	errs = appendValidation(errs, err)
-	return c, asError(errs)
+	return c, AsError(errs)
 }
+
+// FieldErrors lists the objects a load or decode error names: the entries of a
+// *ValidationError, or err itself as one entry without a field.
+func FieldErrors(err error) []FieldError { return appendValidation(nil, err) }
 
 func appendValidation(errs []FieldError, err error) []FieldError {
 	if err == nil {
@@ -140,7 +144,7 @@ func DecodeDocuments(docs ...Document) (*Cluster, error) {
 	for _, d := range docs {
 		b.document(d)
 	}
-	return b.finish(), asError(b.errs)
+	return b.finish(), AsError(b.errs)
 }
 
 type builder struct {
