@@ -5,11 +5,14 @@
 GO       ?= go
 BIN      := bin/nfqpolicy
 PKGS     := ./...
-DEBS     := iptables ipset conntrack socat tshark iproute2 etcd-server
+DEBS     := iptables ipset conntrack socat tshark iproute2 etcd-server runc
 APISERVER_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/nfqpolicy
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# The image `make image` writes (a tarball for ctr import / docker load).
+IMAGE     ?= ghcr.io/nfqpolicy/nfqpolicy:dev
+IMAGE_TAR ?= bin/nfqpolicy-image.tar
 
-.PHONY: all build deps test test-unit test-integration bench bench-dataplane lint demo apiserver clean
+.PHONY: all build deps test test-unit test-integration bench bench-dataplane lint demo apiserver kubernetes image clean
 
 all: build
 
@@ -34,6 +37,20 @@ deps:
 # proxy once (about 10 minutes on two cores) and cached outside the tree.
 apiserver:
 	@NFQPOLICY_CACHE=$(APISERVER_CACHE) sh tools/kube-apiserver/build.sh
+
+# Every upstream binary and image of the real-cluster tests (Kubernetes
+# v1.37.2, containerd, CNI plugins, pause and agnhost images), cached like
+# kube-apiserver; prints NAME=PATH lines (tools/kubernetes/README.md).
+kubernetes:
+	@NFQPOLICY_CACHE=$(APISERVER_CACHE) sh tools/kubernetes/build.sh
+
+# The nfqpolicy image without a Docker engine: the static binary plus the
+# Debian packages of internal/nfqimage's recipe (deploy/Dockerfile's).
+image:
+	@mkdir -p bin
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o bin/nfqpolicy-static ./cmd/nfqpolicy
+	$(GO) run ./tools/imagebuild nfqpolicy -binary bin/nfqpolicy-static -o $(IMAGE_TAR) -tag $(IMAGE) -work bin/image-work
+	@echo "$(IMAGE_TAR) ($(IMAGE))"
 
 test: deps build apiserver
 	$(GO) vet $(PKGS)
