@@ -1,5 +1,6 @@
 // Package cluster holds the cluster model the policy compiler reads:
-// Namespaces, Nodes, Pods and NetworkPolicies as the API server serves them
+// Namespaces, Nodes, Pods, NetworkPolicies and ClusterNetworkPolicies as the
+// API server serves them
 // (API-defaulted and validated), the loader that reads them from kubectl
 // YAML or JSON and scenario files, and an address index over them. The
 // sources that keep a model current (files, informers) live in k8swatch.
@@ -8,6 +9,7 @@ package cluster
 import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 )
 
 // Cluster is one consistent view of the objects the compiler reads. Objects
@@ -19,4 +21,8 @@ type Cluster struct {
 	Nodes      []*corev1.Node
 	Pods       []*corev1.Pod
 	Policies   []*networkingv1.NetworkPolicy
+	// ClusterPolicies are ClusterNetworkPolicies (network-policy-api), held
+	// as v1beta1 whichever served version they were read from (v1alpha2 has
+	// the same schema).
+	ClusterPolicies []*cnpv1beta1.ClusterNetworkPolicy
 }
