@@ -12,7 +12,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 IMAGE     ?= ghcr.io/nfqpolicy/nfqpolicy:dev
 IMAGE_TAR ?= bin/nfqpolicy-image.tar
 
-.PHONY: all build deps test test-unit test-integration bench bench-dataplane lint demo apiserver kubernetes image clean
+.PHONY: all build deps test test-unit test-integration bench bench-dataplane lint demo apiserver kubernetes image clean cluster cluster-down
 
 all: build
 
@@ -80,6 +80,20 @@ lint:
 
 demo: deps build
 	$(GO) run ./e2e/cmd/demo --agent $(BIN)
+
+# A real two-node Kubernetes cluster (realcluster/) with nfqpolicy deployed
+# from deploy/ by kubectl apply -k; it keeps running under a background
+# supervisor until `make cluster-down`. The last two lines printed are the
+# exports to paste.
+cluster: deps
+	@sh tools/kubernetes/build.sh kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl containerd cni pause-image agnhost-image >/dev/null
+	@$(MAKE) --no-print-directory image
+	@$(GO) build -o bin/kcluster ./realcluster/cmd/kcluster
+	@./bin/kcluster up
+
+cluster-down:
+	@$(GO) build -o bin/kcluster ./realcluster/cmd/kcluster
+	@./bin/kcluster down
 
 clean:
 	rm -rf bin

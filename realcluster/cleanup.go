@@ -46,6 +46,12 @@ var globalSysctls = []string{
 
 const sysctlFile = "sysctl-saved"
 
+// hostPaths are the host files and folders the nfqpolicy DaemonSet's
+// hostPath volumes create (FileOrCreate, DirectoryOrCreate) and the
+// cluster's kubelets write to. Those absent before the first cluster
+// started are removed when the last one is gone.
+var hostPaths = []string{"/run/xtables.lock", "/var/log/nfqpolicy"}
+
 // lockBase serializes saving and restoring sysctls between harness
 // processes.
 func lockBase(base string) (func(), error) {
@@ -84,6 +90,11 @@ func saveSysctls(base string) error {
 		}
 		fmt.Fprintf(&b, "%s=%s\n", k, strings.TrimSpace(string(v)))
 	}
+	for _, p := range hostPaths {
+		if _, err := os.Lstat(p); errors.Is(err, fs.ErrNotExist) {
+			fmt.Fprintf(&b, "absent=%s\n", p)
+		}
+	}
 	if err := os.WriteFile(path+".tmp", []byte(b.String()), 0o644); err != nil {
 		return fmt.Errorf("save sysctls: %w", err)
 	}
@@ -112,6 +123,12 @@ func restoreSysctls(base, self string) error {
 	var errs []error
 	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
 		k, v, ok := strings.Cut(line, "=")
+		if k == "absent" && slices.Contains(hostPaths, v) {
+			if err := os.RemoveAll(v); err != nil {
+				errs = append(errs, err)
+			}
+			continue
+		}
 		if !ok || !slices.Contains(globalSysctls, k) {
 			continue
 		}

@@ -28,10 +28,12 @@ import (
 // Addresses. Every one of them lives inside the cluster's own namespaces;
 // the root namespace gets none.
 var (
-	underlay    = netip.MustParsePrefix("10.77.0.0/24")
-	cpIP        = netip.MustParseAddr("10.77.0.2")
-	clusterCIDR = netip.MustParsePrefix("10.244.0.0/16")
-	serviceCIDR = netip.MustParsePrefix("10.96.0.0/16")
+	underlay = netip.MustParsePrefix("10.77.0.0/24")
+	// ControlPlaneIP is the control plane's address; from its namespace
+	// (Cluster.CP) clients reach nodes and pods as an outside host would.
+	ControlPlaneIP = netip.MustParseAddr("10.77.0.2")
+	clusterCIDR    = netip.MustParsePrefix("10.244.0.0/16")
+	serviceCIDR    = netip.MustParsePrefix("10.96.0.0/16")
 	// ServiceIP is the "kubernetes" Service's ClusterIP (first of the range).
 	serviceIP = netip.MustParseAddr("10.96.0.1")
 )
@@ -234,7 +236,7 @@ func (c *Cluster) network(ctx context.Context) error {
 		return err
 	}
 	members := []*netns.NS{c.CP}
-	addrs := []netip.Addr{cpIP}
+	addrs := []netip.Addr{ControlPlaneIP}
 	for i, name := range nodeNames {
 		ns, err := netns.Create(ctx, c.Name+"-n"+strconv.Itoa(i+1), netns.Replace())
 		if err != nil {
@@ -298,7 +300,7 @@ func (c *Cluster) certificates() error {
 	}
 	if _, err := issue(c.cpDir, "apiserver", certSpec{
 		cn:     "kube-apiserver",
-		ips:    []net.IP{cpIP.AsSlice(), serviceIP.AsSlice(), net.IPv4(127, 0, 0, 1)},
+		ips:    []net.IP{ControlPlaneIP.AsSlice(), serviceIP.AsSlice(), net.IPv4(127, 0, 0, 1)},
 		dns:    []string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "localhost"},
 		server: true,
 	}); err != nil {
@@ -314,7 +316,7 @@ func (c *Cluster) certificates() error {
 	if err := os.WriteFile(filepath.Join(c.cpDir, "sa.key"), saKey, 0o600); err != nil {
 		return err
 	}
-	inCluster := "https://" + cpIP.String() + ":6443"
+	inCluster := "https://" + ControlPlaneIP.String() + ":6443"
 	for _, k := range []struct{ file, cn string }{
 		{"controller-manager", "system:kube-controller-manager"},
 		{"scheduler", "system:kube-scheduler"},
@@ -393,7 +395,7 @@ func (c *Cluster) startControlPlane(ctx context.Context, apiAddr string) error {
 	c.apis, err = startIn(ns, "kube-apiserver", c.Bins.APIServer, []string{
 		"--etcd-servers=http://127.0.0.1:2379",
 		"--bind-address=0.0.0.0",
-		"--advertise-address=" + cpIP.String(),
+		"--advertise-address=" + ControlPlaneIP.String(),
 		"--secure-port=6443",
 		"--tls-cert-file=" + filepath.Join(d, "apiserver.crt"),
 		"--tls-private-key-file=" + filepath.Join(d, "apiserver.key"),
@@ -419,7 +421,7 @@ func (c *Cluster) startControlPlane(ctx context.Context, apiAddr string) error {
 	if apiAddr == "" {
 		apiAddr = "127.0.0.1:0"
 	}
-	if c.fwd, err = newForwarder(apiAddr, c.CP, net.JoinHostPort(cpIP.String(), "6443")); err != nil {
+	if c.fwd, err = newForwarder(apiAddr, c.CP, net.JoinHostPort(ControlPlaneIP.String(), "6443")); err != nil {
 		return err
 	}
 	admin, err := c.ca.issue(certSpec{cn: "admin", orgs: []string{"system:masters"}, client: true})

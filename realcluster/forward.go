@@ -130,3 +130,9 @@ func (f *forwarder) Close() error {
 	}
 	return err
 }
+
+// DialFrom opens a TCP connection to addr from inside ns (a node's or the
+// control plane's namespace), as a client living there would.
+func DialFrom(ctx context.Context, ns *netns.NS, addr string) (net.Conn, error) {
+	return dialIn(ctx, ns, "tcp", addr)
+}
