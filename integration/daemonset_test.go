@@ -91,8 +91,16 @@ func TestDaemonSetShape(t *testing.T) {
 	if m, ok := mounts["/run/xtables.lock"]; !ok || m.ReadOnly {
 		t.Errorf("/run/xtables.lock mount %+v: iptables must be able to take the shared lock", m)
 	}
-	if m, ok := mounts["/lib/modules"]; !ok || !m.ReadOnly {
-		t.Errorf("/lib/modules mount %+v, want read-only", m)
+	// Useless without CAP_SYS_MODULE, and absent on nodes with a
+	// monolithic kernel (the hostPath check would keep the pod from
+	// starting there).
+	if m, ok := mounts["/lib/modules"]; ok {
+		t.Errorf("/lib/modules mount %+v: the agent cannot load modules (no CAP_SYS_MODULE); the kernel loads them", m)
+	}
+	// Flow log and capture outlive the pod (rollouts, crashes), one folder
+	// per node.
+	if m, ok := mounts["/var/log/nfqpolicy"]; !ok || m.ReadOnly || m.SubPathExpr != "$(NODE_NAME)" {
+		t.Errorf("/var/log/nfqpolicy mount %+v, want writable with subPathExpr $(NODE_NAME)", m)
 	}
 }
 
