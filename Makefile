@@ -86,14 +86,14 @@ demo: deps build
 # supervisor until `make cluster-down`. The last two lines printed are the
 # exports to paste.
 cluster: deps
-	@sh tools/kubernetes/build.sh kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl containerd cni pause-image agnhost-image >/dev/null
+	@NFQPOLICY_CACHE=$(APISERVER_CACHE) sh tools/kubernetes/build.sh kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl containerd cni pause-image agnhost-image >/dev/null
 	@$(MAKE) --no-print-directory image
 	@$(GO) build -o bin/kcluster ./realcluster/cmd/kcluster
-	@./bin/kcluster up
+	@NFQPOLICY_CACHE=$(APISERVER_CACHE) ./bin/kcluster up --image-tar $(IMAGE_TAR) --image $(IMAGE)
 
 cluster-down:
 	@$(GO) build -o bin/kcluster ./realcluster/cmd/kcluster
-	@./bin/kcluster down
+	@NFQPOLICY_CACHE=$(APISERVER_CACHE) ./bin/kcluster down
 
 clean:
 	rm -rf bin

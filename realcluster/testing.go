@@ -15,7 +15,7 @@ func Required() bool { return os.Getenv("NFQPOLICY_REQUIRE_CLUSTER") == "1" }
 // NFQPolicyImage is the reference `make image` tags the agent image with,
 // and NFQPolicyImageTar where it writes it, relative to the repository.
 const (
-	NFQPolicyImage    = "nfqpolicy:dev"
+	NFQPolicyImage    = "ghcr.io/nfqpolicy/nfqpolicy:dev"
 	NFQPolicyImageTar = "bin/nfqpolicy-image.tar"
 )
 
