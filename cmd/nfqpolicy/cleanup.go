@@ -18,7 +18,7 @@ import (
 func cmdCleanup(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("nfqpolicy cleanup", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	backend := fs.String("iptables-backend", "auto", "iptables binaries the agent used: auto, legacy or nft")
+	backend := fs.String("iptables-backend", "auto", "iptables binaries the agent used: auto (both backends), legacy or nft")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	families := fs.String("ip-families", "auto", "IP families to clean: auto (IPv6 too unless the kernel has none), ipv4, ipv6 or ipv4,ipv6")
 	if err := fs.Parse(args); err != nil {

@@ -74,7 +74,7 @@ func newRunFlags(stderr io.Writer) (*flag.FlagSet, *runFlags) {
 	fs.IntVar(&f.cacheSize, "cache-size", 65536, "flow verdict cache entries (0 disables the cache)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error (debug logs every verdict)")
 	fs.StringVar(&f.healthAddr, "health-addr", "127.0.0.1:9901", "serve /healthz, /readyz and /debug/counters here (empty: off)")
-	fs.StringVar(&f.backend, "iptables-backend", "auto", "iptables binaries: auto (the system's iptables-restore), legacy or nft; use kube-proxy's")
+	fs.StringVar(&f.backend, "iptables-backend", "auto", "iptables binaries: auto (the backend holding the node's KUBE-* chains, kube-proxy's; nft when none), legacy or nft")
 	fs.StringVar(&f.families, "ip-families", "auto", "IP families to divert: auto (IPv6 too unless the kernel has none), ipv4, ipv6 or ipv4,ipv6")
 	fs.DurationVar(&f.resync, "resync", time.Minute, "re-install rules and sets this often to repair what others flushed (0: never)")
 	fs.BoolVar(&f.printRules, "print-rules", false, "print the iptables-restore input these flags install on a clean node (both families) and exit")

@@ -204,7 +204,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	a.ready.Store(true)
-	a.log.Info().Str("node", a.cfg.NodeName).Int("queues", int(a.cfg.Rules.Queues)).
+	backend, why := a.tables.Backend()
+	a.log.Info().Str("node", a.cfg.NodeName).Str("iptables_backend", string(backend)).Str("iptables_backend_reason", why).
+		Int("queues", int(a.cfg.Rules.Queues)).
 		Uint16("queue_base", a.cfg.Rules.QueueBase).Bool("fail_open", a.cfg.Rules.FailOpen).
 		Str("deny_action", a.cfg.Rules.Deny.String()).Str("marks", a.cfg.Rules.Marks.String()).
 		Str("established", string(a.cfg.Established)).Msg("enforcing")

@@ -443,8 +443,9 @@ func TestPreflight(t *testing.T) {
 	}{
 		{"run without CAP_NET_ADMIN", []string{"setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin"}, nil, run, "missing CAP_NET_ADMIN"},
 		{"cleanup without CAP_NET_ADMIN", []string{"setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin"}, nil, []string{"cleanup"}, "missing CAP_NET_ADMIN"},
-		{"run without iptables", nil, []string{"PATH=/nonexistent"}, run, "missing iptables-save, iptables-restore, ip6tables-save, ip6tables-restore, ipset in PATH"},
-		{"cleanup without iptables", nil, []string{"PATH=/nonexistent"}, []string{"cleanup"}, "missing iptables-save"},
+		{"run without iptables", nil, []string{"PATH=/nonexistent"}, run, "missing iptables-legacy-save, iptables-legacy-restore, ip6tables-legacy-save, ip6tables-legacy-restore, " +
+			"iptables-nft-save, iptables-nft-restore, ip6tables-nft-save, ip6tables-nft-restore, ipset in PATH"},
+		{"cleanup without iptables", nil, []string{"PATH=/nonexistent"}, []string{"cleanup"}, "missing iptables-legacy-save"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"sync"
 )
 
 // Runner runs a command with stdin and returns its stdout; an error carries
@@ -41,8 +42,9 @@ func (e Exec) Run(ctx context.Context, stdin, name string, args ...string) (stri
 	return out.String(), nil
 }
 
-// Backend picks the iptables binaries. Auto uses whatever iptables-restore
-// the system's alternatives point at; kube-proxy should use the same one.
+// Backend picks the iptables binaries. Auto detects the node's backend,
+// the one holding kube-proxy's and kubelet's rules (see Detect), so that
+// our rules sit in the same rule set as theirs.
 type Backend string
 
 // Backends.
@@ -63,26 +65,32 @@ func ParseBackend(s string) (Backend, error) {
 	return Auto, fmt.Errorf("iptables backend %q: want auto, legacy or nft", s)
 }
 
+// binary names backend b's tool for family f (b is Legacy or NFT; Auto is
+// resolved by Detect before any command runs).
 func (b Backend) binary(f Family, tool string) string {
 	base := "iptables"
 	if f == IPv6 {
 		base = "ip6tables"
 	}
-	if b == Auto || b == "auto" {
-		return base + "-" + tool
-	}
 	return base + "-" + string(b) + "-" + tool
 }
 
 // Tools lists the binaries the agent needs for backend b and the given
-// families (both when none are given).
+// families (both when none are given); Auto needs both backends' to detect
+// and to use either.
 func Tools(b Backend, fams ...Family) []string {
 	if len(fams) == 0 {
 		fams = AllFamilies()
 	}
+	bs := []Backend{b}
+	if b == Auto || b == "auto" {
+		bs = []Backend{Legacy, NFT}
+	}
 	var r []string
-	for _, f := range fams {
-		r = append(r, b.binary(f, "save"), b.binary(f, "restore"))
+	for _, b := range bs {
+		for _, f := range fams {
+			r = append(r, b.binary(f, "save"), b.binary(f, "restore"))
+		}
 	}
 	return append(r, "ipset")
 }
@@ -106,6 +114,10 @@ type Tables struct {
 	run      Runner
 	backend  Backend
 	families []Family
+
+	mu      sync.Mutex
+	current Backend // Auto: the backend of the last Install
+	why     string  // Auto: Detect's reason for it
 }
 
 // New returns Tables running commands with r and the binaries of b, for
@@ -117,18 +129,75 @@ func New(r Runner, b Backend, fams ...Family) *Tables {
 	return &Tables{run: r, backend: b, families: slices.Clone(fams)}
 }
 
-func (t *Tables) save(ctx context.Context, f Family) (string, error) {
-	out, err := t.run.Run(ctx, "", t.backend.binary(f, "save"), "-t", "filter")
+// Backend returns the backend the last Install used and why (for Auto,
+// Detect's reason); empty before the first Install.
+func (t *Tables) Backend() (Backend, string) {
+	if t.backend != Auto && t.backend != "auto" {
+		return t.backend, "set by flag"
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.current, t.why
+}
+
+// use returns the backend to install into. With Auto it detects again at
+// every call (Install runs at start and at each resync, rarely), so an
+// agent that started before kube-proxy wrote its rules follows them once
+// they appear: it then removes its rules from the backend it left (the
+// sets are shared by both backends and stay).
+func (t *Tables) use(ctx context.Context) (Backend, error) {
+	if t.backend != Auto && t.backend != "auto" {
+		return t.backend, nil
+	}
+	d, err := Detect(ctx, t.run, t.families...)
+	if err != nil {
+		return "", err
+	}
+	t.mu.Lock()
+	prev := t.current
+	t.current, t.why = d.Backend, d.Reason
+	t.mu.Unlock()
+	if prev != "" && prev != d.Backend {
+		if err := t.cleanupRules(ctx, prev); err != nil {
+			return "", fmt.Errorf("moving our rules from %s to %s (%s): %w", prev, d.Backend, d.Reason, err)
+		}
+	}
+	return d.Backend, nil
+}
+
+// backends lists the backends Cleanup and Leftovers look at: the one set,
+// or with Auto every backend whose save works (ours may be in either).
+func (t *Tables) backends(ctx context.Context) ([]Backend, error) {
+	if t.backend != Auto && t.backend != "auto" {
+		return []Backend{t.backend}, nil
+	}
+	var r []Backend
+	var errs []error
+	for _, b := range []Backend{Legacy, NFT} {
+		if _, err := t.save(ctx, b, t.families[0]); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		r = append(r, b)
+	}
+	if len(r) == 0 {
+		return nil, errors.Join(errs...)
+	}
+	return r, nil
+}
+
+func (t *Tables) save(ctx context.Context, b Backend, f Family) (string, error) {
+	out, err := t.run.Run(ctx, "", b.binary(f, "save"), "-t", "filter")
 	if err != nil {
 		return "", fmt.Errorf("read %s filter table: %w", f, err)
 	}
 	return out, nil
 }
 
-func (t *Tables) restore(ctx context.Context, f Family, input string) error {
+func (t *Tables) restore(ctx context.Context, b Backend, f Family, input string) error {
 	// -w: wait for the xtables lock instead of failing when kube-proxy
 	// holds it (legacy backend; nft ignores it).
-	if _, err := t.run.Run(ctx, input, t.backend.binary(f, "restore"), "-w", "5", "--noflush"); err != nil {
+	if _, err := t.run.Run(ctx, input, b.binary(f, "restore"), "-w", "5", "--noflush"); err != nil {
 		return fmt.Errorf("%s iptables-restore: %w", f, err)
 	}
 	return nil
@@ -148,12 +217,16 @@ func (t *Tables) Install(ctx context.Context, c Config) error {
 	if err := t.ipsetRestore(ctx, sets.String()); err != nil {
 		return err
 	}
+	b, err := t.use(ctx)
+	if err != nil {
+		return err
+	}
 	for _, f := range t.families {
-		save, err := t.save(ctx, f)
+		save, err := t.save(ctx, b, f)
 		if err != nil {
 			return err
 		}
-		if err := t.restore(ctx, f, RenderInstall(c, f, save)); err != nil {
+		if err := t.restore(ctx, b, f, RenderInstall(c, f, save)); err != nil {
 			return err
 		}
 	}
@@ -191,17 +264,12 @@ func (t *Tables) ipsetRestore(ctx context.Context, input string) error {
 // idempotent. It tries everything and reports all failures.
 func (t *Tables) Cleanup(ctx context.Context) error {
 	var errs []error
-	for _, f := range t.families {
-		save, err := t.save(ctx, f)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if in := RenderCleanup(save); in != "" {
-			if err := t.restore(ctx, f, in); err != nil {
-				errs = append(errs, err)
-			}
-		}
+	bs, err := t.backends(ctx)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, b := range bs {
+		errs = append(errs, t.cleanupRules(ctx, b))
 	}
 	list, err := t.run.Run(ctx, "", "ipset", "list", "-n")
 	if err != nil {
@@ -216,21 +284,49 @@ func (t *Tables) Cleanup(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// cleanupRules removes our jumps and chains from backend b, both families.
+func (t *Tables) cleanupRules(ctx context.Context, b Backend) error {
+	var errs []error
+	for _, f := range t.families {
+		save, err := t.save(ctx, b, f)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if in := RenderCleanup(save); in != "" {
+			if err := t.restore(ctx, b, f, in); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // Leftovers lists what of ours is still installed (chains, jumps, sets),
 // one item per line-like string; empty after a successful Cleanup.
 func (t *Tables) Leftovers(ctx context.Context) ([]string, error) {
 	var r []string
-	for _, f := range t.families {
-		save, err := t.save(ctx, f)
-		if err != nil {
-			return nil, err
+	bs, err := t.backends(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, b := range bs {
+		where := ""
+		if len(bs) > 1 {
+			where = string(b) + " "
 		}
-		s := parseSave(save)
-		for _, ch := range s.ours {
-			r = append(r, f.String()+" chain "+ch)
-		}
-		for _, j := range s.jumpRules {
-			r = append(r, f.String()+" rule "+j)
+		for _, f := range t.families {
+			save, err := t.save(ctx, b, f)
+			if err != nil {
+				return nil, err
+			}
+			s := parseSave(save)
+			for _, ch := range s.ours {
+				r = append(r, where+f.String()+" chain "+ch)
+			}
+			for _, j := range s.jumpRules {
+				r = append(r, where+f.String()+" rule "+j)
+			}
 		}
 	}
 	list, err := t.run.Run(ctx, "", "ipset", "list", "-n")

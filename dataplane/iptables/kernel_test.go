@@ -155,3 +155,78 @@ func TestIPv4Only(t *testing.T) {
 		t.Errorf("left after cleanup:\n%s", got)
 	}
 }
+
+// TestAutoDetectInNamespace: kube-proxy's chains in one backend, the agent
+// with --iptables-backend=auto: our rules land in that backend and nowhere
+// else, for both backends; and an agent that started first (no KUBE-*
+// chains yet, so nft) moves its rules to legacy at the next Install once
+// kube-proxy has written there.
+func TestAutoDetectInNamespace(t *testing.T) {
+	nstest.Require(t, Tools(Auto)...)
+	nstest.Sweep(t)
+	ctx := context.Background()
+	c := Config{Marks: DefaultMarks, QueueBase: 100, Queues: 1, Deny: Drop}
+	const jump = "-A FORWARD -m comment --comment nfqpolicy -j NFQPOLICY-FORWARD\n"
+	other := map[Backend]Backend{Legacy: NFT, NFT: Legacy}
+	// check asserts ours are in backend in (both families) and not in the other.
+	check := func(t *testing.T, ns *nstest.Namespace, in Backend) {
+		t.Helper()
+		for _, tool := range []string{"iptables-", "ip6tables-"} {
+			if got := ns.Run(tool+string(in)+"-save", "-t", "filter"); !strings.Contains(got, ":NFQPOLICY-FORWARD") || !strings.Contains(got, jump) {
+				t.Errorf("%s%s-save lacks our chains and jump:\n%s", tool, in, got)
+			}
+			if got := ns.Run(tool+string(other[in])+"-save", "-t", "filter"); strings.Contains(got, "NFQPOLICY") {
+				t.Errorf("%s%s-save holds rules of ours, which belong in %s:\n%s", tool, other[in], in, got)
+			}
+		}
+	}
+	for _, kube := range []Backend{Legacy, NFT} {
+		t.Run("kube-proxy in "+string(kube), func(t *testing.T) {
+			ns := nstest.New(t, "det-"+string(kube))
+			ipt := "iptables-" + string(kube)
+			ns.Run(ipt, "-t", "nat", "-N", "KUBE-SERVICES")
+			ns.Run(ipt, "-t", "nat", "-A", "PREROUTING", "-j", "KUBE-SERVICES")
+			ns.Run(ipt, "-N", "KUBE-FORWARD")
+			ns.Run(ipt, "-A", "FORWARD", "-j", "KUBE-FORWARD")
+			tb := New(Exec{Prefix: ns.Prefix()}, Auto)
+			if err := tb.Install(ctx, c); err != nil {
+				t.Fatal(err)
+			}
+			b, why := tb.Backend()
+			t.Logf("detected %s: %s", b, why)
+			if b != kube {
+				t.Fatalf("detected %s (%s), want %s", b, why, kube)
+			}
+			check(t, ns, kube)
+			if err := tb.Cleanup(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if left, err := tb.Leftovers(ctx); err != nil || len(left) > 0 {
+				t.Errorf("after cleanup: %q, %v", left, err)
+			}
+		})
+	}
+	t.Run("kube-proxy after the agent", func(t *testing.T) {
+		ns := nstest.New(t, "det-late")
+		tb := New(Exec{Prefix: ns.Prefix()}, Auto)
+		if err := tb.Install(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		if b, why := tb.Backend(); b != NFT {
+			t.Fatalf("with no KUBE-* chains detected %s (%s), want nft", b, why)
+		}
+		check(t, ns, NFT)
+		ns.Run("iptables-legacy", "-t", "mangle", "-N", "KUBE-KUBELET-CANARY")
+		ns.Run("iptables-legacy", "-N", "KUBE-FORWARD")
+		if err := tb.Install(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		if b, why := tb.Backend(); b != Legacy {
+			t.Fatalf("after kube-proxy wrote legacy, detected %s (%s), want legacy", b, why)
+		}
+		check(t, ns, Legacy)
+		if err := tb.Cleanup(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+}

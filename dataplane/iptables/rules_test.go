@@ -383,7 +383,8 @@ func TestBinaries(t *testing.T) {
 		b    Backend
 		want string
 	}{
-		{Auto, "iptables-save iptables-restore ip6tables-save ip6tables-restore ipset"},
+		{Auto, "iptables-legacy-save iptables-legacy-restore ip6tables-legacy-save ip6tables-legacy-restore " +
+			"iptables-nft-save iptables-nft-restore ip6tables-nft-save ip6tables-nft-restore ipset"},
 		{Legacy, "iptables-legacy-save iptables-legacy-restore ip6tables-legacy-save ip6tables-legacy-restore ipset"},
 		{NFT, "iptables-nft-save iptables-nft-restore ip6tables-nft-save ip6tables-nft-restore ipset"},
 	}
@@ -422,7 +423,7 @@ func TestParseFamilies(t *testing.T) {
 			t.Errorf("ParseFamilies(%q) = %v, %v, want %v", tt.in, got, err, tt.want)
 		}
 	}
-	if got := strings.Join(Tools(Auto, IPv4), " "); got != "iptables-save iptables-restore ipset" {
+	if got := strings.Join(Tools(Auto, IPv4), " "); got != "iptables-legacy-save iptables-legacy-restore iptables-nft-save iptables-nft-restore ipset" {
 		t.Errorf("Tools(auto, ipv4) = %s", got)
 	}
 }
