@@ -54,6 +54,21 @@ type Ruleset struct {
 	nodeByName map[string]int32
 	portNames  []string // named ports, interned; index is portRange.name
 
+	// cnpSets are the distinct ClusterNetworkPolicy rule lists pods get
+	// per direction (pods with the same labels in namespaces with the same
+	// labels share one); index 0 is the empty set.
+	cnpSets []cnpSet
+	// passRules lists every Pass rule (rules index); Side.Pass is 1 + an
+	// index here.
+	passRules []int32
+	// domainRules lists the ClusterNetworkPolicy egress rules with
+	// domainNames peers, which are not enforced (Ruleset.DomainNameRules).
+	domainRules []int32
+	// nodeOther maps node addresses other than InternalIP (ExternalIP,
+	// ...) to their node: they are external addresses for everything but
+	// ClusterNetworkPolicy nodes peers, which match any listed address.
+	nodeOther map[netip.Addr]int32
+
 	hasStaged bool
 
 	// Warnings lists what Compile skipped (an unparsable selector or CIDR
@@ -124,7 +139,7 @@ type pod struct {
 	hostNet  bool
 	// enforced holds the policies and rules that police the pod per
 	// direction; audit the same with staged policies added. When no policy
-	// is staged both are the same slices.
+	// is staged both are the same.
 	enforced [2]podDir
 	audit    [2]podDir
 }
@@ -134,12 +149,14 @@ type pod struct {
 type podHot struct {
 	node     int32
 	isolated [2]bool
-	rules    [2][]int32 // enforced rules per direction
+	cnp      [2]int32   // enforced ClusterNetworkPolicy rules per direction: a cnpSets index
+	rules    [2][]int32 // enforced NetworkPolicy rules per direction
 }
 
 type podDir struct {
-	isolators []int32 // policies selecting the pod for this direction
+	isolators []int32 // NetworkPolicies selecting the pod for this direction
 	rules     []int32 // their rules, in policy then rule order
+	cnp       int32   // the ClusterNetworkPolicy rules: a cnpSets index
 }
 
 type namedPort struct {
@@ -154,30 +171,64 @@ type node struct {
 	podCIDRs []netip.Prefix
 }
 
+// policy is a NetworkPolicy (kind tierNP) or a ClusterNetworkPolicy
+// (tierAdmin, tierBaseline; ns is empty).
 type policy struct {
 	ns, name string
+	kind     uint8
+	priority int32
 	types    [2]bool
 	staged   bool
 	rules    [2][]int32
 	selected []int32
 }
 
+// Policy kinds, which for ClusterNetworkPolicies are their tiers.
+const (
+	tierNP uint8 = iota
+	tierAdmin
+	tierBaseline
+)
+
+// Rule actions: NetworkPolicy rules only allow; ClusterNetworkPolicy rules
+// accept, deny or pass.
+const (
+	actAllow uint8 = iota
+	actAccept
+	actDeny
+	actPass
+)
+
 type rule struct {
 	policy  int32
 	dir     uint8
 	index   int16
+	action  uint8
 	anyPeer bool
-	peers   []peer
 	anyPort bool
+	passID  uint16 // Side.Pass of a Pass rule (0: beyond the table)
+	peers   []peer
 	ports   []portRange
+	name    string // a ClusterNetworkPolicy rule's name, "" when unnamed
 }
 
-// peer is one element of from/to: a pod set, or an ipBlock.
+// Peer kinds.
+const (
+	peerBlock    uint8 = iota // NetworkPolicy ipBlock: cidr minus except
+	peerPods                  // pod selectors: pods
+	peerNetworks              // ClusterNetworkPolicy networks: any of nets
+	peerNodes                 // ClusterNetworkPolicy nodes: node addresses of nodes
+	peerNever                 // matches nothing (domainNames, an unusable peer)
+)
+
+// peer is one element of from/to.
 type peer struct {
-	isPods bool
+	kind   uint8
 	pods   podSet // by value: one pointer hop fewer per check
+	nodes  podSet // node indexes (peerNodes)
 	cidr   netip.Prefix
 	except []netip.Prefix
+	nets   []netip.Prefix
 	// what the peer was written as, for explanations
 	text string
 }
@@ -205,6 +256,7 @@ func Compile(c *cluster.Cluster) (*Ruleset, error) {
 			addr6:      make(map[[16]byte]endpoint),
 			podByName:  make(map[string]int32),
 			nodeByName: make(map[string]int32),
+			cnpSets:    []cnpSet{{}},
 		},
 		portIDs:  make(map[string]int32),
 		nsLabels: make(map[string]labels.Set),
@@ -214,6 +266,7 @@ func Compile(c *cluster.Cluster) (*Ruleset, error) {
 	b.namespaces(c.Namespaces)
 	b.pods(c.Pods)
 	b.policies(c.Policies)
+	b.clusterPolicies(c.ClusterPolicies)
 	b.perPod()
 	return b.rs, nil
 }
@@ -228,11 +281,17 @@ type builder struct {
 	nsGroups map[string][]labelGroup
 	nsOrder  []string
 	peerSets map[string]*podSet
+	// nodeLabels are the nodes' labels by node index (nodes peers).
+	nodeLabels []labels.Set
 }
 
 type labelGroup struct {
 	labels labels.Set
 	pods   []int32
+	// cnp lists the ClusterNetworkPolicies whose subject selects the
+	// group, per direction, in evaluation order: [0] enforced, [1] with
+	// staged ones too.
+	cnp [2][2][]int32
 }
 
 func (b *builder) warn(format string, args ...any) {
@@ -262,6 +321,16 @@ func (b *builder) nodes(nodes []*corev1.Node) {
 		nd := node{name: n.Name}
 		for _, a := range n.Status.Addresses {
 			if a.Type != corev1.NodeInternalIP {
+				// ClusterNetworkPolicy nodes peers match every address
+				// status lists; everything else sees only InternalIP.
+				if ip, err := netip.ParseAddr(a.Address); err == nil {
+					if b.rs.nodeOther == nil {
+						b.rs.nodeOther = make(map[netip.Addr]int32)
+					}
+					if _, dup := b.rs.nodeOther[ip.Unmap()]; !dup {
+						b.rs.nodeOther[ip.Unmap()] = idx
+					}
+				}
 				continue
 			}
 			ip, err := netip.ParseAddr(a.Address)
@@ -276,6 +345,7 @@ func (b *builder) nodes(nodes []*corev1.Node) {
 		nd.podCIDRs = b.podCIDRs(n, idx)
 		b.rs.nodeByName[n.Name] = idx
 		b.rs.nodes = append(b.rs.nodes, nd)
+		b.nodeLabels = append(b.nodeLabels, labels.Set(n.Labels))
 	}
 }
 
@@ -529,14 +599,14 @@ func (b *builder) rule(pidx int32, dir uint8, index int, np *networkingv1.Networ
 	if dir == egress {
 		peerField = "to"
 	}
-	r := rule{policy: pidx, dir: dir, index: int16(index), anyPeer: len(peers) == 0, anyPort: len(ports) == 0}
+	r := rule{policy: pidx, dir: dir, index: int16(index), action: actAllow, anyPeer: len(peers) == 0, anyPort: len(ports) == 0}
 	for i, pe := range peers {
 		p, err := b.peer(np.Namespace, pe)
 		if err != nil {
 			// An unusable peer matches nothing: failing closed for this
 			// peer is safer than dropping the rule's other peers.
 			b.warn("NetworkPolicy %s/%s: %s.%s[%d]: %v; peer matches nothing", np.Namespace, np.Name, field, peerField, i, err)
-			p = peer{isPods: true, text: "invalid peer"}
+			p = peer{kind: peerNever, text: "invalid peer"}
 		}
 		r.peers = append(r.peers, p)
 	}
@@ -564,7 +634,7 @@ func (b *builder) peer(policyNS string, pe networkingv1.NetworkPolicyPeer) (peer
 		if err != nil {
 			return peer{}, fmt.Errorf("ipBlock.cidr: %w", err)
 		}
-		p := peer{cidr: cidr.Masked(), text: "ipBlock " + pe.IPBlock.CIDR}
+		p := peer{kind: peerBlock, cidr: cidr.Masked(), text: "ipBlock " + pe.IPBlock.CIDR}
 		for _, e := range pe.IPBlock.Except {
 			ex, err := netip.ParsePrefix(e)
 			if err != nil {
@@ -596,7 +666,7 @@ func (b *builder) peer(policyNS string, pe networkingv1.NetworkPolicyPeer) (peer
 		key = "ns=" + policyNS + "\x00" + podSel.String()
 		text = podText + " in namespace " + policyNS
 		if set, ok := b.peerSets[key]; ok {
-			return peer{isPods: true, pods: *set, text: text}, nil
+			return peer{kind: peerPods, pods: *set, text: text}, nil
 		}
 		members = b.selectPods(policyNS, podSel)
 	} else {
@@ -610,7 +680,7 @@ func (b *builder) peer(policyNS string, pe networkingv1.NetworkPolicyPeer) (peer
 			text += " and " + podText
 		}
 		if set, ok := b.peerSets[key]; ok {
-			return peer{isPods: true, pods: *set, text: text}, nil
+			return peer{kind: peerPods, pods: *set, text: text}, nil
 		}
 		for _, ns := range b.nsOrder {
 			if nsSel.Matches(b.namespaceLabels(ns)) {
@@ -620,7 +690,7 @@ func (b *builder) peer(policyNS string, pe networkingv1.NetworkPolicyPeer) (peer
 	}
 	set := newPodSet(members)
 	b.peerSets[key] = set
-	return peer{isPods: true, pods: *set, text: text}, nil
+	return peer{kind: peerPods, pods: *set, text: text}, nil
 }
 
 func (b *builder) port(pp networkingv1.NetworkPolicyPort) (portRange, error) {
@@ -667,6 +737,9 @@ func (b *builder) perPod() {
 	rs := b.rs
 	for pi := range rs.policies {
 		pol := &rs.policies[pi]
+		if pol.kind != tierNP {
+			continue // ClusterNetworkPolicies reach pods through cnpSets
+		}
 		for _, podIdx := range pol.selected {
 			p := &rs.pods[podIdx]
 			for dir := 0; dir < 2; dir++ {
@@ -696,6 +769,7 @@ func (b *builder) perPod() {
 		for dir := 0; dir < 2; dir++ {
 			h.isolated[dir] = len(p.enforced[dir].isolators) > 0
 			h.rules[dir] = p.enforced[dir].rules
+			h.cnp[dir] = p.enforced[dir].cnp
 		}
 	}
 }

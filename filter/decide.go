@@ -97,6 +97,11 @@ func (rs *Ruleset) decide(f Flow, audit bool) Verdict {
 // side decides one direction for the pod at self: its egress towards peer
 // or its ingress from peer. dstPod resolves named ports, which always name
 // the destination's container ports.
+//
+// The tiers go in the API's order: Admin ClusterNetworkPolicy rules (Accept
+// and Deny final, Pass skips the rest of the tier), then NetworkPolicy
+// (final for a pod it isolates in this direction), then Baseline rules,
+// then the default, allow.
 func (rs *Ruleset) side(dir uint8, self, peer endpoint, selfAddr, peerAddr netip.Addr, dstPod int32, f Flow, audit bool) Side {
 	s := Side{Decision: NotPoliced, Pod: self.pod, Policy: -1, Rule: -1, Peer: -1}
 	if self.pod < 0 {
@@ -110,12 +115,12 @@ func (rs *Ruleset) side(dir uint8, self, peer endpoint, selfAddr, peerAddr netip
 		return s
 	}
 	h := &rs.hot[self.pod]
-	isolated, rules := h.isolated[dir], h.rules[dir]
+	isolated, rules, cs := h.isolated[dir], h.rules[dir], h.cnp[dir]
 	if audit {
 		d := &rs.pods[self.pod].audit[dir]
-		isolated, rules = len(d.isolators) > 0, d.rules
+		isolated, rules, cs = len(d.isolators) > 0, d.rules, d.cnp
 	}
-	if !isolated {
+	if !isolated && cs == 0 {
 		s.Decision = NotIsolated
 		return s
 	}
@@ -123,22 +128,66 @@ func (rs *Ruleset) side(dir uint8, self, peer endpoint, selfAddr, peerAddr netip
 		s.Decision = NodeLocal
 		return s
 	}
-	for _, ri := range rules {
+	set := &rs.cnpSets[cs]
+	for _, ri := range set.admin {
 		r := &rs.rules[ri]
-		if !r.anyPort && !rs.portsMatch(r.ports, f.Proto, f.DstPort, dstPod) {
+		pi, ok := rs.ruleMatch(r, peer, peerAddr, dstPod, f)
+		if !ok {
 			continue
 		}
-		if r.anyPeer {
-			s.Decision, s.Policy, s.Rule = AllowedByRule, r.policy, r.index
-			return s
+		if r.action == actPass {
+			s.Pass = r.passID
+			break
 		}
-		if pi := peerMatch(r.peers, peer.pod, peerAddr); pi >= 0 {
-			s.Decision, s.Policy, s.Rule, s.Peer = AllowedByRule, r.policy, r.index, int16(pi)
-			return s
+		s.Decision, s.Policy, s.Rule, s.Peer = AdminDenied, r.policy, r.index, pi
+		if r.action == actAccept {
+			s.Decision = AdminAccepted
 		}
+		return s
 	}
-	s.Decision = DeniedIsolated
+	if isolated {
+		for _, ri := range rules {
+			r := &rs.rules[ri]
+			if pi, ok := rs.ruleMatch(r, peer, peerAddr, dstPod, f); ok {
+				s.Decision, s.Policy, s.Rule, s.Peer = AllowedByRule, r.policy, r.index, pi
+				return s
+			}
+		}
+		s.Decision = DeniedIsolated
+		return s
+	}
+	for _, ri := range set.baseline {
+		r := &rs.rules[ri]
+		pi, ok := rs.ruleMatch(r, peer, peerAddr, dstPod, f)
+		if !ok {
+			continue
+		}
+		s.Decision, s.Policy, s.Rule, s.Peer = BaselineDenied, r.policy, r.index, pi
+		switch r.action {
+		case actAccept:
+			s.Decision = BaselineAccepted
+		case actPass:
+			s.Decision = BaselinePassed
+		}
+		return s
+	}
+	s.Decision = NotIsolated
 	return s
+}
+
+// ruleMatch reports whether rule r matches the flow, and which of its
+// peers did (-1 when the rule has none: it matches every peer).
+func (rs *Ruleset) ruleMatch(r *rule, peer endpoint, peerAddr netip.Addr, dstPod int32, f Flow) (int16, bool) {
+	if !r.anyPort && !rs.portsMatch(r.ports, f.Proto, f.DstPort, dstPod) {
+		return -1, false
+	}
+	if r.anyPeer {
+		return -1, true
+	}
+	if pi := rs.peerMatch(r.peers, peer, peerAddr); pi >= 0 {
+		return int16(pi), true
+	}
+	return -1, false
 }
 
 // portsMatch reports whether any of a rule's ports admits the flow.
@@ -166,23 +215,53 @@ func (rs *Ruleset) portsMatch(ports []portRange, proto uint8, port uint16, dstPo
 	return false
 }
 
-// peerMatch returns the index of the first peer that matches, or -1. Pod
-// selectors match pods only (never nodes, hostNetwork pods or external
-// addresses); ipBlocks match any address.
-func peerMatch(peers []peer, pod int32, addr netip.Addr) int {
+// peerMatch returns the index of the first peer that matches the
+// endpoint ep at addr, or -1. Pod selectors match pods only (never nodes,
+// hostNetwork pods or external addresses); ipBlocks and networks match any
+// address; nodes peers match the addresses of the selected nodes, which
+// their hostNetwork pods share.
+func (rs *Ruleset) peerMatch(peers []peer, ep endpoint, addr netip.Addr) int {
 	for i := range peers {
 		pe := &peers[i]
-		if pe.isPods {
-			if pod >= 0 && pe.pods.has(pod) {
+		switch pe.kind {
+		case peerPods:
+			if ep.pod >= 0 && pe.pods.has(ep.pod) {
 				return i
 			}
-			continue
-		}
-		if blockMatch(pe, addr) {
-			return i
+		case peerBlock:
+			if blockMatch(pe, addr) {
+				return i
+			}
+		case peerNetworks:
+			for _, n := range pe.nets {
+				if n.Contains(addr) {
+					return i
+				}
+			}
+		case peerNodes:
+			if rs.nodeMatch(&pe.nodes, ep, addr) {
+				return i
+			}
 		}
 	}
 	return -1
+}
+
+// nodeMatch reports whether addr (endpoint ep) is an address of a node in
+// nodes. InternalIPs and hostNetwork pods' addresses are in the address
+// maps; a node's other addresses (ExternalIP) only in nodeOther.
+func (rs *Ruleset) nodeMatch(nodes *podSet, ep endpoint, addr netip.Addr) bool {
+	if ep.pod >= 0 {
+		return false
+	}
+	if ep.node >= 0 {
+		return nodes.has(ep.node)
+	}
+	if rs.nodeOther == nil {
+		return false
+	}
+	n, ok := rs.nodeOther[addr.Unmap()]
+	return ok && nodes.has(n)
 }
 
 func blockMatch(pe *peer, addr netip.Addr) bool {

@@ -25,13 +25,13 @@ metadata: {name: y}
 ---
 apiVersion: v1
 kind: Node
-metadata: {name: node-1}
+metadata: {name: node-1, labels: {zone: one}}
 status: {addresses: [{type: InternalIP, address: 192.168.0.1}, {type: InternalIP, address: "fd00::1"}]}
 ---
 apiVersion: v1
 kind: Node
-metadata: {name: node-2}
-status: {addresses: [{type: InternalIP, address: 192.168.0.2}]}
+metadata: {name: node-2, labels: {zone: two}}
+status: {addresses: [{type: InternalIP, address: 192.168.0.2}, {type: ExternalIP, address: 203.0.113.2}]}
 ---
 apiVersion: v1
 kind: Pod

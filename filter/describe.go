@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -34,12 +35,115 @@ func (rs *Ruleset) PodNode(i int32) string {
 	return rs.pods[i].nodeName
 }
 
-// PolicyName returns "namespace/name" of policy index i, or "" for -1.
+// PolicyName returns "namespace/name" of NetworkPolicy index i,
+// "ClusterNetworkPolicy/name" (CNPName) of a ClusterNetworkPolicy, or ""
+// for -1.
 func (rs *Ruleset) PolicyName(i int32) string {
 	if i < 0 || int(i) >= len(rs.policies) {
 		return ""
 	}
-	return rs.policies[i].ns + "/" + rs.policies[i].name
+	p := &rs.policies[i]
+	if p.kind != tierNP {
+		return CNPName(p.name)
+	}
+	return p.ns + "/" + p.name
+}
+
+// PolicyTier returns the tier of policy index i: "Admin" or "Baseline"
+// for a ClusterNetworkPolicy, "NetworkPolicy" for a NetworkPolicy, "" for
+// an index out of range.
+func (rs *Ruleset) PolicyTier(i int32) string {
+	if i < 0 || int(i) >= len(rs.policies) {
+		return ""
+	}
+	return tierName(rs.policies[i].kind)
+}
+
+// policyTitle names a policy for people: a ClusterNetworkPolicy with its
+// tier and priority.
+func (rs *Ruleset) policyTitle(i int32) string {
+	p := &rs.policies[i]
+	if p.kind == tierNP {
+		return rs.PolicyName(i)
+	}
+	return fmt.Sprintf("%s %s (priority %d)", tierName(p.kind), CNPName(p.name), p.priority)
+}
+
+// RuleRef names the rule that decided a side (Decision.ByRule) or the
+// Pass rule that sent it on: the policy, its tier, the rule's index in
+// its direction, its name (ClusterNetworkPolicy rules; "" when unnamed)
+// and its action ("Allow" for NetworkPolicy rules).
+type RuleRef struct {
+	Policy string `json:"policy"`
+	Tier   string `json:"tier"`
+	Index  int    `json:"rule"`
+	Name   string `json:"rule_name,omitempty"`
+	Action string `json:"action"`
+}
+
+// DecidingRule returns the rule that decided side s of the given
+// direction ("ingress" or "egress"); ok is false when no rule did.
+func (rs *Ruleset) DecidingRule(s Side, direction string) (RuleRef, bool) {
+	if !s.Decision.ByRule() || s.Policy < 0 || int(s.Policy) >= len(rs.policies) {
+		return RuleRef{}, false
+	}
+	pol := &rs.policies[s.Policy]
+	dir := ingress
+	if direction == "egress" {
+		dir = egress
+	}
+	if s.Rule < 0 || int(s.Rule) >= len(pol.rules[dir]) {
+		return RuleRef{}, false
+	}
+	return rs.ruleRef(&rs.rules[pol.rules[dir][s.Rule]]), true
+}
+
+func (rs *Ruleset) ruleRef(r *rule) RuleRef {
+	return RuleRef{Policy: rs.PolicyName(r.policy), Tier: tierName(rs.policies[r.policy].kind), Index: int(r.index), Name: r.name, Action: actionName(r.action)}
+}
+
+// PassRule returns the Admin Pass rule that sent side s on to the lower
+// tiers; ok is false when none did.
+func (rs *Ruleset) PassRule(s Side) (RuleRef, bool) {
+	if s.Pass == 0 || int(s.Pass) > len(rs.passRules) {
+		return RuleRef{}, false
+	}
+	return rs.ruleRef(&rs.rules[rs.passRules[s.Pass-1]]), true
+}
+
+// DomainNameRule is a ClusterNetworkPolicy egress rule with domainNames
+// peers. nfqpolicy does not resolve domain names: those peers match no
+// traffic, so an Accept rule (the only action the API allows with them)
+// accepts nothing through them and the flows fall to the rules after it,
+// typically a Deny.
+type DomainNameRule struct {
+	Policy      string   `json:"policy"` // CNPName
+	Tier        string   `json:"tier"`
+	Rule        int      `json:"rule"` // index in spec.egress
+	RuleName    string   `json:"rule_name,omitempty"`
+	Action      string   `json:"action"`
+	DomainNames []string `json:"domain_names"`
+	Staged      bool     `json:"staged,omitempty"`
+}
+
+// DomainNameRules lists the rules with domainNames peers, which are not
+// enforced (they match no traffic), so that lint, the agent's log and
+// metrics can report them.
+func (rs *Ruleset) DomainNameRules() []DomainNameRule {
+	out := make([]DomainNameRule, 0, len(rs.domainRules))
+	for _, ri := range rs.domainRules {
+		r := &rs.rules[ri]
+		pol := &rs.policies[r.policy]
+		d := DomainNameRule{Policy: rs.PolicyName(r.policy), Tier: tierName(pol.kind), Rule: int(r.index), RuleName: r.name, Action: actionName(r.action), Staged: pol.staged}
+		for _, pe := range r.peers {
+			if names, ok := strings.CutPrefix(pe.text, "domainNames "); ok && pe.kind == peerNever {
+				names, _, _ = strings.Cut(names, " ")
+				d.DomainNames = append(d.DomainNames, strings.Split(names, ",")...)
+			}
+		}
+		out = append(out, d)
+	}
+	return out
 }
 
 // PolicyStaged reports whether policy index i is in audit mode.
@@ -108,31 +212,70 @@ func (rs *Ruleset) Isolators(i int32, direction string, audit bool) []string {
 	return out
 }
 
+// ClusterPolicies returns the names of the ClusterNetworkPolicies whose
+// subject selects pod index i and that have rules in the given direction
+// ("ingress" or "egress"), in evaluation order (Admin, then Baseline), with
+// staged ones when audit.
+func (rs *Ruleset) ClusterPolicies(i int32, direction string, audit bool) []string {
+	if i < 0 || int(i) >= len(rs.pods) {
+		return nil
+	}
+	dir := ingress
+	if direction == "egress" {
+		dir = egress
+	}
+	d := rs.pods[i].enforced[dir]
+	if audit {
+		d = rs.pods[i].audit[dir]
+	}
+	set := &rs.cnpSets[d.cnp]
+	var out []string
+	last := int32(-1)
+	for _, rules := range [2][]int32{set.admin, set.baseline} {
+		for _, ri := range rules {
+			if p := rs.rules[ri].policy; p != last {
+				out = append(out, rs.PolicyName(p))
+				last = p
+			}
+		}
+	}
+	return out
+}
+
 // StagedCause names the staged policies that make the audit verdict
-// differ from the enforced one: for a flow that would be denied, the staged
-// policies isolating the side that denies it; for one that would be
-// allowed, the staged policy whose rule allows it. Nil when they agree.
+// differ from the enforced one: the staged policies on the path that
+// decided the audit verdict's sides, that is the rule that decided (or
+// the Admin Pass rule that skipped the rest of its tier) when its policy
+// is staged, and for a side denied by isolation its staged isolators. Nil
+// when the verdicts agree.
 func (rs *Ruleset) StagedCause(v Verdict) []string {
 	if !v.AuditDiffers() {
 		return nil
 	}
 	var out []string
-	if !v.Audit.Allow {
-		for dir, s := range [2]Side{ingress: v.Audit.Ingress, egress: v.Audit.Egress} {
-			if s.Decision != DeniedIsolated || s.Pod < 0 {
-				continue
-			}
-			for _, pi := range rs.pods[s.Pod].audit[dir].isolators {
-				if rs.policies[pi].staged {
-					out = append(out, rs.PolicyName(pi))
-				}
+	add := func(pi int32) {
+		if rs.PolicyStaged(pi) {
+			if n := rs.PolicyName(pi); !slices.Contains(out, n) {
+				out = append(out, n)
 			}
 		}
-		return out
 	}
-	for _, s := range []Side{v.Audit.Egress, v.Audit.Ingress} {
-		if s.Decision == AllowedByRule && rs.PolicyStaged(s.Policy) {
-			out = append(out, rs.PolicyName(s.Policy))
+	for dir, s := range [2]Side{ingress: v.Audit.Ingress, egress: v.Audit.Egress} {
+		// Only the sides that make the audit outcome: the denying sides
+		// of a would-deny, both sides of a would-allow.
+		if s.Decision.Allowed() != v.Audit.Allow {
+			continue
+		}
+		if s.Pass != 0 && int(s.Pass) <= len(rs.passRules) {
+			add(rs.rules[rs.passRules[s.Pass-1]].policy)
+		}
+		if s.Decision.ByRule() {
+			add(s.Policy)
+		}
+		if s.Decision == DeniedIsolated && s.Pod >= 0 {
+			for _, pi := range rs.pods[s.Pod].audit[dir].isolators {
+				add(pi)
+			}
 		}
 	}
 	return out
@@ -204,18 +347,46 @@ func (rs *Ruleset) describeSide(s Side, direction string, audit bool, self netip
 			return "source is not a pod"
 		}
 		return "destination is not a pod"
-	case NotIsolated:
-		return rs.PodName(s.Pod) + " not isolated"
 	case NodeLocal:
 		return "from " + rs.PodName(s.Pod) + "'s own node"
-	case AllowedByRule:
-		return "allowed by " + rs.RuleName(s, direction)
-	case DeniedIsolated:
-		return "default deny by isolation of " + rs.PodName(s.Pod) + " from " + strings.Join(rs.Isolators(s.Pod, direction, audit), ", ")
 	case Malformed:
 		return "malformed packet"
 	}
+	// The tiers below Admin: say first that an Admin Pass rule sent the
+	// flow on.
+	pass := ""
+	if s.Pass != 0 {
+		pass = "passed by " + rs.passName(s, direction) + "; "
+	}
+	switch s.Decision {
+	case NotIsolated:
+		return pass + rs.PodName(s.Pod) + " not isolated"
+	case AllowedByRule:
+		return pass + "allowed by " + rs.RuleName(s, direction)
+	case DeniedIsolated:
+		return pass + "default deny by isolation of " + rs.PodName(s.Pod) + " from " + strings.Join(rs.Isolators(s.Pod, direction, audit), ", ")
+	case AdminAccepted, BaselineAccepted:
+		return pass + "accepted by " + rs.RuleName(s, direction)
+	case AdminDenied, BaselineDenied:
+		return pass + "denied by " + rs.RuleName(s, direction)
+	case BaselinePassed:
+		return pass + "passed by " + rs.RuleName(s, direction) + " to the default (allow)"
+	}
 	return s.Decision.String()
+}
+
+// passName names side s's Admin Pass rule like RuleName does.
+func (rs *Ruleset) passName(s Side, direction string) string {
+	if s.Pass == 0 || int(s.Pass) > len(rs.passRules) {
+		return "an Admin Pass rule"
+	}
+	r := &rs.rules[rs.passRules[s.Pass-1]]
+	ps := Side{Policy: r.policy, Rule: r.index, Peer: -1}
+	if r.anyPeer {
+		return rs.RuleName(ps, direction)
+	}
+	// The peer that matched is not kept for a Pass; name the rule.
+	return rs.ruleTitle(r)
 }
 
 // RuleName names the rule and peer of an AllowedByRule side of the given
@@ -234,11 +405,26 @@ func (rs *Ruleset) RuleName(s Side, direction string) string {
 		return rs.PolicyName(s.Policy)
 	}
 	r := &rs.rules[pol.rules[dir][s.Rule]]
-	name := fmt.Sprintf("%s/%s %s[%d]", pol.ns, pol.name, dirNames[dir], r.index)
+	name := rs.ruleTitle(r)
 	if s.Peer < 0 || int(s.Peer) >= len(r.peers) {
 		return name + " (any peer)"
 	}
 	return fmt.Sprintf("%s %s[%d] (%s)", name, field, s.Peer, r.peers[s.Peer].text)
+}
+
+// ruleTitle names a rule: "x/allow-web ingress[0]" for a NetworkPolicy,
+// `Admin ClusterNetworkPolicy/guard (priority 5) egress[2] "no-db" Deny`
+// for a ClusterNetworkPolicy.
+func (rs *Ruleset) ruleTitle(r *rule) string {
+	pol := &rs.policies[r.policy]
+	if pol.kind == tierNP {
+		return fmt.Sprintf("%s/%s %s[%d]", pol.ns, pol.name, dirNames[r.dir], r.index)
+	}
+	name := ""
+	if r.name != "" {
+		name = " " + strconv.Quote(r.name)
+	}
+	return fmt.Sprintf("%s %s[%d]%s %s", rs.policyTitle(r.policy), dirNames[r.dir], r.index, name, actionName(r.action))
 }
 
 // Explanation is the full reasoning for one flow: the verdict and, for
@@ -252,7 +438,10 @@ type Explanation struct {
 	Ingress SideExplanation `json:"ingress"`
 }
 
-// SideExplanation explains one direction.
+// SideExplanation explains one direction: the tier walk. Policies lists,
+// in evaluation order, the Admin tier ClusterNetworkPolicies whose subject
+// selects the pod, the NetworkPolicies that isolate it, then the Baseline
+// tier ClusterNetworkPolicies, each with what its rules made of the flow.
 type SideExplanation struct {
 	Pod      string              `json:"pod,omitempty"`
 	Decision string              `json:"decision"`
@@ -260,17 +449,25 @@ type SideExplanation struct {
 	Policies []PolicyExplanation `json:"policies,omitempty"`
 }
 
-// PolicyExplanation lists what each rule of one selecting policy did.
+// PolicyExplanation lists what each rule of one policy did.
 type PolicyExplanation struct {
-	Policy string            `json:"policy"`
-	Staged bool              `json:"staged,omitempty"`
-	Rules  []RuleExplanation `json:"rules"`
+	Policy   string            `json:"policy"`
+	Tier     string            `json:"tier,omitempty"` // Admin, NetworkPolicy, Baseline
+	Priority *int32            `json:"priority,omitempty"`
+	Staged   bool              `json:"staged,omitempty"`
+	Rules    []RuleExplanation `json:"rules"`
 }
 
-// RuleExplanation says whether a rule matched and, if not, why.
+// RuleExplanation says whether a rule matched and, if not, why. For a
+// ClusterNetworkPolicy rule, Action is its action and Decided tells
+// whether it was the rule that decided (Accept, Deny) or passed the flow
+// on; rules after that point are marked not reached.
 type RuleExplanation struct {
 	Rule    string `json:"rule"`
+	Name    string `json:"name,omitempty"`
+	Action  string `json:"action,omitempty"`
 	Matched bool   `json:"matched"`
+	Decided bool   `json:"decided,omitempty"`
 	Why     string `json:"why"`
 }
 
@@ -291,45 +488,108 @@ func (rs *Ruleset) Explain(f Flow) Explanation {
 	return e
 }
 
+// explainSide walks the tiers the way side() does, over the policies with
+// staged ones included: a staged policy's rules are shown with what they
+// match but never end the walk, as they do not decide the enforced verdict.
 func (rs *Ruleset) explainSide(dir uint8, s Side, selfAddr netip.Addr, peer endpoint, peerAddr netip.Addr, dstPod int32, f Flow) SideExplanation {
 	out := SideExplanation{Pod: rs.PodName(s.Pod), Decision: s.Decision.String(), Summary: rs.describeSide(s, dirNames[dir], false, selfAddr)}
 	if s.Pod < 0 {
 		return out
 	}
 	d := rs.pods[s.Pod].audit[dir]
+	set := &rs.cnpSets[d.cnp]
+	// stop, once set, is why the rest of the walk is not reached.
+	stop := ""
+	if s.Decision == NodeLocal {
+		stop = "not reached: traffic from the pod's own node skips its ingress policy"
+	}
+	stop = rs.explainCNP(&out, dir, set.admin, stop, peer, peerAddr, dstPod, f)
+	npIsolates := len(rs.pods[s.Pod].enforced[dir].isolators) > 0
 	for _, pi := range d.isolators {
 		pol := &rs.policies[pi]
-		pe := PolicyExplanation{Policy: rs.PolicyName(pi), Staged: pol.staged}
+		pe := PolicyExplanation{Policy: rs.PolicyName(pi), Tier: "NetworkPolicy", Staged: pol.staged}
 		if len(pol.rules[dir]) == 0 {
 			pe.Rules = append(pe.Rules, RuleExplanation{Rule: "(none)", Why: "the policy has no " + dirNames[dir] + " rules: it only isolates"})
 		}
 		for _, ri := range pol.rules[dir] {
 			r := &rs.rules[ri]
-			re := RuleExplanation{Rule: fmt.Sprintf("%s[%d]", dirNames[dir], r.index)}
-			portOK := r.anyPort || rs.portsMatch(r.ports, f.Proto, f.DstPort, dstPod)
-			peerIdx := -1
-			if !r.anyPeer {
-				peerIdx = peerMatch(r.peers, peer.pod, peerAddr)
-			}
-			switch {
-			case !portOK:
-				re.Why = fmt.Sprintf("port %d/%s is not among %s", f.DstPort, ProtoName(f.Proto), rs.portsText(r.ports))
-			case r.anyPeer:
-				re.Matched, re.Why = true, "any peer, port matches"
-			case peerIdx >= 0:
-				re.Matched, re.Why = true, "peer "+r.peers[peerIdx].text+" matches"
-			default:
-				texts := make([]string, 0, len(r.peers))
-				for _, p := range r.peers {
-					texts = append(texts, p.text)
-				}
-				re.Why = "peer " + rs.addrName(peerAddr) + " matches none of: " + strings.Join(texts, "; ")
+			re := rs.explainRule(r, peer, peerAddr, dstPod, f)
+			if stop != "" {
+				re.Matched, re.Why = false, stop
 			}
 			pe.Rules = append(pe.Rules, re)
 		}
 		out.Policies = append(out.Policies, pe)
 	}
+	if stop == "" && npIsolates {
+		stop = "not reached: a NetworkPolicy isolates the pod for " + dirNames[dir] + ", so it decides"
+	}
+	rs.explainCNP(&out, dir, set.baseline, stop, peer, peerAddr, dstPod, f)
 	return out
+}
+
+// explainCNP explains one tier's ClusterNetworkPolicy rules in evaluation
+// order, starting with stop as the reason rules are not reached ("" while
+// they are), and returns the stop reason for what comes after the tier.
+func (rs *Ruleset) explainCNP(out *SideExplanation, dir uint8, rules []int32, stop string, peer endpoint, peerAddr netip.Addr, dstPod int32, f Flow) string {
+	after := stop
+	tierStop := stop
+	for _, ri := range rules {
+		r := &rs.rules[ri]
+		pol := &rs.policies[r.policy]
+		if n := len(out.Policies); n == 0 || out.Policies[n-1].Policy != rs.PolicyName(r.policy) {
+			prio := pol.priority
+			out.Policies = append(out.Policies, PolicyExplanation{Policy: rs.PolicyName(r.policy), Tier: tierName(pol.kind), Priority: &prio, Staged: pol.staged})
+		}
+		pe := &out.Policies[len(out.Policies)-1]
+		re := rs.explainRule(r, peer, peerAddr, dstPod, f)
+		switch {
+		case tierStop != "":
+			re.Matched, re.Why = false, tierStop
+		case re.Matched && pol.staged:
+			re.Why += " (staged: would decide " + actionName(r.action) + ")"
+		case re.Matched:
+			re.Decided = true
+			if r.action == actPass {
+				re.Why += ": Pass skips the rest of the " + tierName(pol.kind) + " tier"
+				tierStop = "not reached: " + rs.ruleTitle(r) + " passed the flow to the next tier"
+			} else {
+				re.Why += ": " + actionName(r.action) + " decides"
+				tierStop = "not reached: decided by " + rs.ruleTitle(r)
+				after = tierStop
+			}
+		}
+		pe.Rules = append(pe.Rules, re)
+	}
+	return after
+}
+
+// explainRule says whether rule r matches the flow and why.
+func (rs *Ruleset) explainRule(r *rule, peer endpoint, peerAddr netip.Addr, dstPod int32, f Flow) RuleExplanation {
+	re := RuleExplanation{Rule: fmt.Sprintf("%s[%d]", dirNames[r.dir], r.index), Name: r.name}
+	if rs.policies[r.policy].kind != tierNP {
+		re.Action = actionName(r.action)
+	}
+	portOK := r.anyPort || rs.portsMatch(r.ports, f.Proto, f.DstPort, dstPod)
+	peerIdx := -1
+	if !r.anyPeer {
+		peerIdx = rs.peerMatch(r.peers, peer, peerAddr)
+	}
+	switch {
+	case !portOK:
+		re.Why = fmt.Sprintf("port %d/%s is not among %s", f.DstPort, ProtoName(f.Proto), rs.portsText(r.ports))
+	case r.anyPeer:
+		re.Matched, re.Why = true, "any peer, port matches"
+	case peerIdx >= 0:
+		re.Matched, re.Why = true, "peer "+r.peers[peerIdx].text+" matches"
+	default:
+		texts := make([]string, 0, len(r.peers))
+		for _, p := range r.peers {
+			texts = append(texts, p.text)
+		}
+		re.Why = "peer " + rs.addrName(peerAddr) + " matches none of: " + strings.Join(texts, "; ")
+	}
+	return re
 }
 
 func (rs *Ruleset) portsText(ports []portRange) string {

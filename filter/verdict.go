@@ -47,6 +47,17 @@ const (
 	// policies cannot be known, so the flow is denied until it is synced.
 	// Side.Policy indexes the range (Ruleset.PodCIDR).
 	UnknownPod
+	// AdminAccepted, AdminDenied: an Admin tier ClusterNetworkPolicy rule
+	// decided; Policy, Rule and Peer name it. Final for this side.
+	AdminAccepted
+	AdminDenied
+	// BaselineAccepted, BaselineDenied, BaselinePassed: a Baseline tier
+	// ClusterNetworkPolicy rule decided (no NetworkPolicy isolates the
+	// pod in this direction); Policy, Rule and Peer name it. A Baseline
+	// Pass hands the flow to the default, which allows.
+	BaselineAccepted
+	BaselineDenied
+	BaselinePassed
 )
 
 func (d Decision) String() string {
@@ -65,23 +76,72 @@ func (d Decision) String() string {
 		return "malformed"
 	case UnknownPod:
 		return "unknown-pod"
+	case AdminAccepted:
+		return "admin-accept"
+	case AdminDenied:
+		return "admin-deny"
+	case BaselineAccepted:
+		return "baseline-accept"
+	case BaselineDenied:
+		return "baseline-deny"
+	case BaselinePassed:
+		return "baseline-pass"
 	}
 	return "unknown"
 }
 
 // Allowed reports whether the side lets the flow through.
-func (d Decision) Allowed() bool { return d <= NodeLocal }
+func (d Decision) Allowed() bool {
+	switch d {
+	case NotPoliced, NotIsolated, AllowedByRule, NodeLocal, AdminAccepted, BaselineAccepted, BaselinePassed:
+		return true
+	}
+	return false
+}
+
+// ByRule reports whether a rule decided the side, so that Side.Policy,
+// Rule and Peer name it: a NetworkPolicy rule that allowed the flow or a
+// ClusterNetworkPolicy rule of either tier.
+func (d Decision) ByRule() bool {
+	switch d {
+	case AllowedByRule, AdminAccepted, AdminDenied, BaselineAccepted, BaselineDenied, BaselinePassed:
+		return true
+	}
+	return false
+}
+
+// Tier names the policy tier that decided: "Admin", "NetworkPolicy",
+// "Baseline", or "" when no tier did (the side is not a pod, not isolated,
+// node-local, unknown or malformed).
+func (d Decision) Tier() string {
+	switch d {
+	case AdminAccepted, AdminDenied:
+		return "Admin"
+	case AllowedByRule, DeniedIsolated:
+		return "NetworkPolicy"
+	case BaselineAccepted, BaselineDenied, BaselinePassed:
+		return "Baseline"
+	}
+	return ""
+}
 
 // Side is the decision of one direction together with what made it. All
 // fields are indexes into the Ruleset that produced the verdict so that a
 // decision allocates nothing; Ruleset.Describe renders them.
 type Side struct {
 	Decision Decision
+	// Pass is set when an Admin tier Pass rule sent this side on to the
+	// NetworkPolicy tier: 1 + its index in the Ruleset's Pass rules
+	// (Ruleset.PassRule names it), 0 when none did. It sits in the
+	// padding after Decision, so a Side, and the verdicts the cache
+	// copies, stay 16 bytes.
+	Pass uint16
 	// Pod is the index of the pod this side polices, -1 when none.
 	Pod int32
-	// Policy, Rule and Peer name the policy (Ruleset index), rule and peer
-	// index within it that allowed the flow; -1 when not AllowedByRule. Peer
-	// is -1 too when the rule has no peers (it allows every peer).
+	// Policy, Rule and Peer name the policy (Ruleset index: NetworkPolicy
+	// or ClusterNetworkPolicy), rule and peer index within it that decided
+	// the flow; -1 when no rule did (Decision.ByRule). Peer is -1 too when
+	// the rule has no peers (it matches every peer).
 	//
 	// For UnknownPod, Policy is instead the index of the node pod CIDR the
 	// address is in (Ruleset.PodCIDR names it): a field of its own would
