@@ -125,7 +125,7 @@ spec:
 			{"10.0.1.2", "10.0.2.1", 80, tcp, true, "passed by Admin ClusterNetworkPolicy/a-pass (priority 10) ingress[0] \"y-to-np\" Pass; x/b not isolated"},
 			{"10.0.2.1", "10.0.1.1", 80, tcp, false, "denied by Admin ClusterNetworkPolicy/b-deny"},
 			{"10.0.1.1", "10.0.1.2", 80, tcp, false, "denied by Admin ClusterNetworkPolicy/b-deny"},
-			{"192.168.0.1", "10.0.1.1", 80, tcp, true, "own node"}, // kubelet on node-1
+			{"192.168.0.1", "10.0.1.1", 80, tcp, true, "own node"},                                             // kubelet on node-1
 			{"8.8.8.8", "10.0.1.1", 80, tcp, false, "ingress: default deny by isolation of x/a from x/from-y"}, // no Admin rule matches
 		}},
 		{"baseline decides only where no NetworkPolicy isolates, per direction", cnpHead + `
