@@ -12,6 +12,7 @@
 #   kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy
 #   kubectl agnhost     Kubernetes v1.37.2 binaries, all in $cache/kubernetes-v1.37.2/
 #   e2e-netpol          upstream's Netpol e2e tests as one test binary (same folder)
+#   ginkgo              the ginkgo v2 CLI of the same dependency set, to run e2e-netpol in parallel
 #   containerd          folder with containerd, ctr, containerd-shim-runc-v2 (v2.4.2)
 #   cni                 folder with the CNI plugins ptp host-local portmap loopback bridge (v1.10.0)
 #   pause-image         OCI tarball registry.k8s.io/pause:3.10.2 (our static pause)
@@ -173,12 +174,13 @@ one() {
 		kube "$1" "k8s.io/kubernetes/cmd/$1" ;;
 	agnhost) kube agnhost k8s.io/kubernetes/test/images/agnhost ;;
 	e2e-netpol) e2enetpol ;;
+	ginkgo) kube ginkgo github.com/onsi/ginkgo/v2/ginkgo ;;
 	containerd) containerd ;;
 	cni) cniplugins ;;
 	pause-image) pauseimage ;;
 	agnhost-image) agnhostimage ;;
 	*)
-		echo "unknown target $1 (want kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl agnhost e2e-netpol containerd cni pause-image agnhost-image, or none for all)" >&2
+		echo "unknown target $1 (want kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl agnhost e2e-netpol ginkgo containerd cni pause-image agnhost-image, or none for all)" >&2
 		exit 2
 		;;
 	esac
@@ -187,6 +189,6 @@ one() {
 if [ $# -eq 0 ]; then
 	# Cheap runtime pieces first so a caller can start on them early.
 	set -- containerd cni pause-image kube-apiserver kubelet kube-proxy kubectl \
-		kube-controller-manager kube-scheduler agnhost agnhost-image e2e-netpol
+		kube-controller-manager kube-scheduler agnhost agnhost-image e2e-netpol ginkgo
 fi
 for t in "$@"; do one "$t"; done
