@@ -30,18 +30,24 @@ import (
 // queue.
 const acceptAllCmd = "__acceptall"
 
+// acceptAllMark is the mark the accept-all reader's repeat verdict sets.
+const acceptAllMark = 0x10000
+
 // runAcceptAll binds queues base..base+n-1 of the current network
 // namespace with the agent's options (GSO, copy range 128, the same queue
-// length and socket buffer), accepts every packet, prints "ready" once
+// length and socket buffer), accepts every packet (with VERDICT repeat:
+// answers NF_REPEAT with acceptAllMark, for a rule to accept on the second
+// pass, as the agent's rules do), prints "ready" once
 // bound and its counts when SIGTERM or SIGINT ends it. It times each
 // packet the way the agent's reader does (hook entry to verdict sent), so
 // that the agent's figure has a reference with no decision in it; SIGUSR1
 // drops the samples so far and is acknowledged with "reset".
 func runAcceptAll(args []string, stdout, stderr io.Writer) int {
-	if len(args) != 2 {
-		fmt.Fprintf(stderr, "%s: want QUEUE_BASE QUEUES\n", acceptAllCmd)
+	if len(args) != 3 || (args[2] != "accept" && args[2] != "repeat") {
+		fmt.Fprintf(stderr, "%s: want QUEUE_BASE QUEUES accept|repeat\n", acceptAllCmd)
 		return 2
 	}
+	repeat := args[2] == "repeat"
 	base, err1 := strconv.ParseUint(args[0], 10, 16)
 	n, err2 := strconv.ParseUint(args[1], 10, 16)
 	if err := errors.Join(err1, err2); err != nil || n == 0 || base+n-1 > 65535 {
@@ -81,7 +87,13 @@ func runAcceptAll(args []string, stdout, stderr io.Writer) int {
 			if a.PacketID == nil {
 				return 0
 			}
-			if err := nf.SetVerdict(*a.PacketID, nfqueue.NfAccept); err != nil {
+			var err error
+			if repeat {
+				err = nf.SetVerdictWithOption(*a.PacketID, nfqueue.NfRepeat, nfqueue.WithMark(acceptAllMark))
+			} else {
+				err = nf.SetVerdict(*a.PacketID, nfqueue.NfAccept)
+			}
+			if err != nil {
 				failed.Add(1)
 				return 0
 			}
@@ -180,13 +192,13 @@ type acceptAllProc struct {
 
 // startAcceptAll starts this binary as the accept-all reader inside ns and
 // returns once it has bound its queues.
-func startAcceptAll(ctx context.Context, sp *spawner, ns *netNS, base, n int) (*acceptAllProc, error) {
+func startAcceptAll(ctx context.Context, sp *spawner, ns *netNS, base, n int, verdict string) (*acceptAllProc, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("accept-all reader: find this binary: %w", err)
 	}
 	p := &acceptAllProc{lines: make(chan string, 4), exited: make(chan error, 1)}
-	p.cmd = exec.Command("ip", "netns", "exec", ns.Name, self, acceptAllCmd, strconv.Itoa(base), strconv.Itoa(n))
+	p.cmd = exec.Command("ip", "netns", "exec", ns.Name, self, acceptAllCmd, strconv.Itoa(base), strconv.Itoa(n), verdict)
 	p.cmd.Stderr = &p.stderr
 	out, err := p.cmd.StdoutPipe()
 	if err != nil {

@@ -28,7 +28,7 @@ type agentProc struct {
 
 // startAgent starts the agent inside ns and returns once /readyz says it
 // enforces.
-func startAgent(ctx context.Context, sp *spawner, bin string, ns *netNS, node, snapshot string, queues int, logPath string, extra ...string) (_ *agentProc, err error) {
+func startAgent(ctx context.Context, sp *spawner, bin string, ns *netNS, node, snapshot string, queues int, logPath string, env []string, extra ...string) (_ *agentProc, err error) {
 	lf, err := os.Create(logPath)
 	if err != nil {
 		return nil, fmt.Errorf("agent log: %w", err)
@@ -39,6 +39,9 @@ func startAgent(ctx context.Context, sp *spawner, bin string, ns *netNS, node, s
 		"--queues", strconv.Itoa(queues),
 		"--health-addr", e2e.AgentHealthAddr}, extra...)...)
 	cmd.Stdout, cmd.Stderr = lf, lf
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	if err := sp.start(cmd); err != nil {
 		lf.Close()
 		return nil, fmt.Errorf("start agent: %w", err)
@@ -128,6 +131,29 @@ func (a *agentProc) status(ctx context.Context) (agentStatus, error) {
 		return st, fmt.Errorf("agent /debug/counters: %w", err)
 	}
 	return st, nil
+}
+
+// allowedAtLeast returns the agent's status once it has allowed at least
+// n packets since before, which it must have for n connections it
+// diverts. The reader counts a verdict after sending it, so the last
+// connection may complete before its count: the status is read again for
+// up to a second before the shortfall is an error.
+func (a *agentProc) allowedAtLeast(ctx context.Context, before agentStatus, n int) (agentStatus, error) {
+	deadline := time.Now().Add(time.Second)
+	for {
+		st, err := a.status(ctx)
+		if err != nil {
+			return st, err
+		}
+		allowed := st.Total.Allowed - before.Total.Allowed
+		if allowed >= uint64(n) {
+			return st, nil
+		}
+		if time.Now().After(deadline) {
+			return st, fmt.Errorf("the agent allowed %d packets for %d connections: it is not deciding these flows", allowed, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // kernelDrops sums what the kernel dropped on the agent's queues.

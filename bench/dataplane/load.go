@@ -30,10 +30,13 @@ type server struct {
 	conns map[*net.TCPConn]struct{} // open, for close
 }
 
-func startServer(ns *netNS, addr netip.AddrPort) (*server, error) {
+// startServer listens on port on every address of ns (the server pod
+// holds the cache-miss lane's many server addresses too).
+func startServer(ns *netNS, port uint16) (*server, error) {
 	var ln net.Listener
+	addr := netip.AddrPortFrom(netip.IPv4Unspecified(), port).String()
 	if err := ns.Do(func() (err error) {
-		ln, err = (&net.ListenConfig{}).Listen(context.Background(), "tcp4", addr.String())
+		ln, err = (&net.ListenConfig{}).Listen(context.Background(), "tcp4", addr)
 		return err
 	}); err != nil {
 		return nil, fmt.Errorf("listen on %s in %s: %w", addr, ns.Name, err)
@@ -140,10 +143,10 @@ func (c *portCursor) next() int {
 }
 
 // connRate runs workers clients in the client namespace, each opening,
-// using (one byte each way) and resetting connections to dst one after the
-// other, until d has passed, ctx ends, or maxConns connections (0: no
-// limit) were attempted in total.
-func connRate(ctx context.Context, ns *netNS, src netip.Addr, dst netip.AddrPort, ports *portCursor, workers int, d time.Duration, maxConns int) (connResult, error) {
+// using (one byte each way) and resetting connections of the pairs tg
+// hands out one after the other, until d has passed, ctx ends, or
+// maxConns connections (0: no limit) were attempted in total.
+func connRate(ctx context.Context, ns *netNS, tg *targets, ports *portCursor, workers int, d time.Duration, maxConns int) (connResult, error) {
 	results := make([]connResult, workers)
 	errs := make([]error, workers)
 	var attempts atomic.Int64
@@ -160,7 +163,7 @@ func connRate(ctx context.Context, ns *netNS, src netip.Addr, dst netip.AddrPort
 				errs[w] = err
 				return
 			}
-			results[w] = connLoop(ctx, src, dst, ports, deadline, &attempts, int64(maxConns))
+			results[w] = connLoop(ctx, tg, ports, deadline, &attempts, int64(maxConns))
 		}()
 	}
 	wg.Wait()
@@ -183,10 +186,10 @@ func connRate(ctx context.Context, ns *netNS, src netip.Addr, dst netip.AddrPort
 // thread: cheaper than the Go netpoller for this pattern, and the client
 // must cost as little as it can, since it shares two cores with what it
 // measures.
-func connLoop(ctx context.Context, src netip.Addr, dst netip.AddrPort, ports *portCursor, deadline time.Time, attempts *atomic.Int64, maxConns int64) connResult {
+func connLoop(ctx context.Context, tg *targets, ports *portCursor, deadline time.Time, attempts *atomic.Int64, maxConns int64) connResult {
 	var r connResult
-	sa := &unix.SockaddrInet4{Port: int(dst.Port()), Addr: dst.Addr().As4()}
-	local := &unix.SockaddrInet4{Addr: src.As4()}
+	sa := &unix.SockaddrInet4{}
+	local := &unix.SockaddrInet4{}
 	var b [1]byte
 	fail := func(err error) {
 		r.failed++
@@ -202,7 +205,9 @@ func connLoop(ctx context.Context, src netip.Addr, dst netip.AddrPort, ports *po
 		if maxConns > 0 && attempts.Add(1) > maxConns {
 			return r
 		}
-		local.Port = ports.next()
+		c := tg.next()
+		sa.Addr, sa.Port = c.dst.Addr().As4(), int(c.dst.Port())
+		local.Addr, local.Port = c.src.As4(), ports.next()
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			fail(fmt.Errorf("socket: %w", err))

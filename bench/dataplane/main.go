@@ -25,6 +25,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -40,11 +41,15 @@ import (
 	"github.com/nfqpolicy/nfqpolicy/scenario"
 )
 
-// Targets, from issue 3.
+// Targets (issue 11): ratios against lanes measured in the same run, in
+// alternating rounds; medians of the per-round ratios.
 const (
-	targetConnRatio       = 0.90
+	targetConnRatio       = 1.00
 	targetThroughputRatio = 0.95
-	targetP99             = 50 * time.Microsecond
+	// SYN hold time, enforcing agent over the accept-all reader, with
+	// the flow cache on and off.
+	targetHoldCached   = 1.2
+	targetHoldUncached = 1.4
 )
 
 // decideOnlyN is how many packets the in-process decision timing takes.
@@ -62,7 +67,20 @@ type options struct {
 	workers      int
 	queues       int
 	latencyConns int
+	missClients  int
+	missServers  int
+	debugPhase   bool
+	// Experiments (docs/performance.md): extra agent flags and
+	// environment, and the accept-all reader's verdict.
+	agentArgs, agentEnv multiFlag
+	acceptAllVerdict    string
 }
+
+// multiFlag is a flag that may be given several times.
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, " ") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == acceptAllCmd {
@@ -77,11 +95,17 @@ func cmdMain(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.workload, "workload", "testdata/bench/knp-workload.yaml", "scenario file with the cluster and the probe to reproduce")
 	fs.StringVar(&o.nfqpolicy, "nfqpolicy", "", "agent binary (default: go build ./cmd/nfqpolicy into a temporary directory)")
-	fs.DurationVar(&o.duration, "duration", 3*time.Second, "measured time per mode of the connection-rate and of the throughput comparison, split into -rounds")
-	fs.IntVar(&o.rounds, "rounds", 6, "alternating rounds the -duration of each mode is split into")
+	fs.DurationVar(&o.duration, "duration", 4500*time.Millisecond, "measured time per mode of the connection-rate and of the throughput comparison, split into -rounds")
+	fs.IntVar(&o.rounds, "rounds", 15, "alternating rounds the -duration of each mode (and the -latency-conns of each SYN hold lane) is split into")
 	fs.IntVar(&o.workers, "workers", 4, "parallel clients of the connection-rate phases")
 	fs.IntVar(&o.queues, "queues", runtime.NumCPU(), "NFQUEUE queues of the agent and of the accept-all reader (the agent's default)")
-	fs.IntVar(&o.latencyConns, "latency-conns", 2000, "connections of each sequential latency phase (also bounded by -duration)")
+	fs.IntVar(&o.latencyConns, "latency-conns", 3000, "sequential connections of each SYN hold lane, over all rounds")
+	fs.IntVar(&o.missClients, "miss-clients", 100, "client pods of the cache-miss connection-rate lane")
+	fs.IntVar(&o.missServers, "miss-servers", 400, "server pods of the cache-miss connection-rate lane")
+	fs.BoolVar(&o.debugPhase, "debug-phase", false, "also time the agent's own reader-side latency from a run at --log-level debug")
+	fs.Var(&o.agentArgs, "agent-arg", "extra flag for both agents (repeatable; experiments)")
+	fs.Var(&o.agentEnv, "agent-env", "extra KEY=VALUE environment for both agents (repeatable; experiments, e.g. GOMAXPROCS=1)")
+	fs.StringVar(&o.acceptAllVerdict, "acceptall-verdict", "accept", "the accept-all reader's verdict: accept, or repeat (NF_REPEAT with a mark that a rule above the queue rule accepts: the agent's second pass; experiments)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -111,6 +135,14 @@ func (o options) check(nargs int) error {
 	}
 	if o.rounds < 1 || o.rounds > 100 || (o.rounds > 0 && o.duration/time.Duration(o.rounds) < 200*time.Millisecond) {
 		errs = append(errs, fmt.Errorf("-rounds %d: want 1..100 rounds of at least 200ms each", o.rounds))
+	} else if o.latencyConns/o.rounds < 20 {
+		errs = append(errs, fmt.Errorf("-latency-conns %d: want at least 20 per round", o.latencyConns))
+	}
+	if o.missClients < 1 || o.missServers < 1 || o.missClients+o.missServers > 1000 {
+		errs = append(errs, fmt.Errorf("-miss-clients %d -miss-servers %d: want at least 1 each, at most 1000 together", o.missClients, o.missServers))
+	}
+	if o.acceptAllVerdict != "accept" && o.acceptAllVerdict != "repeat" {
+		errs = append(errs, fmt.Errorf("-acceptall-verdict %q: want accept or repeat", o.acceptAllVerdict))
 	}
 	if o.workers < 1 || o.workers > 64 {
 		errs = append(errs, fmt.Errorf("-workers %d: want 1..64", o.workers))
@@ -133,33 +165,45 @@ type bench struct {
 	pair   pair
 	rs     *filter.Ruleset // the workload compiled, for the in-process figures
 	dst    netip.AddrPort
-	ports  portCursor
-	dir    string // temporary: snapshot, agent binary and logs
-	bin    string
+	one    *targets // the benchmark's flow
+	many   *targets // the cache-miss lane's pairs
+	// missClients and missServers: how many pods the pairs are between.
+	missClients, missServers int
+	ports                    portCursor
+	dir                      string // temporary: snapshot, agent binary and logs
+	bin                      string
+	snap                     string // the snapshot the agents read
 
-	// The three lanes are identical topologies that differ only in what
-	// the node runs, so that the modes can be measured in alternating
+	// The lanes are identical topologies that differ only in what the
+	// node runs, so that the modes can be measured in alternating
 	// rounds: on two shared cores the background load drifts within
 	// seconds, and a ratio of figures taken seconds apart measures the
 	// drift as much as the dataplane.
-	lanes                        []*lane
-	norules, acceptall, enforced *lane
-	reader                       *acceptAllProc
-	agent                        *agentProc
+	lanes                                 []*lane
+	norules, acceptall, enforced, nocache *lane
+	reader                                *acceptAllProc
 }
 
-// lane is one topology with its server.
+// lane is one topology with its server and, for the enforcing lanes,
+// its agent.
 type lane struct {
 	name string
-	topo *topology
-	srv  *server
+	// pid is the process answering the lane's queue (0: none).
+	pid   int
+	topo  *topology
+	srv   *server
+	agent *agentProc
+	// agentArgs are the lane's own agent flags.
+	agentArgs []string
 }
 
 // close stops what runs in the lanes and deletes them.
 func (b *bench) close() error {
 	var errs []error
-	if b.agent != nil {
-		errs = append(errs, b.agent.stop())
+	for _, l := range b.lanes {
+		if l.agent != nil {
+			errs = append(errs, l.agent.stop())
+		}
 	}
 	if b.reader != nil {
 		_, err := b.reader.stop()
@@ -204,6 +248,13 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) (err error) {
 		return fmt.Errorf("workload %s: %w", o.workload, err)
 	}
 	b.dst = netip.AddrPortFrom(b.pair.server, b.pair.port)
+	b.one = oneTarget(b.pair.client, b.dst)
+	clients, servers, pairs, err := manyPairs(b.rs, b.pair, o.missClients, o.missServers)
+	if err != nil {
+		return fmt.Errorf("workload %s: %w", o.workload, err)
+	}
+	b.many = &targets{conns: pairs}
+	b.missClients, b.missServers = len(clients), len(servers)
 
 	if swept, err := sweepStaleDirs(os.TempDir()); err != nil {
 		return err
@@ -222,8 +273,8 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) (err error) {
 	if err != nil {
 		return fmt.Errorf("workload: %w", err)
 	}
-	snapshot := filepath.Join(b.dir, filepath.Base(o.workload))
-	if err := os.WriteFile(snapshot, data, 0o644); err != nil {
+	b.snap = filepath.Join(b.dir, filepath.Base(o.workload))
+	if err := os.WriteFile(b.snap, data, 0o644); err != nil {
 		return fmt.Errorf("snapshot copy: %w", err)
 	}
 	b.bin = o.nfqpolicy
@@ -237,33 +288,38 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) (err error) {
 	b.sp = newSpawner()
 	defer b.sp.close()
 	prefix := fmt.Sprintf("%s%d-", namePrefix, os.Getpid())
-	// Deferred in reverse: agent and reader stop before their namespaces
-	// go, servers close before theirs.
+	// Deferred in reverse: agents and reader stop before their
+	// namespaces go, servers close before theirs.
 	defer func() { err = errors.Join(err, b.close()) }()
-	for _, name := range []string{"norules", "acceptall", "enforced"} {
+	for i, name := range []string{"norules", "acceptall", "enforced", "nocache"} {
 		l := &lane{name: name}
 		b.lanes = append(b.lanes, l)
-		if l.topo, err = buildTopology(ctx, prefix+name[:1]+"-", b.pair.client, b.pair.server); err != nil {
+		var ec, es []netip.Addr
+		if name == "acceptall" || name == "enforced" {
+			ec, es = clients, servers
+		}
+		if l.topo, err = buildTopology(ctx, prefix+"abcd"[i:i+1]+"-", b.pair.client, b.pair.server, ec, es); err != nil {
 			return err
 		}
-		if l.srv, err = startServer(l.topo.server, b.dst); err != nil {
+		if l.srv, err = startServer(l.topo.server, b.pair.port); err != nil {
 			return err
 		}
-		if err := b.warmUp(ctx, l); err != nil {
+		if err := b.warmUp(ctx, l, b.one); err != nil {
 			return err
 		}
 	}
-	b.norules, b.acceptall, b.enforced = b.lanes[0], b.lanes[1], b.lanes[2]
-	return b.phases(ctx, snapshot)
+	b.norules, b.acceptall, b.enforced, b.nocache = b.lanes[0], b.lanes[1], b.lanes[2], b.lanes[3]
+	b.nocache.agentArgs = []string{"--cache-size", "0"}
+	return b.phases(ctx)
 }
 
 // warmUp checks a lane's path with a connection before anything is
 // measured; the first also resolves the neighbours, which the first
 // measured round would otherwise pay for alone.
-func (b *bench) warmUp(ctx context.Context, l *lane) error {
+func (b *bench) warmUp(ctx context.Context, l *lane, tg *targets) error {
 	var last error
 	for range 5 {
-		rr, err := connRate(ctx, l.topo.client, b.pair.client, b.dst, &b.ports, 1, 2*time.Second, 1)
+		rr, err := connRate(ctx, l.topo.client, tg, &b.ports, 1, 2*time.Second, 1)
 		if err != nil {
 			return fmt.Errorf("warm-up of %s: %w", l.name, err)
 		}
@@ -277,49 +333,79 @@ func (b *bench) warmUp(ctx context.Context, l *lane) error {
 
 // result collects the figures the summary lines are made of.
 type result struct {
-	connRatios, tputRatios                []float64 // per round
-	rateNoRules, rateEnforcedOverNoRules  float64
-	seqNoRules, seqAcceptAll, seqEnforced seqTimes
-	seqEnforcedHits                       seqTimes // (c)'s agent: info level, cache on
-	verdict, readerAcceptAll              summary
+	connRatios, missRatios, tputRatios   []float64 // per round
+	rateNoRules, rateEnforcedOverNoRules float64
+	// Per round, enforced over accept-all SYN hold, cache on and off.
+	holdP50, holdP99, holdP50NoCache, holdP99NoCache []float64
+	readerAcceptAll                                  summary
 }
 
 func (b *bench) printf(format string, args ...any) { fmt.Fprintf(b.out, format, args...) }
 
-func (b *bench) phases(ctx context.Context, snapshot string) (err error) {
+// startAgent starts l's agent.
+func (b *bench) startAgent(ctx context.Context, l *lane, logName string, extra ...string) (err error) {
+	args := append(append(append([]string{"--debug-socket", filepath.Join(b.dir, l.name+".sock")}, l.agentArgs...), b.o.agentArgs...), extra...)
+	l.agent, err = startAgent(ctx, b.sp, b.bin, l.topo.node, b.pair.node, b.snap, b.o.queues, filepath.Join(b.dir, logName), b.o.agentEnv, args...)
+	if err != nil {
+		return fmt.Errorf("%s lane: %w", l.name, err)
+	}
+	// ip netns exec execs the agent: same process.
+	l.pid = l.agent.cmd.Process.Pid
+	return nil
+}
+
+func (b *bench) phases(ctx context.Context) (err error) {
 	o := b.o
 	round := o.duration / time.Duration(o.rounds)
-	b.printf("# nfqpolicy dataplane benchmark, %s, %d CPUs, GOMAXPROCS %d\n", time.Now().UTC().Format(time.RFC3339), runtime.NumCPU(), runtime.GOMAXPROCS(0))
-	b.printf("# NOTE: figures are noisy: client, server, kernel and queue reader share this machine's cores with each other and with other work. The modes run on three identical namespace topologies, measured in alternating rounds (each round starting with the next mode) so that drifting background load hits them alike; ratios are medians of per-round ratios. Compare ratios, not absolutes, and rerun before concluding.\n")
-	b.printf("# workload %s; agent --node-name %s --queues %d\n", o.workload, b.pair.node, o.queues)
+	load, _ := os.ReadFile("/proc/loadavg")
+	b.printf("# nfqpolicy dataplane benchmark, %s, %d CPUs, GOMAXPROCS %d, load average %s\n", time.Now().UTC().Format(time.RFC3339), runtime.NumCPU(), runtime.GOMAXPROCS(0), strings.Join(strings.Fields(string(load))[:min(3, len(strings.Fields(string(load))))], " "))
+	b.printf("# NOTE: figures are noisy: client, server, kernel and queue reader share this machine's cores with each other and with other work. The modes run on identical namespace topologies, measured in alternating rounds (each round starting with the next mode) so that drifting background load hits them alike; ratios are medians of per-round ratios, with their interquartile range. Compare ratios, not absolutes.\n")
+	b.printf("# workload %s; agents --node-name %s --queues %d %s%s\n", o.workload, b.pair.node, o.queues, strings.Join(o.agentArgs, " "), map[bool]string{true: " env " + strings.Join(o.agentEnv, " "), false: ""}[len(o.agentEnv) > 0])
 	b.printf("# flow %s\n", b.pair)
-	b.printf("# connection rate: %d rounds x %v per mode, %d workers, each connection = connect + 1 byte each way + close with SO_LINGER 0 (reset), a fresh source port each; throughput: %d rounds x %v per mode, one flow each (after %v warm-up); latency: 1 worker, up to %d connections\n",
-		o.rounds, round, o.workers, o.rounds, round, bulkWarmup, o.latencyConns)
+	b.printf("# cache-miss lane: %d distinct allowed pairs between %d clients and %d servers of node %s, cycled (the flow cache's key is the address pair and port, not the source port)\n",
+		len(b.many.conns), b.missClients, b.missServers, b.pair.node)
+	b.printf("# connection rate: %d rounds x %v per mode, %d workers, each connection = connect + 1 byte each way + close with SO_LINGER 0 (reset), a fresh source port each; throughput: %d rounds x %v per mode, one flow each (after %v warm-up); SYN hold: %d rounds of %d sequential connections per lane; accept-all verdict: %s\n",
+		o.rounds, round, o.workers, o.rounds, round, bulkWarmup, o.rounds, o.latencyConns/o.rounds, o.acceptAllVerdict)
 
-	// (b): our reader behind the simplest diversion rule. Reader first,
-	// as the agent does: a rule without a reader drops.
-	if b.reader, err = startAcceptAll(ctx, b.sp, b.acceptall.topo.node, queueBase, o.queues); err != nil {
-		return fmt.Errorf("phase b: %w", err)
+	// The accept-all lane: our reader behind the simplest diversion
+	// rule. Reader first, as the agent does: a rule without a reader
+	// drops.
+	if b.reader, err = startAcceptAll(ctx, b.sp, b.acceptall.topo.node, queueBase, o.queues, o.acceptAllVerdict); err != nil {
+		return fmt.Errorf("accept-all lane: %w", err)
 	}
+	b.acceptall.pid = b.reader.cmd.Process.Pid
 	target := fmt.Sprintf("--queue-num %d", queueBase)
 	if o.queues > 1 {
 		target = fmt.Sprintf("--queue-balance %d:%d", queueBase, queueBase+o.queues-1)
 	}
+	if o.acceptAllVerdict == "repeat" {
+		// The agent's shape: the repeated packet comes back marked and
+		// a rule above the queue rule accepts it.
+		if err := execIn(ctx, b.acceptall.topo.node, "iptables", "-w", "-A", "FORWARD", "-m", "mark", "--mark", fmt.Sprintf("%#x/%#x", acceptAllMark, acceptAllMark), "-j", "ACCEPT"); err != nil {
+			return fmt.Errorf("accept-all lane: install the mark rule: %w", err)
+		}
+	}
 	rule := append([]string{"-w", "-A", "FORWARD", "-m", "conntrack", "--ctstate", "NEW", "-j", "NFQUEUE"}, strings.Fields(target)...)
 	if err := execIn(ctx, b.acceptall.topo.node, "iptables", rule...); err != nil {
-		return fmt.Errorf("phase b: install the diversion rule: %w", err)
+		return fmt.Errorf("accept-all lane: install the diversion rule: %w", err)
 	}
-	// (c): the agent.
-	if b.agent, err = startAgent(ctx, b.sp, b.bin, b.enforced.topo.node, b.pair.node, snapshot, o.queues, filepath.Join(b.dir, "agent.log")); err != nil {
-		return fmt.Errorf("phase c: %w", err)
+	for _, l := range []*lane{b.enforced, b.nocache} {
+		if err := b.startAgent(ctx, l, "agent-"+l.name+".log"); err != nil {
+			return err
+		}
 	}
-	// Both rule sets loaded conntrack, so its per-namespace timeouts exist.
-	for _, l := range []*lane{b.acceptall, b.enforced} {
+	// The rule sets loaded conntrack, so its per-namespace timeouts exist.
+	for _, l := range []*lane{b.acceptall, b.enforced, b.nocache} {
 		if err := l.topo.setConntrackTimeouts(ctx); err != nil {
 			fmt.Fprintf(b.errOut, "warning: cannot shorten conntrack timeouts in %s: %v\n", l.topo.node.Name, err)
 		}
-		if err := b.warmUp(ctx, l); err != nil {
+		if err := b.warmUp(ctx, l, b.one); err != nil {
 			return err
+		}
+	}
+	for _, l := range []*lane{b.acceptall, b.enforced} {
+		if err := b.warmUp(ctx, l, b.many); err != nil {
+			return fmt.Errorf("cache-miss pairs: %w", err)
 		}
 	}
 
@@ -330,8 +416,13 @@ func (b *bench) phases(ctx context.Context, snapshot string) (err error) {
 	if err := b.throughputRounds(ctx, round, &r); err != nil {
 		return err
 	}
-	if err := b.latencyPhases(ctx, snapshot, &r); err != nil {
+	if err := b.holdRounds(ctx, &r); err != nil {
 		return err
+	}
+	if o.debugPhase {
+		if err := b.debugPhase(ctx); err != nil {
+			return err
+		}
 	}
 	for _, c := range []struct {
 		name  string
@@ -354,25 +445,59 @@ type modeFigures struct {
 	firstErr   error
 }
 
-// connRounds are (a), (b) and (c): rounds of norules, acceptall,
-// enforced.
+// connMode is one mode of the connection-rate rounds: a lane and the
+// pairs its clients connect.
+type connMode struct {
+	name string
+	lane *lane
+	tg   *targets
+}
+
+// connRounds measures new connections per second, in alternating rounds
+// of: no rules, the accept-all reader and the agent on the benchmark's
+// flow, and the accept-all reader and the agent on the cache-miss lane's
+// many pairs.
 func (b *bench) connRounds(ctx context.Context, round time.Duration, r *result) error {
-	lanes := []*lane{b.norules, b.acceptall, b.enforced}
-	figs := make([]modeFigures, len(lanes))
-	before, err := b.agent.status(ctx)
-	if err != nil {
-		return fmt.Errorf("phase c: %w", err)
+	modes := []connMode{
+		{"norules", b.norules, b.one},
+		{"acceptall", b.acceptall, b.one},
+		{"enforced", b.enforced, b.one},
+		// Cursors of their own, so that each lane goes through the pairs
+		// once before it repeats one.
+		{"acceptall-miss", b.acceptall, &targets{conns: b.many.conns}},
+		{"enforced-miss", b.enforced, &targets{conns: b.many.conns}},
 	}
+	figs := make([]modeFigures, len(modes))
+	var hitsOne, missesOne, hitsMany, missesMany uint64
 	for k := range b.o.rounds {
-		rates := make([]float64, len(lanes))
-		for _, i := range rotated(len(lanes), k) {
-			l := lanes[i]
-			rr, err := connRate(ctx, l.topo.client, b.pair.client, b.dst, &b.ports, b.o.workers, round, 0)
+		rates := make([]float64, len(modes))
+		for _, i := range shuffled(len(modes), k) {
+			m := modes[i]
+			var before agentStatus
+			if m.lane.agent != nil {
+				var err error
+				if before, err = m.lane.agent.status(ctx); err != nil {
+					return fmt.Errorf("%s lane: %w", m.name, err)
+				}
+			}
+			rr, err := connRate(ctx, m.lane.topo.client, m.tg, &b.ports, b.o.workers, round, 0)
 			if err != nil {
-				return fmt.Errorf("connection rate (%s): %w", l.name, err)
+				return fmt.Errorf("connection rate (%s): %w", m.name, err)
 			}
 			if rr.ok == 0 {
-				return fmt.Errorf("connection rate (%s): no connection completed (%d failed; first: %v)", l.name, rr.failed, rr.firstErr)
+				return fmt.Errorf("connection rate (%s): no connection completed (%d failed; first: %v)", m.name, rr.failed, rr.firstErr)
+			}
+			if m.lane.agent != nil {
+				after, err := m.lane.agent.allowedAtLeast(ctx, before, rr.ok)
+				if err != nil {
+					return fmt.Errorf("%s lane: %w", m.name, err)
+				}
+				h, ms := after.CacheHits-before.CacheHits, after.CacheMisses-before.CacheMisses
+				if len(m.tg.conns) > 1 {
+					hitsMany, missesMany = hitsMany+h, missesMany+ms
+				} else {
+					hitsOne, missesOne = hitsOne+h, missesOne+ms
+				}
 			}
 			f := &figs[i]
 			f.rates = append(f.rates, rr.rate())
@@ -385,40 +510,34 @@ func (b *bench) connRounds(ctx context.Context, round time.Duration, r *result) 
 			rates[i] = rr.rate()
 		}
 		r.connRatios = append(r.connRatios, rates[2]/rates[1])
+		r.missRatios = append(r.missRatios, rates[4]/rates[3])
 	}
-	after, err := b.agent.status(ctx)
-	if err != nil {
-		return fmt.Errorf("phase c: %w", err)
-	}
-	for i, l := range lanes {
+	for i, m := range modes {
 		f := figs[i]
 		s, _ := summarize(f.connect)
-		b.printf("conn_rate %-9s phase=%c rate=%.0f/s (median of rounds: %s) conns=%d failed=%d connect(SYN->SYN-ACK under load): p50=%.1fus p99=%.1fus\n",
-			l.name, "abc"[i], median(f.rates), formatFloats(f.rates, "%.0f"), f.ok, f.failed, us(s.p50), us(s.p99))
+		b.printf("conn_rate %-14s rate=%.0f/s (rounds: %s) conns=%d failed=%d connect(SYN->SYN-ACK under load): p50=%.1fus p99=%.1fus\n",
+			m.name, median(f.rates), formatFloats(f.rates, "%.0f"), f.ok, f.failed, us(s.p50), us(s.p99))
 		if f.failed > 0 {
-			b.printf("  %s: first failure: %v\n", l.name, f.firstErr)
+			b.printf("  %s: first failure: %v\n", m.name, f.firstErr)
 		}
 	}
-	r.rateNoRules = median(figs[0].rates)
 	b.printf("ratio per round conn_rate_enforced_vs_acceptall: %s\n", formatFloats(r.connRatios, "%.2f"))
-	allowed := after.Total.Allowed - before.Total.Allowed
-	b.printf("agent during phase c: allowed=%d denied=%d cache_misses=%d cache_hits=%d enobufs=%d kernel_queue_drops=%d (the flow cache's key has no source port: one client/server pair is one entry)\n",
-		allowed, after.Total.Denied-before.Total.Denied, after.CacheMisses-before.CacheMisses, after.CacheHits-before.CacheHits,
-		after.Total.NoBufs-before.Total.NoBufs, after.kernelDrops()-before.kernelDrops())
-	if allowed < uint64(figs[2].ok) {
-		return fmt.Errorf("phase c: the agent allowed %d packets for %d connections: it is not deciding this flow", allowed, figs[2].ok)
-	}
+	b.printf("ratio per round conn_rate_enforced_miss_vs_acceptall_miss: %s\n", formatFloats(r.missRatios, "%.2f"))
+	b.printf("agent cache during the connection rounds: one flow hits=%d misses=%d; cache-miss lane hits=%d misses=%d (%.0f%% misses)\n",
+		hitsOne, missesOne, hitsMany, missesMany, 100*float64(missesMany)/float64(max(hitsMany+missesMany, 1)))
+	r.rateNoRules = median(figs[0].rates)
 	r.rateEnforcedOverNoRules = median(figs[2].rates) / r.rateNoRules
 	return nil
 }
 
-// throughputRounds are (d) and (e): rounds of norules, enforced.
+// throughputRounds: alternating rounds of one bulk flow without rules and
+// through the agent.
 func (b *bench) throughputRounds(ctx context.Context, round time.Duration, r *result) error {
 	lanes := []*lane{b.norules, b.enforced}
 	rates := make([][]float64, len(lanes))
-	before, err := b.agent.status(ctx)
+	before, err := b.enforced.agent.status(ctx)
 	if err != nil {
-		return fmt.Errorf("phase e: %w", err)
+		return fmt.Errorf("throughput: %w", err)
 	}
 	for k := range b.o.rounds {
 		for _, i := range rotated(len(lanes), k) {
@@ -432,179 +551,197 @@ func (b *bench) throughputRounds(ctx context.Context, round time.Duration, r *re
 		n := len(rates[0]) - 1
 		r.tputRatios = append(r.tputRatios, rates[1][n]/rates[0][n])
 	}
-	after, err := b.agent.status(ctx)
+	after, err := b.enforced.agent.status(ctx)
 	if err != nil {
-		return fmt.Errorf("phase e: %w", err)
+		return fmt.Errorf("throughput: %w", err)
 	}
 	for i, l := range lanes {
-		b.printf("throughput %-9s phase=%c rate=%.2f Gbit/s (median of rounds: %s)\n", l.name, "de"[i], median(rates[i]), formatFloats(rates[i], "%.2f"))
+		b.printf("throughput %-9s rate=%.2f Gbit/s (rounds: %s)\n", l.name, median(rates[i]), formatFloats(rates[i], "%.2f"))
 	}
 	b.printf("ratio per round throughput_enforced_vs_norules: %s\n", formatFloats(r.tputRatios, "%.2f"))
-	b.printf("agent during phase e: verdicts=%d for %d bulk flows (each flow's first packet; every later one stays in the kernel)\n",
+	b.printf("agent during the throughput rounds: verdicts=%d for %d bulk flows (each flow's first packet; every later one stays in the kernel)\n",
 		after.Total.Allowed+after.Total.Denied-before.Total.Allowed-before.Total.Denied, b.o.rounds)
 	return nil
 }
 
-// seqTimes are a sequential phase's figures.
-type seqTimes struct {
-	// connect: connect() times, the SYN -> SYN-ACK round trip through
-	// the node, seen by the client.
-	connect summary
-	// held: how long the node held each SYN, from the kernel's stamps on
-	// its two links.
-	held summary
+// holdFigures are one lane's SYN hold rounds.
+type holdFigures struct {
+	held, connect               []time.Duration // all rounds
+	p50, p99                    []time.Duration // per round
+	failed, unmatched, inverted int
+	firstErr                    error
+	cost                        procStat    // of the lane's queue reader, over its rounds
+	before                      agentStatus // the lane's agent's counters before the rounds
 }
 
-// seqLatency opens connections one at a time in a lane while the SYN tap
-// watches the node.
-func (b *bench) seqLatency(ctx context.Context, phase string, l *lane) (seqTimes, error) {
-	var st seqTimes
-	tap, err := openSynTap(l.topo.node, "vc", "vs", synFilter{dst: b.dst})
-	if err != nil {
-		return st, fmt.Errorf("phase %s (%s sequential latency): %w", phase, l.name, err)
-	}
-	rr, err := connRate(ctx, l.topo.client, b.pair.client, b.dst, &b.ports, 1, b.o.duration, b.o.latencyConns)
-	held, unmatched, terr := tap.close()
-	if err = errors.Join(err, terr); err != nil {
-		return st, fmt.Errorf("phase %s (%s sequential latency): %w", phase, l.name, err)
-	}
-	if st.connect, err = summarize(rr.connect); err != nil {
-		return st, fmt.Errorf("phase %s (%s sequential latency): no connection completed (%d failed; first: %v)", phase, l.name, rr.failed, rr.firstErr)
-	}
-	if st.held, err = summarize(held); err != nil {
-		return st, fmt.Errorf("phase %s (%s sequential latency): the tap saw no SYN cross the node (%d seen on one link only)", phase, l.name, unmatched)
-	}
-	b.printf("syn_synack %-9s phase=%s sequential %s failed=%d (client's connect() time)\n", l.name, phase, st.connect, rr.failed)
-	b.printf("syn_held   %-9s phase=%s sequential %s unmatched=%d (node: SYN in on the client link -> out on the server link, kernel timestamps; unmatched: seen on one link only)\n", l.name, phase, st.held, unmatched)
-	return st, nil
-}
-
-// latencyPhases are the sequential runs of each lane; for the enforced
-// lane three of them, with the agent restarted in between:
-//   - c: the agent of (c) as deployed (info level, cache on). The flow
-//     cache's key leaves the source port out, so every connection of one
-//     client/server pair after the first is a hit.
-//   - f: --cache-size 0, which sends every packet down the miss path
-//     (decide against the compiled policies, minus the LRU lookup and
-//     insert). Its SYN hold time is the summary's verdict latency.
-//   - f-debug: the same at debug level, which logs every verdict with the
-//     time from receiving the packet to having sent the verdict (the
-//     latency its Observer hook gets): the agent's own figure. Logging
-//     costs the reader time, hence a run of its own.
-func (b *bench) latencyPhases(ctx context.Context, snapshot string, r *result) (err error) {
-	if r.seqNoRules, err = b.seqLatency(ctx, "a", b.norules); err != nil {
-		return err
-	}
-	// The reader's own timing covers its sequential run only, like the
-	// agent's in f-debug.
+// holdRounds times, in alternating rounds, how long each node holds a
+// SYN: one connection at a time, kernel time stamps on the node's two
+// links. The lanes: no rules, the accept-all reader, the agent with its
+// cache (every SYN of the flow after the first is a hit) and the agent
+// without (every SYN takes the miss path).
+func (b *bench) holdRounds(ctx context.Context, r *result) error {
+	lanes := []*lane{b.norules, b.acceptall, b.enforced, b.nocache}
+	figs := make([]holdFigures, len(lanes))
+	per := b.o.latencyConns / b.o.rounds
+	// The reader's own timing covers these rounds only.
 	if err := b.reader.reset(); err != nil {
-		return fmt.Errorf("phase b: %w", err)
+		return fmt.Errorf("accept-all lane: %w", err)
 	}
-	if r.seqAcceptAll, err = b.seqLatency(ctx, "b", b.acceptall); err != nil {
-		return err
+	for i, l := range lanes {
+		if l.agent != nil {
+			st, err := l.agent.status(ctx)
+			if err != nil {
+				return fmt.Errorf("%s lane: %w", l.name, err)
+			}
+			figs[i].before = st
+		}
+	}
+	for k := range b.o.rounds {
+		for _, i := range shuffled(len(lanes), k) {
+			l := lanes[i]
+			f := &figs[i]
+			tap, err := openSynTap(l.topo.node, "vc", "vs", synFilter{dst: b.dst})
+			if err != nil {
+				return fmt.Errorf("SYN hold (%s): %w", l.name, err)
+			}
+			var ps0 procStat
+			if l.pid != 0 {
+				if ps0, err = readProcStat(l.pid); err != nil {
+					return fmt.Errorf("SYN hold (%s): %w", l.name, err)
+				}
+			}
+			rr, err := connRate(ctx, l.topo.client, b.one, &b.ports, 1, 10*time.Second, per)
+			if l.pid != 0 {
+				ps1, perr := readProcStat(l.pid)
+				err = errors.Join(err, perr)
+				f.cost = f.cost.add(ps1.sub(ps0))
+			}
+			held, unmatched, inverted, terr := tap.close()
+			if err = errors.Join(err, terr); err != nil {
+				return fmt.Errorf("SYN hold (%s): %w", l.name, err)
+			}
+			s, err := summarize(held)
+			if err != nil {
+				return fmt.Errorf("SYN hold (%s): the tap saw no SYN cross the node (%d connections, %d failed, first: %v; %d seen on one link only)", l.name, rr.ok, rr.failed, rr.firstErr, unmatched)
+			}
+			f.held = append(f.held, held...)
+			f.connect = append(f.connect, rr.connect...)
+			f.p50 = append(f.p50, s.p50)
+			f.p99 = append(f.p99, s.p99)
+			f.failed += rr.failed
+			f.unmatched += unmatched
+			f.inverted += inverted
+			if f.firstErr == nil {
+				f.firstErr = rr.firstErr
+			}
+		}
+		ratio := func(i, j int, p func(*holdFigures) []time.Duration) float64 {
+			return float64(p(&figs[i])[k]) / float64(p(&figs[j])[k])
+		}
+		p50 := func(f *holdFigures) []time.Duration { return f.p50 }
+		p99 := func(f *holdFigures) []time.Duration { return f.p99 }
+		r.holdP50 = append(r.holdP50, ratio(2, 1, p50))
+		r.holdP99 = append(r.holdP99, ratio(2, 1, p99))
+		r.holdP50NoCache = append(r.holdP50NoCache, ratio(3, 1, p50))
+		r.holdP99NoCache = append(r.holdP99NoCache, ratio(3, 1, p99))
+	}
+	for i, l := range lanes {
+		f := &figs[i]
+		held, _ := summarize(f.held)
+		conn, _ := summarize(f.connect)
+		b.printf("syn_held   %-9s all rounds %s per-round p50 %s us, p99 %s us; unmatched=%d inverted=%d (node: SYN in on the client link -> out on the server link, kernel time stamps)\n",
+			l.name, held, formatDurations(f.p50), formatDurations(f.p99), f.unmatched, f.inverted)
+		b.printf("syn_synack %-9s all rounds %s failed=%d (client's connect() time)\n", l.name, conn, f.failed)
+		if l.pid != 0 && len(f.connect) > 0 {
+			n := float64(len(f.connect))
+			b.printf("reader_cost %-9s per connection: cpu=%.1fus voluntary_switches=%.2f involuntary_switches=%.2f (the queue reader's process, all threads, during its rounds)\n",
+				l.name, us(f.cost.cpu)/n, float64(f.cost.voluntary)/n, float64(f.cost.forced)/n)
+		}
+		if l.agent == nil {
+			continue
+		}
+		after, err := l.agent.allowedAtLeast(ctx, f.before, len(f.connect))
+		if err != nil {
+			return fmt.Errorf("%s lane: %w", l.name, err)
+		}
+		allowed := after.Total.Allowed - f.before.Total.Allowed
+		hits := after.CacheHits - f.before.CacheHits
+		if l == b.nocache && hits > 0 {
+			return fmt.Errorf("%s lane: %d cache hits with --cache-size 0", l.name, hits)
+		}
+		b.printf("agent %-9s during the SYN hold rounds: allowed=%d cache_hits=%d cache_misses=%d\n", l.name, allowed, hits, after.CacheMisses-f.before.CacheMisses)
 	}
 	c, err := b.reader.stop()
 	b.reader = nil
 	if err != nil {
-		return fmt.Errorf("phase b: %w", err)
+		return fmt.Errorf("accept-all lane: %w", err)
 	}
 	r.readerAcceptAll = c.latency
-	b.printf("verdict_latency acceptall phase=b %s (reader-side, sequential: packet handed to the reader -> NfAccept sent)\n", c.latency)
-	b.printf("acceptall reader: queued_and_accepted=%d (whole run) enobufs=%d verdict_errors=%d\n", c.accepted, c.noBufs, c.errors)
+	b.printf("verdict_latency acceptall %s (reader-side, SYN hold rounds: packet handed to the reader -> verdict sent)\n", c.latency)
+	b.printf("acceptall reader: queued_and_answered=%d (whole run) enobufs=%d verdict_errors=%d\n", c.accepted, c.noBufs, c.errors)
+	b.printf("ratio per round syn_hold_p50_enforced_vs_acceptall: %s\n", formatFloats(r.holdP50, "%.2f"))
+	b.printf("ratio per round syn_hold_p99_enforced_vs_acceptall: %s\n", formatFloats(r.holdP99, "%.2f"))
+	b.printf("ratio per round syn_hold_p50_nocache_vs_acceptall: %s\n", formatFloats(r.holdP50NoCache, "%.2f"))
+	b.printf("ratio per round syn_hold_p99_nocache_vs_acceptall: %s\n", formatFloats(r.holdP99NoCache, "%.2f"))
+	return nil
+}
 
-	if r.seqEnforcedHits, err = b.seqLatency(ctx, "c", b.enforced); err != nil {
-		return err
+// debugPhase restarts the cache-off lane's agent at debug level, which
+// logs every verdict with the time from receiving the packet to having
+// sent the verdict (the latency its Observer hook gets): the agent's own
+// figure. Logging costs the reader time, hence a run of its own, after
+// the measured rounds.
+func (b *bench) debugPhase(ctx context.Context) error {
+	l := b.nocache
+	if err := l.agent.stop(); err != nil {
+		return fmt.Errorf("debug phase: %w", err)
 	}
-	if err := b.restartAgent(ctx, snapshot, "agent-nocache.log", "--cache-size", "0"); err != nil {
-		return fmt.Errorf("phase f: %w", err)
+	l.agent = nil
+	logName := "agent-debug.log"
+	if err := b.startAgent(ctx, l, logName, "--log-level", "debug"); err != nil {
+		return fmt.Errorf("debug phase: %w", err)
 	}
-	if r.seqEnforced, err = b.seqMisses(ctx, "f"); err != nil {
-		return err
-	}
-	logPath := filepath.Join(b.dir, "agent-debug.log")
-	if err := b.restartAgent(ctx, snapshot, filepath.Base(logPath), "--cache-size", "0", "--log-level", "debug"); err != nil {
-		return fmt.Errorf("phase f-debug: %w", err)
-	}
-	if _, err = b.seqMisses(ctx, "f-debug"); err != nil {
-		return err
-	}
-	if err := b.agent.stop(); err != nil {
-		return fmt.Errorf("phase f-debug: %w", err)
-	}
-	f, err := os.Open(logPath)
+	rr, err := connRate(ctx, l.topo.client, b.one, &b.ports, 1, 10*time.Second, b.o.latencyConns/4)
 	if err != nil {
-		return fmt.Errorf("phase f-debug: %w", err)
+		return fmt.Errorf("debug phase: %w", err)
+	}
+	if err := l.agent.stop(); err != nil {
+		return fmt.Errorf("debug phase: %w", err)
+	}
+	l.agent = nil
+	f, err := os.Open(filepath.Join(b.dir, logName))
+	if err != nil {
+		return fmt.Errorf("debug phase: %w", err)
 	}
 	defer f.Close()
 	lat, err := verdictLatencies(f, verdictFilter{src: b.pair.client, dst: b.pair.server, dport: b.pair.port})
 	if err != nil {
-		return fmt.Errorf("phase f-debug: %w", err)
+		return fmt.Errorf("debug phase: %w", err)
 	}
-	if r.verdict, err = summarize(lat); err != nil {
-		return fmt.Errorf("phase f-debug: no verdict for the flow in the agent's debug log %s", logPath)
+	s, err := summarize(lat)
+	if err != nil {
+		return fmt.Errorf("debug phase: no verdict for the flow in the agent's debug log (%d connections)", rr.ok)
 	}
-	b.printf("verdict_latency enforced  phase=f-debug %s (agent-side, sequential, cache off: packet handed to the reader -> verdict sent; from its debug log)\n", r.verdict)
+	b.printf("verdict_latency enforced %s (agent-side, sequential, cache off, debug level: packet handed to the reader -> verdict sent; from its debug log)\n", s)
 	return nil
 }
 
-// restartAgent replaces the enforcing lane's agent by one started with
-// extra flags, logging to name in the run's directory.
-func (b *bench) restartAgent(ctx context.Context, snapshot, name string, extra ...string) (err error) {
-	if err := b.agent.stop(); err != nil {
-		return err
-	}
-	b.agent, err = startAgent(ctx, b.sp, b.bin, b.enforced.topo.node, b.pair.node, snapshot, b.o.queues, filepath.Join(b.dir, name), extra...)
-	return err
-}
-
-// seqMisses is a sequential run of the enforcing lane whose agent has no
-// cache; it checks, from the agent's counters, that every connection was
-// decided and none was a cache hit.
-func (b *bench) seqMisses(ctx context.Context, phase string) (seqTimes, error) {
-	before, err := b.agent.status(ctx)
-	if err != nil {
-		return seqTimes{}, fmt.Errorf("phase %s: %w", phase, err)
-	}
-	st, err := b.seqLatency(ctx, phase, b.enforced)
-	if err != nil {
-		return st, err
-	}
-	after, err := b.agent.status(ctx)
-	if err != nil {
-		return st, fmt.Errorf("phase %s: %w", phase, err)
-	}
-	if hits := after.CacheHits - before.CacheHits; hits > 0 {
-		return st, fmt.Errorf("phase %s: %d cache hits with --cache-size 0", phase, hits)
-	}
-	if allowed := after.Total.Allowed - before.Total.Allowed; allowed < uint64(st.connect.n) {
-		return st, fmt.Errorf("phase %s: the agent allowed %d packets for %d connections", phase, allowed, st.connect.n)
-	}
-	return st, nil
-}
-
 func (b *bench) summary(r result) error {
-	delta := func(name string, x, base summary) {
-		b.printf("syn_synack_added %-9s p50=%+.1fus p99=%+.1fus (sequential connect() time minus no rules: what the queue round trip adds end to end)\n",
-			name, us(x.p50-base.p50), us(x.p99-base.p99))
-	}
-	delta("acceptall", r.seqAcceptAll.connect, r.seqNoRules.connect)
-	delta("enforced", r.seqEnforced.connect, r.seqNoRules.connect)
-	b.printf("verdict_latency_added_by_agent p50=%+.1fus p99=%+.1fus (agent's reader-side time, at debug level, minus the accept-all reader's: decode, decide, NF_REPEAT's second pass through the chain, logging's side effects)\n",
-		us(r.verdict.p50-r.readerAcceptAll.p50), us(r.verdict.p99-r.readerAcceptAll.p99))
-	held := r.seqEnforced.held
-	for _, l := range []struct {
-		name string
-		s    summary
-	}{{"acceptall", r.seqAcceptAll.held}, {"enforced", held}} {
-		b.printf("syn_held_added %-9s p50=%+.1fus p99=%+.1fus (node's SYN hold time minus no rules': the queue round trip alone)\n",
-			l.name, us(l.s.p50-r.seqNoRules.held.p50), us(l.s.p99-r.seqNoRules.held.p99))
-	}
-	b.printf("# verdict_latency_us below is phase f's syn_held enforced: the agent as deployed but without its cache, so every SYN takes the miss path, timed from the kernel's stamps as it enters and leaves the node, so it counts the queue wait, the reader's wake-up, decode and decision, the verdict and the reinjection (and %.1fus of plain forwarding, the no-rules p50). The agent's own figure (verdict_latency enforced, phase f-debug) leaves out the wait and wake-up but counts what the kernel does synchronously inside the verdict's send after the packet has left the node.\n",
-		us(r.seqNoRules.held.p50))
-	if len(r.connRatios) == 0 || len(r.tputRatios) == 0 {
+	if len(r.connRatios) == 0 || len(r.tputRatios) == 0 || len(r.holdP50) == 0 {
 		return errors.New("no rounds measured")
 	}
-	conn, tput := median(r.connRatios), median(r.tputRatios)
+	spread := func(name string, xs []float64) float64 {
+		q1, m, q3 := quartiles(xs)
+		b.printf("ratio_spread %s median=%.2f iqr=%.2f..%.2f rounds=%d\n", name, m, q1, q3, len(xs))
+		return m
+	}
+	conn := spread("conn_rate_enforced_vs_acceptall", r.connRatios)
+	miss := spread("conn_rate_enforced_miss_vs_acceptall_miss", r.missRatios)
+	tput := spread("throughput_enforced_vs_norules", r.tputRatios)
+	p50 := spread("syn_hold_p50_enforced_vs_acceptall", r.holdP50)
+	p99 := spread("syn_hold_p99_enforced_vs_acceptall", r.holdP99)
+	p50n := spread("syn_hold_p50_nocache_vs_acceptall", r.holdP50NoCache)
+	p99n := spread("syn_hold_p99_nocache_vs_acceptall", r.holdP99NoCache)
 	b.printf("ratio conn_rate_enforced_vs_norules=%.2f (medians of rounds; for reference, no target)\n", r.rateEnforcedOverNoRules)
 	met := func(ok bool) string {
 		if ok {
@@ -613,12 +750,29 @@ func (b *bench) summary(r result) error {
 		return "MISSED"
 	}
 	b.printf("target conn_rate_enforced_vs_acceptall >= %.2f: %s\n", targetConnRatio, met(conn >= targetConnRatio))
+	b.printf("target conn_rate_enforced_miss_vs_acceptall_miss >= %.2f: %s\n", targetConnRatio, met(miss >= targetConnRatio))
 	b.printf("target throughput_enforced_vs_norules >= %.2f: %s\n", targetThroughputRatio, met(tput >= targetThroughputRatio))
-	b.printf("target verdict_latency p99 <= %dus: %s\n", targetP99/time.Microsecond, met(held.p99 <= targetP99))
+	b.printf("target syn_hold_p50_enforced_vs_acceptall <= %.1f (cache on): %s\n", targetHoldCached, met(p50 <= targetHoldCached))
+	b.printf("target syn_hold_p99_enforced_vs_acceptall <= %.1f (cache on): %s\n", targetHoldCached, met(p99 <= targetHoldCached))
+	b.printf("target syn_hold_p50_nocache_vs_acceptall <= %.1f (cache off): %s\n", targetHoldUncached, met(p50n <= targetHoldUncached))
+	b.printf("target syn_hold_p99_nocache_vs_acceptall <= %.1f (cache off): %s\n", targetHoldUncached, met(p99n <= targetHoldUncached))
+	b.printf("ratio conn_rate_enforced_miss_vs_acceptall_miss=%.2f\n", miss)
+	b.printf("ratio syn_hold_p50_nocache_vs_acceptall=%.2f\n", p50n)
+	b.printf("ratio syn_hold_p99_nocache_vs_acceptall=%.2f\n", p99n)
 	b.printf("ratio conn_rate_enforced_vs_acceptall=%.2f\n", conn)
 	b.printf("ratio throughput_enforced_vs_norules=%.2f\n", tput)
-	b.printf("verdict_latency_us p50=%s p99=%s\n", roundUS(held.p50), roundUS(held.p99))
+	b.printf("ratio syn_hold_p50_enforced_vs_acceptall=%.2f\n", p50)
+	b.printf("ratio syn_hold_p99_enforced_vs_acceptall=%.2f\n", p99)
 	return nil
+}
+
+// formatDurations renders ds in microseconds, one decimal, space-separated.
+func formatDurations(ds []time.Duration) string {
+	parts := make([]string, len(ds))
+	for i, d := range ds {
+		parts[i] = strconv.FormatFloat(us(d), 'f', 1, 64)
+	}
+	return strings.Join(parts, " ")
 }
 
 // roundUS renders d in whole microseconds, rounded.
@@ -635,6 +789,15 @@ func rotated(n, k int) []int {
 		out[i] = (i + k) % n
 	}
 	return out
+}
+
+// shuffled is the order the n modes run in round k: a permutation drawn
+// from a generator seeded with k, the same on every run. Rotating a fixed
+// order would give every mode the same predecessor in every round, and
+// what runs first drifts with what ran just before (an agent whose
+// threads are still awake, a cold one).
+func shuffled(n, k int) []int {
+	return rand.New(rand.NewPCG(uint64(k), 11)).Perm(n)
 }
 
 // formatFloats renders xs with format, space-separated.

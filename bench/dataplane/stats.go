@@ -131,3 +131,19 @@ func median(xs []float64) float64 {
 	}
 	return (s[m-1] + s[m]) / 2
 }
+
+// quartiles returns the first quartile, the median and the third
+// quartile of xs (the medians of the lower and upper halves, the middle
+// element excluded for an odd count: Tukey's hinges); NaNs for none.
+func quartiles(xs []float64) (q1, m, q3 float64) {
+	if len(xs) == 0 {
+		return math.NaN(), math.NaN(), math.NaN()
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	h := len(s) / 2
+	if len(s) == 1 {
+		return s[0], s[0], s[0]
+	}
+	return median(s[:h]), median(s), median(s[len(s)-h:])
+}

@@ -146,7 +146,7 @@ func TestPortCursor(t *testing.T) {
 }
 
 func TestOptionsCheck(t *testing.T) {
-	good := options{duration: 3 * time.Second, rounds: 3, workers: 4, queues: 2, latencyConns: 2000}
+	good := options{duration: 4500 * time.Millisecond, rounds: 15, workers: 4, queues: 2, latencyConns: 3000, missClients: 100, missServers: 400, acceptAllVerdict: "accept"}
 	if err := good.check(0); err != nil {
 		t.Fatalf("defaults refused: %v", err)
 	}
@@ -161,6 +161,9 @@ func TestOptionsCheck(t *testing.T) {
 		{"no workers", func(o *options) { o.workers = 0 }, 0, "-workers"},
 		{"no rounds", func(o *options) { o.rounds = 0 }, 0, "-rounds"},
 		{"rounds too short", func(o *options) { o.rounds = 30 }, 0, "-rounds"},
+		{"few latency conns per round", func(o *options) { o.latencyConns = 200 }, 0, "-latency-conns"},
+		{"no miss clients", func(o *options) { o.missClients = 0 }, 0, "-miss-clients"},
+		{"bad accept-all verdict", func(o *options) { o.acceptAllVerdict = "drop" }, 0, "-acceptall-verdict"},
 		{"no queues", func(o *options) { o.queues = 0 }, 0, "-queues"},
 		{"few latency conns", func(o *options) { o.latencyConns = 10 }, 0, "-latency-conns"},
 	} {
@@ -171,6 +174,27 @@ func TestOptionsCheck(t *testing.T) {
 				t.Fatalf("err %v, want %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestQuartiles(t *testing.T) {
+	for _, tc := range []struct {
+		xs        []float64
+		q1, m, q3 float64
+	}{
+		{[]float64{5}, 5, 5, 5},
+		{[]float64{4, 1}, 1, 2.5, 4},
+		{[]float64{3, 1, 2}, 1, 2, 3},
+		{[]float64{1, 2, 3, 4}, 1.5, 2.5, 3.5},
+		{[]float64{9, 1, 8, 2, 7, 3, 6, 4, 5}, 2.5, 5, 7.5},
+	} {
+		q1, m, q3 := quartiles(tc.xs)
+		if q1 != tc.q1 || m != tc.m || q3 != tc.q3 {
+			t.Errorf("quartiles(%v) = %v %v %v, want %v %v %v", tc.xs, q1, m, q3, tc.q1, tc.m, tc.q3)
+		}
+	}
+	if q1, m, q3 := quartiles(nil); !math.IsNaN(q1) || !math.IsNaN(m) || !math.IsNaN(q3) {
+		t.Errorf("quartiles(nil) = %v %v %v, want NaNs", q1, m, q3)
 	}
 }
 

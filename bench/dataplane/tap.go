@@ -66,6 +66,7 @@ func openSynTap(ns *netNS, inIf, outIf string, f synFilter) (*synTap, error) {
 			s.err = s.read(&t.stop, f)
 		}()
 	}
+	time.Sleep(tapSettle)
 	return t, nil
 }
 
@@ -196,26 +197,37 @@ func kernelStamp(oob []byte) (time.Time, error) {
 	return time.Time{}, errors.New("packet socket: no kernel timestamp on a packet")
 }
 
+// tapSettle is how long a new tap waits before traffic: the kernel
+// turns receive time stamps on for the whole stack lazily (a static key
+// flipped from a work queue), and a SYN that arrives before that is
+// stamped only when the tap reads it, possibly after it has left.
+const tapSettle = 20 * time.Millisecond
+
 // close stops the tap and returns, per SYN seen on both links, how long
-// the node held it, and how many SYNs were seen on one link only (dropped
-// by the node, or missed by the tap).
-func (t *synTap) close() (held []time.Duration, unmatched int, err error) {
+// the node held it, how many SYNs were seen on one link only (dropped by
+// the node, or missed by the tap), and how many were dropped from the
+// figures for leaving before they arrived (see matchSYNs).
+func (t *synTap) close() (held []time.Duration, unmatched, inverted int, err error) {
 	t.stop.Store(true)
 	t.wg.Wait()
 	if err := errors.Join(t.in.err, t.out.err); err != nil {
-		return nil, 0, err
+		return nil, 0, 0, err
 	}
 	return matchSYNs(t.in.seen, t.out.seen)
 }
 
 // matchSYNs pairs arrivals with departures by source port. A departure
-// before its arrival means the clocks or the pairing are wrong: an error.
-func matchSYNs(in, out map[uint16]time.Time) (held []time.Duration, unmatched int, err error) {
+// before its arrival is a SYN whose arrival was stamped late (by the
+// tap's read rather than by the stack; seen once in thousands on a
+// loaded machine): it is left out and counted. More than one in a
+// hundred means the clocks or the pairing are wrong: an error.
+func matchSYNs(in, out map[uint16]time.Time) (held []time.Duration, unmatched, inverted int, err error) {
 	for port := range out {
 		if _, ok := in[port]; !ok {
 			unmatched++
 		}
 	}
+	var worst time.Duration
 	for port, t0 := range in {
 		t1, ok := out[port]
 		if !ok {
@@ -224,9 +236,14 @@ func matchSYNs(in, out map[uint16]time.Time) (held []time.Duration, unmatched in
 		}
 		d := t1.Sub(t0)
 		if d < 0 {
-			return nil, 0, fmt.Errorf("SYN from port %d left the node %v before it arrived", port, -d)
+			inverted++
+			worst = min(worst, d)
+			continue
 		}
 		held = append(held, d)
 	}
-	return held, unmatched, nil
+	if inverted*100 > len(held)+inverted {
+		return nil, 0, 0, fmt.Errorf("%d of %d SYNs left the node before they arrived (up to %v): the tap's time stamps are wrong", inverted, len(held)+inverted, -worst)
+	}
+	return held, unmatched, inverted, nil
 }

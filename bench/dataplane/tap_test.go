@@ -103,22 +103,32 @@ func TestKernelStamp(t *testing.T) {
 func TestMatchSYNs(t *testing.T) {
 	t0 := time.Unix(1700000000, 0)
 	at := func(us int) time.Time { return t0.Add(time.Duration(us) * time.Microsecond) }
-	held, unmatched, err := matchSYNs(
+	held, unmatched, inverted, err := matchSYNs(
 		map[uint16]time.Time{1: at(0), 2: at(100), 3: at(200)},
 		map[uint16]time.Time{1: at(5), 3: at(270), 9: at(1)}, // 2 never left; 9 never came in
 	)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if unmatched != 2 || len(held) != 2 {
+	if unmatched != 2 || len(held) != 2 || inverted != 0 {
 		t.Fatalf("held %v unmatched %d, want two held and two unmatched", held, unmatched)
 	}
 	sum := held[0] + held[1]
 	if sum != 75*time.Microsecond {
 		t.Fatalf("held %v, want 5us and 70us", held)
 	}
-	if _, _, err := matchSYNs(map[uint16]time.Time{1: at(10)}, map[uint16]time.Time{1: at(5)}); err == nil {
-		t.Fatal("a SYN that left before it arrived was accepted")
+	if _, _, _, err := matchSYNs(map[uint16]time.Time{1: at(10)}, map[uint16]time.Time{1: at(5)}); err == nil {
+		t.Fatal("a tap whose only SYN left before it arrived was accepted")
+	}
+	// One inverted SYN among many is left out and counted.
+	in, out := map[uint16]time.Time{}, map[uint16]time.Time{}
+	for p := range uint16(200) {
+		in[p], out[p] = at(int(p)*10), at(int(p)*10+3)
+	}
+	out[7] = at(60)
+	held, unmatched, inverted, err = matchSYNs(in, out)
+	if err != nil || len(held) != 199 || unmatched != 0 || inverted != 1 {
+		t.Fatalf("held %d unmatched %d inverted %d err %v, want 199, 0, 1, nil", len(held), unmatched, inverted, err)
 	}
 }
 

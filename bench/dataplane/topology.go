@@ -44,10 +44,14 @@ var nodeCTSysctls = []string{
 }
 
 // buildTopology creates the three namespaces named prefix+{node,client,
-// server}. On error, what was created is deleted.
-func buildTopology(ctx context.Context, prefix string, client, server netip.Addr) (_ *topology, err error) {
-	if !client.Is4() || !server.Is4() {
-		return nil, fmt.Errorf("topology: IPv4 pod addresses only, got %s and %s", client, server)
+// server}; the client pod also holds the addresses extraClients, the
+// server pod extraServers (the cache-miss lane's many pairs). On error,
+// what was created is deleted.
+func buildTopology(ctx context.Context, prefix string, client, server netip.Addr, extraClients, extraServers []netip.Addr) (_ *topology, err error) {
+	for _, a := range append(append([]netip.Addr{client, server}, extraClients...), extraServers...) {
+		if !a.Is4() {
+			return nil, fmt.Errorf("topology: IPv4 pod addresses only, got %s", a)
+		}
 	}
 	t := &topology{clientAddr: client, serverAddr: server}
 	defer func() {
@@ -75,30 +79,42 @@ func buildTopology(ctx context.Context, prefix string, client, server netip.Addr
 	}
 	node := []string{"link set lo up"}
 	for _, p := range []struct {
-		port string
-		ns   *netNS
-		addr netip.Addr
-	}{{"vc", t.client, client}, {"vs", t.server, server}} {
+		port  string
+		ns    *netNS
+		addr  netip.Addr
+		extra []netip.Addr
+	}{{"vc", t.client, client, extraClients}, {"vs", t.server, server, extraServers}} {
 		node = append(node,
 			fmt.Sprintf("link add %s type veth peer name eth0 netns %s", p.port, p.ns.Name),
 			fmt.Sprintf("addr add %s/32 dev %s", gateway, p.port),
 			fmt.Sprintf("link set %s up", p.port),
 			fmt.Sprintf("route add %s/32 dev %s", p.addr, p.port))
+		for _, a := range p.extra {
+			node = append(node, fmt.Sprintf("route add %s/32 dev %s", a, p.port))
+		}
 	}
 	if err := t.node.IPBatch(ctx, node); err != nil {
 		return nil, err
 	}
 	for _, p := range []struct {
-		ns   *netNS
-		addr netip.Addr
-	}{{t.client, client}, {t.server, server}} {
-		if err := p.ns.IPBatch(ctx, []string{
+		ns    *netNS
+		addr  netip.Addr
+		extra []netip.Addr
+	}{{t.client, client, extraClients}, {t.server, server, extraServers}} {
+		cmds := []string{
 			"link set lo up",
 			"link set eth0 up",
 			fmt.Sprintf("addr add %s/32 dev eth0", p.addr),
+		}
+		for _, a := range p.extra {
+			cmds = append(cmds, fmt.Sprintf("addr add %s/32 dev eth0", a))
+		}
+		cmds = append(cmds,
 			fmt.Sprintf("route add %s/32 dev eth0 scope link", gateway),
-			fmt.Sprintf("route add default via %s dev eth0", gateway),
-		}); err != nil {
+			// src: the pod's own address for what it sends unbound;
+			// the load generators bind each socket explicitly.
+			fmt.Sprintf("route add default via %s dev eth0 src %s", gateway, p.addr))
+		if err := p.ns.IPBatch(ctx, cmds); err != nil {
 			return nil, err
 		}
 	}
