@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	nfqueue "github.com/florianl/go-nfqueue/v2"
 	"golang.org/x/sys/unix"
 
 	"github.com/nfqpolicy/nfqpolicy/filter"
@@ -21,7 +20,7 @@ import (
 // size): the verdicts carry a real Ruleset, so the flow log renders real
 // pod and policy names.
 type benchWorkload struct {
-	attrs  []nfqueue.Attribute
+	attrs  []packet
 	engine *filter.Engine
 }
 
@@ -46,7 +45,7 @@ func loadBenchWorkload(b *testing.B) *benchWorkload {
 		if err != nil {
 			b.Fatal(err)
 		}
-		w.attrs = append(w.attrs, nfqueue.Attribute{PacketID: ptr(uint32(i + 1)), Payload: &pkt})
+		w.attrs = append(w.attrs, packet{id: uint32(i + 1), hasID: true, payload: pkt})
 	}
 	return w
 }

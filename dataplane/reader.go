@@ -10,6 +10,12 @@
 // an allow into the connmark and accepts, or drops/rejects a deny. Every
 // later packet of an allowed connection matches the connmark in the kernel
 // and never reaches userspace.
+//
+// Each queue has one goroutine that reads its socket with blocking system
+// calls, decides on the spot and answers all packets of a read with one
+// write: the kernel wakes that goroutine's thread directly, with no
+// hand-off through the Go netpoller and no allocation per packet
+// (docs/performance.md has the measurements behind this).
 package dataplane
 
 import (
@@ -19,10 +25,10 @@ import (
 	"net"
 	"os"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	nfqueue "github.com/florianl/go-nfqueue/v2"
-	"github.com/mdlayher/netlink"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
@@ -92,9 +98,9 @@ type ReaderConfig struct {
 	Log        zerolog.Logger
 }
 
-// Reader answers the packets of one NFQUEUE queue. Its hook runs on the
-// single goroutine go-nfqueue reads the socket with, so the decoder and
-// the precomputed verdict options need no locking.
+// Reader answers the packets of one NFQUEUE queue. One goroutine reads
+// the queue's socket and decides, so the decoder and the verdict buffer
+// need no locking.
 type Reader struct {
 	cfg      ReaderConfig
 	nf       *nfqueue.Nfqueue
@@ -103,6 +109,8 @@ type Reader struct {
 	ctx      context.Context
 	cancel   context.CancelFunc
 	debug    bool
+	// done is closed when the reading goroutine has ended.
+	done chan struct{}
 
 	send sender
 	// consecutiveErrs throttles a socket that keeps failing.
@@ -160,24 +168,147 @@ func Open(ctx context.Context, cfg ReaderConfig) (*Reader, error) {
 		ctx:    rctx,
 		cancel: cancel,
 		debug:  cfg.Log.GetLevel() <= zerolog.DebugLevel,
-		send:   newNFSender(nf, cfg.AllowMark, cfg.DenyMark),
+		done:   make(chan struct{}),
 	}
 	if rsr, ok := cfg.Decider.(rulesetter); ok {
 		r.ruleset = rsr.Ruleset
 	}
-	if err := nf.RegisterWithErrorFunc(rctx, r.handle, r.onError); err != nil {
+	fd, err := socketFD(nf)
+	if err != nil {
 		cancel()
+		nf.Close()
+		return nil, fmt.Errorf("nfqueue %d: %w", cfg.Queue, err)
+	}
+	r.send = &wireSender{fd: fd, queue: cfg.Queue, buf: make([]byte, 0, verdictLen)}
+	bound := make(chan error, 1)
+	go r.loop(fd, configMsg(cfg.Queue, bindSeq, nfqueue.NfQnlCopyPacket, CopyRange, cfg.MaxQueueLen, flags), bound)
+	if err := <-bound; err != nil {
+		cancel()
+		<-r.done
 		nf.Close()
 		return nil, fmt.Errorf("bind nfqueue %d: %w", cfg.Queue, explainErrno(err, true))
 	}
 	return r, nil
 }
 
-// Close unbinds the queue and waits for the reader goroutine to end. From
+// bindSeq is the sequence number of the configuration message, which the
+// kernel's acknowledgement carries back.
+const bindSeq = 1
+
+// recvTimeout bounds each blocking read, so that the reading goroutine
+// sees Close within this time.
+const recvTimeout = 100 * time.Millisecond
+
+// socketFD returns the descriptor of go-nfqueue's netlink socket, switched
+// to blocking reads with a timeout: the reading goroutine's thread then
+// sleeps in the kernel until a packet arrives, and the kernel wakes it
+// directly instead of going through the Go netpoller (a wake-up of the
+// netpoller's thread, a hand-off to the goroutine and, with several Ps,
+// more threads spinning for work; docs/performance.md). Only the reader
+// uses the socket from here on; go-nfqueue merely closes it.
+func socketFD(nf *nfqueue.Nfqueue) (int, error) {
+	rc, err := nf.Con.SyscallConn()
+	if err != nil {
+		return 0, fmt.Errorf("netlink socket: %w", err)
+	}
+	fd := -1
+	var serr error
+	if err := rc.Control(func(f uintptr) {
+		fd = int(f)
+		tv := unix.NsecToTimeval(recvTimeout.Nanoseconds())
+		serr = errors.Join(unix.SetNonblock(fd, false), unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv))
+	}); err != nil {
+		return 0, fmt.Errorf("netlink socket: %w", err)
+	}
+	if serr != nil {
+		return 0, fmt.Errorf("netlink socket: blocking reads: %w", serr)
+	}
+	return fd, nil
+}
+
+// readBufferLen is far more than one message (a packet with CopyRange
+// 128 is about 200 bytes); a read returns one.
+const readBufferLen = 16 << 10
+
+// loop reads the queue until the reader is closed: first the kernel's
+// answer to the configuration message cfg (sent to bound), then packets,
+// each decided and answered before the next read.
+func (r *Reader) loop(fd int, cfg []byte, bound chan<- error) {
+	defer close(r.done)
+	if _, err := unix.Write(fd, cfg); err != nil {
+		bound <- err
+		return
+	}
+	buf := make([]byte, readBufferLen)
+	for {
+		if r.ctx.Err() != nil {
+			if bound != nil {
+				bound <- r.ctx.Err()
+			}
+			return
+		}
+		n, err := unix.Read(fd, buf)
+		if err != nil {
+			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+				continue // the receive timeout: look at ctx
+			}
+			if r.onError(err) != 0 {
+				if bound != nil {
+					bound <- err
+				}
+				return
+			}
+			continue
+		}
+		rest := buf[:n]
+		for len(rest) > 0 {
+			m, next, err := nextMessage(rest)
+			if err != nil {
+				r.counters.RecvErrors.Add(1)
+				break
+			}
+			rest = next
+			switch m.typ {
+			case nfnlSubsysQueue<<8 | nfqnlMsgPacket:
+				if len(m.body) < nfgenHdrLen {
+					r.counters.RecvErrors.Add(1)
+					continue
+				}
+				p, err := parsePacket(m.body[nfgenHdrLen:])
+				if err != nil && !p.hasID {
+					r.counters.RecvErrors.Add(1)
+					continue
+				}
+				// A packet whose other attributes are damaged still has
+				// its id: the decoder denies what it cannot read.
+				r.handle(p)
+			case unix.NLMSG_ERROR:
+				aerr := ackErrno(m.body)
+				if bound != nil && m.seq == bindSeq {
+					bound <- aerr
+					if aerr != nil {
+						return
+					}
+					bound = nil
+					continue
+				}
+				if aerr != nil {
+					// The kernel refused a verdict (e.g. the packet id is
+					// gone: the queue was flushed).
+					r.counters.VerdictErrors.Add(1)
+				}
+			}
+		}
+	}
+}
+
+// Close stops reading, waits for the reading goroutine to end (up to the
+// receive timeout) and closes the socket, which unbinds the queue. From
 // then on the kernel drops (or with --queue-bypass accepts) what the rules
 // queue here; established, marked flows are not affected.
 func (r *Reader) Close() error {
 	r.cancel()
+	<-r.done
 	err := r.nf.Close()
 	if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) {
 		err = nil
@@ -199,34 +330,34 @@ type sender interface {
 	final(id uint32, verdict int) error
 }
 
-// nfSender sends verdicts on the queue's socket.
-type nfSender struct {
-	nf                  *nfqueue.Nfqueue
-	allowMark, denyMark uint32
-	// Options for packets that carried no other mark bits, the common
-	// case, built once so that answering them allocates only inside
-	// go-nfqueue.
-	allowOpt, denyOpt nfqueue.VerdictOption
+// wireSender writes verdicts to the queue's socket from a buffer it
+// reuses: none of go-nfqueue's allocations per verdict. Verdicts are not
+// batched: a netlink read returns one message (one packet), so batching
+// would hold a verdict back for packets not yet read.
+type wireSender struct {
+	fd    int
+	queue uint16
+	buf   []byte
 }
 
-func newNFSender(nf *nfqueue.Nfqueue, allow, deny uint32) *nfSender {
-	return &nfSender{nf: nf, allowMark: allow, denyMark: deny, allowOpt: nfqueue.WithMark(allow), denyOpt: nfqueue.WithMark(deny)}
+func (s *wireSender) repeat(id, mark uint32) error {
+	s.buf = appendVerdict(s.buf[:0], s.queue, id, nfqueue.NfRepeat, mark, true)
+	return s.write()
 }
 
-func (s *nfSender) repeat(id, mark uint32) error {
-	var opt nfqueue.VerdictOption
-	switch mark {
-	case s.allowMark:
-		opt = s.allowOpt
-	case s.denyMark:
-		opt = s.denyOpt
-	default:
-		opt = nfqueue.WithMark(mark)
+func (s *wireSender) final(id uint32, verdict int) error {
+	s.buf = appendVerdict(s.buf[:0], s.queue, id, verdict, 0, false)
+	return s.write()
+}
+
+func (s *wireSender) write() error {
+	for {
+		_, err := unix.Write(s.fd, s.buf)
+		if !errors.Is(err, unix.EINTR) {
+			return err
+		}
 	}
-	return s.nf.SetVerdictWithOption(id, nfqueue.NfRepeat, opt)
 }
-
-func (s *nfSender) final(id uint32, verdict int) error { return s.nf.SetVerdict(id, verdict) }
 
 // malformed is the verdict for a packet that could not be decoded.
 var malformed = filter.Verdict{
@@ -234,18 +365,18 @@ var malformed = filter.Verdict{
 	Ingress: filter.Side{Decision: filter.Malformed, Pod: -1, Policy: -1, Rule: -1, Peer: -1},
 }
 
-// handle answers one packet. It is the hot path: no allocation beyond what
-// go-nfqueue does for parsing and sending, no logging unless at debug.
-func (r *Reader) handle(a nfqueue.Attribute) int {
+// handle answers one packet. It is the hot path: no allocation, no
+// logging unless at debug.
+func (r *Reader) handle(a packet) {
 	start := time.Now()
 	r.consecutiveErrs = 0
-	if a.PacketID == nil {
+	if !a.hasID {
 		// Nothing to answer; the kernel will keep the packet until the
 		// queue is unbound. Never seen in practice.
 		r.counters.RecvErrors.Add(1)
-		return 0
+		return
 	}
-	id := *a.PacketID
+	id := a.id
 	// A bug in decoding or deciding must cost one packet, not the node's
 	// enforcement: deny it, count it, log it, and read on.
 	answered := false
@@ -261,14 +392,7 @@ func (r *Reader) handle(a nfqueue.Attribute) int {
 			r.cfg.Log.Error().Uint16("queue", r.cfg.Queue).Str("panic", fmt.Sprint(p)).Msg("verdict path panicked; packet dropped")
 		}
 	}()
-	var pkt []byte
-	if a.Payload != nil {
-		pkt = *a.Payload
-	}
-	var pktMark uint32
-	if a.Mark != nil {
-		pktMark = *a.Mark
-	}
+	pkt, pktMark := a.payload, a.mark
 
 	f, err := r.dec.Decode(pkt)
 	var v filter.Verdict
@@ -331,7 +455,6 @@ func (r *Reader) handle(a nfqueue.Attribute) int {
 		}
 		ev.Msg("verdict")
 	}
-	return 0
 }
 
 // onError decides whether the reader goes on after a socket error. Only a
@@ -339,12 +462,8 @@ func (r *Reader) handle(a nfqueue.Attribute) int {
 // all ENOBUFS: the socket buffer overflowed and the kernel dropped queued
 // packets, which the senders will retransmit) is counted and survived.
 func (r *Reader) onError(err error) int {
-	if r.ctx.Err() != nil || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) {
+	if r.ctx.Err() != nil || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) || errors.Is(err, syscall.EBADF) {
 		return 1
-	}
-	var op *netlink.OpError
-	if errors.As(err, &op) && op.Timeout() {
-		return 0
 	}
 	if errors.Is(err, unix.ENOBUFS) {
 		r.counters.NoBufs.Add(1)

@@ -113,13 +113,14 @@ func TestHandle(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			rec, obs := &recorder{}, &observer{}
 			r := newTestReader(rec, obs)
-			a := nfqueue.Attribute{PacketID: tt.id, Mark: tt.mark}
-			if tt.payload != nil {
-				a.Payload = &tt.payload
+			a := packet{payload: tt.payload}
+			if tt.id != nil {
+				a.id, a.hasID = *tt.id, true
 			}
-			if ret := r.handle(a); ret != 0 {
-				t.Fatalf("handle returned %d: the reader would stop", ret)
+			if tt.mark != nil {
+				a.mark = *tt.mark
 			}
+			r.handle(a)
 			if len(rec.got) != len(tt.want) {
 				t.Fatalf("verdicts %+v, want %+v", rec.got, tt.want)
 			}
@@ -152,7 +153,7 @@ func (panickyObserver) OnVerdict(filter.Flow, filter.Verdict, []byte, time.Time,
 }
 
 // TestHandlePanics: a bug in the decider or an observer costs one packet
-// and is counted; the reader keeps reading (handle returns 0).
+// and is counted; the reader keeps reading.
 func TestHandlePanics(t *testing.T) {
 	p := syn4(t, 80)
 	tests := []struct {
@@ -170,9 +171,7 @@ func TestHandlePanics(t *testing.T) {
 			rec := &recorder{}
 			r := newTestReader(rec, tt.obs)
 			r.cfg.Decider = tt.decider
-			if ret := r.handle(nfqueue.Attribute{PacketID: ptr[uint32](1), Payload: &p}); ret != 0 {
-				t.Fatalf("handle returned %d after a panic: the reader would stop", ret)
-			}
+			r.handle(packet{id: 1, hasID: true, payload: p})
 			if len(rec.got) != 1 || rec.got[0] != tt.want {
 				t.Fatalf("verdicts %+v, want exactly %+v", rec.got, tt.want)
 			}
@@ -190,15 +189,15 @@ func (nopSender) final(uint32, int) error     { return nil }
 
 // TestHandleAllocs: the reader's own part of the hot path (decode, decide,
 // counters, choosing the verdict) allocates nothing for a well-formed
-// packet; what go-nfqueue does to parse and send is outside it. For a
-// malformed packet the only allocations are the decoder's error values.
+// packet; parsing and sending are TestWireAllocs'. For a malformed packet
+// the only allocations are the decoder's error values.
 func TestHandleAllocs(t *testing.T) {
 	r := newTestReader(nopSender{}, nil)
 	for _, tt := range []struct {
 		name string
 		p    []byte
 	}{{"allowed", syn4(t, 80)}, {"denied", syn4(t, 81)}, {"malformed", syn4(t, 80)[:30]}} {
-		a := nfqueue.Attribute{PacketID: ptr[uint32](1), Payload: &tt.p}
+		a := packet{id: 1, hasID: true, payload: tt.p}
 		n := testing.AllocsPerRun(1000, func() { r.handle(a) })
 		dec := filter.NewDecoder()
 		d := testing.AllocsPerRun(1000, func() { _, _ = dec.Decode(tt.p) })
@@ -215,7 +214,7 @@ func TestHandleAllocs(t *testing.T) {
 func BenchmarkHandle(b *testing.B) {
 	r := newTestReader(nopSender{}, nil)
 	p := syn4(b, 80)
-	a := nfqueue.Attribute{PacketID: ptr[uint32](1), Payload: &p}
+	a := packet{id: 1, hasID: true, payload: p}
 	b.ReportAllocs()
 	for b.Loop() {
 		r.handle(a)
