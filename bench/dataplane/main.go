@@ -468,7 +468,7 @@ func (b *bench) connRounds(ctx context.Context, round time.Duration, r *result) 
 		{"enforced-miss", b.enforced, &targets{conns: b.many.conns}},
 	}
 	figs := make([]modeFigures, len(modes))
-	var hitsOne, missesOne, hitsMany, missesMany uint64
+	var hitsOne, missesOne, hitsMany, missesMany, noBufs, drops uint64
 	for k := range b.o.rounds {
 		rates := make([]float64, len(modes))
 		for _, i := range shuffled(len(modes), k) {
@@ -493,6 +493,8 @@ func (b *bench) connRounds(ctx context.Context, round time.Duration, r *result) 
 					return fmt.Errorf("%s lane: %w", m.name, err)
 				}
 				h, ms := after.CacheHits-before.CacheHits, after.CacheMisses-before.CacheMisses
+				noBufs += after.Total.NoBufs - before.Total.NoBufs
+				drops += after.kernelDrops() - before.kernelDrops()
 				if len(m.tg.conns) > 1 {
 					hitsMany, missesMany = hitsMany+h, missesMany+ms
 				} else {
@@ -523,8 +525,8 @@ func (b *bench) connRounds(ctx context.Context, round time.Duration, r *result) 
 	}
 	b.printf("ratio per round conn_rate_enforced_vs_acceptall: %s\n", formatFloats(r.connRatios, "%.2f"))
 	b.printf("ratio per round conn_rate_enforced_miss_vs_acceptall_miss: %s\n", formatFloats(r.missRatios, "%.2f"))
-	b.printf("agent cache during the connection rounds: one flow hits=%d misses=%d; cache-miss lane hits=%d misses=%d (%.0f%% misses)\n",
-		hitsOne, missesOne, hitsMany, missesMany, 100*float64(missesMany)/float64(max(hitsMany+missesMany, 1)))
+	b.printf("agent cache during the connection rounds: one flow hits=%d misses=%d; cache-miss lane hits=%d misses=%d (%.0f%% misses); enobufs=%d kernel_queue_drops=%d\n",
+		hitsOne, missesOne, hitsMany, missesMany, 100*float64(missesMany)/float64(max(hitsMany+missesMany, 1)), noBufs, drops)
 	r.rateNoRules = median(figs[0].rates)
 	r.rateEnforcedOverNoRules = median(figs[2].rates) / r.rateNoRules
 	return nil
