@@ -118,7 +118,7 @@ func (b *builder) clusterPolicy(cp *cnpv1beta1.ClusterNetworkPolicy) {
 		return
 	}
 	pidx := int32(len(b.rs.policies))
-	pol := policy{name: cp.Name, kind: cnpKind(cp), priority: cp.Spec.Priority}
+	pol := policy{name: cp.Name, id: id, kind: cnpKind(cp), priority: cp.Spec.Priority}
 	pol.staged = cp.Annotations[ModeAnnotation] == ModeAudit
 	if pol.staged {
 		b.rs.hasStaged = true

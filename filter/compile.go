@@ -175,6 +175,7 @@ type node struct {
 // (tierAdmin, tierBaseline; ns is empty).
 type policy struct {
 	ns, name string
+	id       string // CNPName of a ClusterNetworkPolicy, built once: metrics key on it per flow
 	kind     uint8
 	priority int32
 	types    [2]bool

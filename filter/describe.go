@@ -44,7 +44,7 @@ func (rs *Ruleset) PolicyName(i int32) string {
 	}
 	p := &rs.policies[i]
 	if p.kind != tierNP {
-		return CNPName(p.name)
+		return p.id
 	}
 	return p.ns + "/" + p.name
 }

@@ -171,8 +171,8 @@ func (rd *Renderer) Fields(e *zerolog.Event, r *Record) *zerolog.Event {
 	if reason := Reason(r.Flow, v); reason != "" {
 		e = e.Str("reason", reason)
 	}
-	e = e.Dict("egress", sideDict(v.Ruleset, &v.Egress)).
-		Dict("ingress", sideDict(v.Ruleset, &v.Ingress)).
+	e = e.Dict("egress", sideDict(v.Ruleset, &v.Egress, "egress")).
+		Dict("ingress", sideDict(v.Ruleset, &v.Ingress, "ingress")).
 		Float64("latency_us", float64(r.Latency)/float64(time.Microsecond)).
 		Bool("cached", v.Cached)
 	if r.Lost > 0 {
@@ -199,13 +199,31 @@ func labelDict(l map[string]string) *zerolog.Event {
 	return d
 }
 
-func sideDict(rs *filter.Ruleset, s *filter.Side) *zerolog.Event {
+// sideDict renders one side: its decision and, when a rule decided, the
+// tier, policy, rule (index, and name for a ClusterNetworkPolicy rule),
+// action and peer; when an Admin Pass rule sent the side on to the lower
+// tiers, that rule as "pass".
+func sideDict(rs *filter.Ruleset, s *filter.Side, direction string) *zerolog.Event {
 	d := zerolog.Dict().Str("decision", s.Decision.String())
-	if s.Policy >= 0 && s.Decision == filter.AllowedByRule {
+	if s.Policy >= 0 && s.Decision.ByRule() {
 		if rs != nil {
-			d = d.Str("policy", rs.PolicyName(s.Policy))
+			if ref, ok := rs.DecidingRule(*s, direction); ok {
+				d = d.Str("tier", ref.Tier).Str("policy", ref.Policy).Str("action", ref.Action)
+				if ref.Name != "" {
+					d = d.Str("rule_name", ref.Name)
+				}
+			}
 		}
 		d = d.Int32("policy_index", s.Policy).Int16("rule", s.Rule).Int16("peer", s.Peer)
+	}
+	if s.Pass != 0 && rs != nil {
+		if ref, ok := rs.PassRule(*s); ok {
+			p := zerolog.Dict().Str("tier", ref.Tier).Str("policy", ref.Policy).Int("rule", ref.Index)
+			if ref.Name != "" {
+				p = p.Str("rule_name", ref.Name)
+			}
+			d = d.Dict("pass", p)
+		}
 	}
 	return d
 }
@@ -247,11 +265,26 @@ type Entry struct {
 
 // SideEntry is the decision of one side as logged.
 type SideEntry struct {
-	Decision    string `json:"decision"`
+	Decision string `json:"decision"`
+	// Tier is the tier of the deciding rule's policy: Admin or Baseline
+	// (a ClusterNetworkPolicy), NetworkPolicy.
+	Tier        string `json:"tier,omitempty"`
 	Policy      string `json:"policy,omitempty"`
+	Action      string `json:"action,omitempty"` // Allow (NetworkPolicy), Accept, Deny, Pass
+	RuleName    string `json:"rule_name,omitempty"`
 	PolicyIndex *int32 `json:"policy_index,omitempty"`
 	Rule        *int16 `json:"rule,omitempty"`
 	Peer        *int16 `json:"peer,omitempty"`
+	// Pass is the Admin Pass rule that sent the side on to the lower tiers.
+	Pass *PassEntry `json:"pass,omitempty"`
+}
+
+// PassEntry names an Admin tier Pass rule.
+type PassEntry struct {
+	Tier     string `json:"tier"`
+	Policy   string `json:"policy"`
+	Rule     int    `json:"rule"`
+	RuleName string `json:"rule_name,omitempty"`
 }
 
 // IsSummary reports whether the line is a loss summary rather than a flow.

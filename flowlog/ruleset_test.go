@@ -116,3 +116,81 @@ func TestRulesetVerdictsAllocateNothing(t *testing.T) {
 		t.Errorf("OnVerdict with a real verdict allocates %v per call", n)
 	}
 }
+
+// TestClusterPolicyFields: a side decided by a ClusterNetworkPolicy names
+// its tier, policy, rule index and name, and action; a side an Admin Pass
+// sent on names the Pass rule.
+func TestClusterPolicyFields(t *testing.T) {
+	rs := testcluster.CompileCNP(t, testcluster.CNP)
+	i16 := func(v int16) *int16 { return &v }
+	for _, tc := range []struct {
+		name     string
+		f        filter.Flow
+		egress   bool // check the egress side, else ingress
+		want     SideEntry
+		reason   string
+		verdict  string
+		wantPass *PassEntry
+	}{
+		{
+			name: "admin accept", f: testcluster.Flow("10.0.1.3", "10.0.1.2", 4000, 8080, filter.ProtoTCP),
+			want:    SideEntry{Decision: "admin-accept", Tier: "Admin", Policy: "ClusterNetworkPolicy/guard", Action: "Accept", RuleName: "y-web", Rule: i16(0), Peer: i16(0)},
+			reason:  `accepted by Admin ClusterNetworkPolicy/guard (priority 5) ingress[0] "y-web" Accept`,
+			verdict: "allow",
+		},
+		{
+			name: "admin pass then NetworkPolicy", f: testcluster.Flow("10.0.1.3", "10.0.1.2", 4000, 80, filter.ProtoTCP),
+			want:     SideEntry{Decision: "denied-isolated"},
+			wantPass: &PassEntry{Tier: "Admin", Policy: "ClusterNetworkPolicy/guard", Rule: 1, RuleName: "y-rest"},
+			reason:   `passed by Admin ClusterNetworkPolicy/guard (priority 5) ingress[1] "y-rest" Pass; default deny by isolation of x/b from x/allow-a`,
+			verdict:  "deny",
+		},
+		{
+			name: "admin deny egress", f: testcluster.Flow("10.0.1.2", "203.0.113.9", 4000, 443, filter.ProtoTCP), egress: true,
+			want:    SideEntry{Decision: "admin-deny", Tier: "Admin", Policy: "ClusterNetworkPolicy/guard", Action: "Deny", RuleName: "no-net", Rule: i16(0), Peer: i16(0)},
+			reason:  `denied by Admin ClusterNetworkPolicy/guard (priority 5) egress[0] "no-net" Deny to[0] (networks 203.0.113.0/24)`,
+			verdict: "deny",
+		},
+		{
+			name: "NetworkPolicy rule", f: testcluster.Flow("10.0.1.1", "10.0.1.2", 4000, 80, filter.ProtoTCP),
+			want:    SideEntry{Decision: "allowed-by-rule", Tier: "NetworkPolicy", Policy: "x/allow-a", Action: "Allow", Rule: i16(0), Peer: i16(0)},
+			reason:  "allowed by x/allow-a ingress[0]",
+			verdict: "allow",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var buf syncBuffer
+			l, err := New(Options{Out: &buf, Select: SelectAll})
+			if err != nil {
+				t.Fatal(err)
+			}
+			l.OnVerdict(tc.f, rs.Decide(tc.f), nil, time.Now(), 0)
+			l.Close()
+			es := buf.entries(t)
+			if len(es) != 1 {
+				t.Fatalf("%d lines, want 1", len(es))
+			}
+			e := es[0]
+			side := e.Ingress
+			if tc.egress {
+				side = e.Egress
+			}
+			if e.Verdict != tc.verdict || !strings.Contains(e.Reason, tc.reason) {
+				t.Errorf("verdict %s reason %q, want %s with %q", e.Verdict, e.Reason, tc.verdict, tc.reason)
+			}
+			if side == nil {
+				t.Fatal("side missing")
+			}
+			got, want := *side, tc.want
+			if got.Decision != want.Decision || got.Tier != want.Tier || got.Policy != want.Policy || got.Action != want.Action || got.RuleName != want.RuleName {
+				t.Errorf("side %+v, want %+v", got, want)
+			}
+			if (want.Rule == nil) != (got.Rule == nil) || want.Rule != nil && *got.Rule != *want.Rule {
+				t.Errorf("rule %v, want %v", got.Rule, want.Rule)
+			}
+			if (tc.wantPass == nil) != (got.Pass == nil) || tc.wantPass != nil && *got.Pass != *tc.wantPass {
+				t.Errorf("pass %+v, want %+v", got.Pass, tc.wantPass)
+			}
+		})
+	}
+}

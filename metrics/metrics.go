@@ -78,6 +78,16 @@ type Metrics struct {
 	recheckTime   prometheus.Histogram
 	auditVec      *prometheus.CounterVec
 	auditChildren sync.Map // auditKey -> prometheus.Counter
+	cnpVec        *prometheus.CounterVec
+	cnpMu         sync.RWMutex
+	cnpChildren   map[cnpKey]prometheus.Counter
+}
+
+// cnpKey is one child of cluster_policy_rules_total. Its strings come from
+// the Ruleset (built at compile time) and constants, so looking a child up
+// per flow allocates nothing.
+type cnpKey struct {
+	policy, tier, action string
 }
 
 type auditKey struct {
@@ -154,7 +164,13 @@ func New(o Options) (*Metrics, error) {
 		Help: "Flows whose verdict a staged (audit-mode) policy would change, by staged policy and audit verdict (would-deny, would-allow).",
 	}, []string{"policy", "audit_verdict"})
 
-	cs := []prometheus.Collector{verdicts, m.malformed, latency, cache, compiles, m.compileTime, rechecks, m.recheckTime, m.rechecked, m.cut, m.auditVec}
+	m.cnpVec = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "cluster_policy_rules_total",
+		Help: "Flow sides a ClusterNetworkPolicy rule decided (Accept, Deny) or passed on (Pass), by policy, tier (Admin, Baseline) and action; a flow counts once per side.",
+	}, []string{"policy", "tier", "action"})
+	m.cnpChildren = make(map[cnpKey]prometheus.Counter)
+
+	cs := []prometheus.Collector{verdicts, m.malformed, latency, cache, compiles, m.compileTime, rechecks, m.recheckTime, m.rechecked, m.cut, m.auditVec, m.cnpVec}
 	if o.QueueStatsPath != "-" {
 		cs = append(cs, newQueueCollector(o.QueueStatsPath))
 	}
@@ -201,6 +217,43 @@ func (m *Metrics) OnVerdict(_ filter.Flow, v filter.Verdict, _ []byte, _ time.Ti
 			m.auditCounter(p, !v.Audit.Allow).Inc()
 		}
 	}
+	if v.Ruleset != nil {
+		m.countClusterRules(v.Ruleset, &v.Egress, "egress")
+		m.countClusterRules(v.Ruleset, &v.Ingress, "ingress")
+	}
+}
+
+// countClusterRules counts the ClusterNetworkPolicy rules that decided or
+// passed on side s.
+func (m *Metrics) countClusterRules(rs *filter.Ruleset, s *filter.Side, direction string) {
+	if s.Pass != 0 {
+		if ref, ok := rs.PassRule(*s); ok {
+			m.cnpCounter(cnpKey{ref.Policy, ref.Tier, ref.Action}).Inc()
+		}
+	}
+	switch s.Decision {
+	case filter.AdminAccepted, filter.AdminDenied, filter.BaselineAccepted, filter.BaselineDenied, filter.BaselinePassed:
+		if ref, ok := rs.DecidingRule(*s, direction); ok {
+			m.cnpCounter(cnpKey{ref.Policy, ref.Tier, ref.Action}).Inc()
+		}
+	}
+}
+
+func (m *Metrics) cnpCounter(k cnpKey) prometheus.Counter {
+	m.cnpMu.RLock()
+	c, ok := m.cnpChildren[k]
+	m.cnpMu.RUnlock()
+	if ok {
+		return c
+	}
+	m.cnpMu.Lock()
+	defer m.cnpMu.Unlock()
+	if c, ok := m.cnpChildren[k]; ok {
+		return c
+	}
+	c = m.cnpVec.WithLabelValues(k.policy, k.tier, k.action)
+	m.cnpChildren[k] = c
+	return c
 }
 
 func (m *Metrics) auditCounter(policy string, wouldDeny bool) prometheus.Counter {

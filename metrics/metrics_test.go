@@ -325,3 +325,28 @@ func BenchmarkOnVerdict(b *testing.B) {
 		}
 	})
 }
+
+// TestClusterPolicyRules counts the ClusterNetworkPolicy rules that decide
+// or pass each side, by policy, tier and action, without allocating.
+func TestClusterPolicyRules(t *testing.T) {
+	rs := testcluster.CompileCNP(t, testcluster.CNP)
+	m, err := New(Options{QueueStatsPath: "-", NoRuntime: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	accept := testcluster.Flow("10.0.1.3", "10.0.1.2", 4000, 8080, filter.ProtoTCP) // y/c -> x/b: Accept
+	pass := testcluster.Flow("10.0.1.3", "10.0.1.2", 4000, 80, filter.ProtoTCP)    // y/c -> x/b: Pass, then x/allow-a denies
+	deny := testcluster.Flow("10.0.1.2", "203.0.113.9", 4000, 443, filter.ProtoTCP) // x/b -> network: Deny
+	for _, f := range []filter.Flow{accept, accept, pass, deny} {
+		m.OnVerdict(f, rs.Decide(f), nil, time.Now(), time.Microsecond)
+	}
+	name := "nfqpolicy_cluster_policy_rules_total"
+	guard := "ClusterNetworkPolicy/guard"
+	mustValue(t, m, name, map[string]string{"policy": guard, "tier": "Admin", "action": "Accept"}, 2)
+	mustValue(t, m, name, map[string]string{"policy": guard, "tier": "Admin", "action": "Pass"}, 1)
+	mustValue(t, m, name, map[string]string{"policy": guard, "tier": "Admin", "action": "Deny"}, 1)
+	v := rs.Decide(pass)
+	if n := testing.AllocsPerRun(1000, func() { m.OnVerdict(pass, v, nil, time.Now(), time.Microsecond) }); n != 0 {
+		t.Errorf("OnVerdict of a ClusterNetworkPolicy verdict allocates %v per call", n)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 
 	"github.com/nfqpolicy/nfqpolicy/cluster"
@@ -105,13 +106,31 @@ func writeExplanation(w io.Writer, e filter.Explanation) {
 			if p.Staged {
 				staged = " (staged: audit mode, not enforced)"
 			}
-			fmt.Fprintf(w, "  policy %s%s\n", p.Policy, staged)
+			if p.Priority != nil {
+				// A ClusterNetworkPolicy: its tier and priority, and each
+				// rule's name and action.
+				fmt.Fprintf(w, "  %s policy %s priority %d%s\n", p.Tier, p.Policy, *p.Priority, staged)
+			} else {
+				fmt.Fprintf(w, "  policy %s%s\n", p.Policy, staged)
+			}
 			for _, r := range p.Rules {
 				mark := "no match"
-				if r.Matched {
+				switch {
+				case r.Decided && r.Action == "Pass":
+					mark = "PASS"
+				case r.Decided:
+					mark = "DECIDES"
+				case r.Matched:
 					mark = "MATCH"
 				}
-				fmt.Fprintf(w, "    %-12s %-8s %s\n", r.Rule, mark, r.Why)
+				rule := r.Rule
+				if r.Name != "" {
+					rule += " " + strconv.Quote(r.Name)
+				}
+				if r.Action != "" {
+					rule += " " + r.Action
+				}
+				fmt.Fprintf(w, "    %-12s %-8s %s\n", rule, mark, r.Why)
 			}
 		}
 	}

@@ -11,6 +11,9 @@ import (
 	"strings"
 	"testing"
 
+	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
+	"sigs.k8s.io/yaml"
+
 	"github.com/nfqpolicy/nfqpolicy/cluster"
 	"github.com/nfqpolicy/nfqpolicy/filter"
 )
@@ -86,6 +89,51 @@ func CompileDocs(t testing.TB, docs ...string) *filter.Ruleset {
 	rs, err := filter.Compile(c)
 	if err != nil {
 		t.Fatalf("compile test cluster: %v", err)
+	}
+	return rs
+}
+
+// CNP is an Admin tier ClusterNetworkPolicy over testcluster's pods: x/guard
+// (priority 5) lets y into x on TCP 8080 ("y-web", Accept), passes the rest
+// of y's traffic into x to the NetworkPolicy tier ("y-rest", Pass), and
+// denies x/b's egress to 203.0.113.0/24 ("no-net", Deny). CompileCNP adds it.
+const CNP = `
+apiVersion: policy.networking.k8s.io/v1beta1
+kind: ClusterNetworkPolicy
+metadata: {name: guard}
+spec:
+  tier: Admin
+  priority: 5
+  subject: {namespaces: {matchLabels: {kubernetes.io/metadata.name: x}}}
+  ingress:
+  - {name: y-web, action: Accept, from: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: "y"}}}], protocols: [{tcp: {destinationPort: {number: 8080}}}]}
+  - {name: y-rest, action: Pass, from: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: "y"}}}]}
+  egress:
+  - {name: no-net, action: Deny, to: [{networks: [203.0.113.0/24]}]}
+`
+
+// CompileCNP compiles YAML plus ClusterNetworkPolicy documents (each one
+// object, such as CNP), decoded into the model's type here so that tests
+// need not depend on the loader, and fails the test on any error.
+func CompileCNP(t testing.TB, cnps ...string) *filter.Ruleset {
+	t.Helper()
+	c, err := cluster.Decode("test.yaml", []byte(YAML))
+	if err != nil {
+		t.Fatalf("decode test cluster: %v", err)
+	}
+	for _, doc := range cnps {
+		p := &cnpv1beta1.ClusterNetworkPolicy{}
+		if err := yaml.UnmarshalStrict([]byte(doc), p); err != nil {
+			t.Fatalf("decode ClusterNetworkPolicy: %v", err)
+		}
+		c.ClusterPolicies = append(c.ClusterPolicies, p)
+	}
+	rs, err := filter.Compile(c)
+	if err != nil {
+		t.Fatalf("compile test cluster: %v", err)
+	}
+	if len(rs.Warnings) > 0 {
+		t.Fatalf("compile test cluster: %q", rs.Warnings)
 	}
 	return rs
 }
