@@ -46,11 +46,13 @@ var globalSysctls = []string{
 
 const sysctlFile = "sysctl-saved"
 
-// hostPaths are the host files and folders the nfqpolicy DaemonSet's
-// hostPath volumes create (FileOrCreate, DirectoryOrCreate) and the
-// cluster's kubelets write to. Those absent before the first cluster
-// started are removed when the last one is gone.
-var hostPaths = []string{"/run/xtables.lock", "/var/log/nfqpolicy"}
+// hostPaths are the host files and folders that exist only because a
+// cluster ran: the nfqpolicy DaemonSet's hostPath volumes (FileOrCreate,
+// DirectoryOrCreate), and paths kubelet, the shims and mount(8) hard-code
+// (/var/lib/kubelet/device-plugins, /var/log/containers,
+// /run/containerd/s, /run/mount/utab). Those absent before the first
+// cluster started are removed when the last one is gone.
+var hostPaths = []string{"/run/xtables.lock", "/var/log/nfqpolicy", "/var/log/containers", "/var/lib/kubelet", "/run/containerd", "/run/mount"}
 
 // lockBase serializes saving and restoring sysctls between harness
 // processes.
@@ -502,4 +504,42 @@ func clusterOfNS(ns string, pid int) string {
 	rest := strings.TrimPrefix(ns, NamePrefix+strconv.Itoa(pid)+"-")
 	seq, _, _ := strings.Cut(rest, "-")
 	return NamePrefix + strconv.Itoa(pid) + "-" + seq
+}
+
+// Leftovers lists what any cluster (live or dead) still holds on the
+// machine: namespaces, cluster folders, mounts under BaseDir, cgroup
+// trees, saved sysctls. Empty means the machine is as before.
+func Leftovers() []string {
+	var out []string
+	if nss, err := os.ReadDir(netns.Dir); err == nil {
+		for _, e := range nss {
+			if strings.HasPrefix(e.Name(), NamePrefix) {
+				out = append(out, "namespace "+e.Name())
+			}
+		}
+	}
+	base := BaseDir()
+	if entries, err := os.ReadDir(base); err == nil {
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), NamePrefix) || e.Name() == sysctlFile {
+				out = append(out, filepath.Join(base, e.Name()))
+			}
+		}
+	}
+	if mounts, err := mountInfo(); err == nil {
+		for _, m := range mounts {
+			if strings.HasPrefix(m.point, base+"/") {
+				out = append(out, "mount "+m.point)
+			}
+		}
+	}
+	if cgs, err := cgroupMounts(); err == nil {
+		for _, m := range cgs {
+			matches, _ := filepath.Glob(filepath.Join(m, NamePrefix+"*"))
+			for _, d := range matches {
+				out = append(out, "cgroup "+d)
+			}
+		}
+	}
+	return out
 }

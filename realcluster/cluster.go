@@ -265,6 +265,12 @@ func (c *Cluster) network(ctx context.Context) error {
 			fmt.Sprintf("addr add %s/%d dev eth0", addrs[i], underlay.Bits()),
 			"link set eth0 up",
 		}
+		if m != c.CP {
+			// Like any host, a node needs a route for Service
+			// addresses: a local connection to a ClusterIP is routed
+			// before kube-proxy's OUTPUT rule DNATs it.
+			lines = append(lines, "route add default via "+ControlPlaneIP.String())
+		}
 		if err := m.IPBatch(ctx, lines); err != nil {
 			return err
 		}

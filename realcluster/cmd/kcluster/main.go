@@ -145,6 +145,16 @@ func supervise(imageTar, image, deployDir string, noAgent bool, apiAddr string) 
 	}()
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	// The state names this supervisor from the start, so that `down`
+	// can stop a bring-up still in progress.
+	pathDir := "-"
+	if b, err := realcluster.FindBinaries(); err == nil {
+		pathDir = filepath.Dir(b.Kubectl)
+	}
+	if err := os.WriteFile(stateFile(), []byte(fmt.Sprintf("%d - %s\n", os.Getpid(), pathDir)), 0o644); err != nil {
+		return err
+	}
+	defer os.Remove(stateFile())
 	if err := realcluster.CanRun(); err != nil {
 		return err
 	}
@@ -160,6 +170,18 @@ func supervise(imageTar, image, deployDir string, noAgent bool, apiAddr string) 
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
+	// A signal during bring-up cancels it; Up and Deploy then fail and
+	// everything made so far is removed.
+	upDone := make(chan struct{})
+	defer close(upDone)
+	go func() {
+		select {
+		case s := <-sigs:
+			cancel()
+			sigs <- s // for the wait below, should bring-up have finished
+		case <-upDone:
+		}
+	}()
 	logf := func(format string, a ...any) {
 		fmt.Printf("%s %s\n", time.Now().Format("15:04:05.000"), fmt.Sprintf(format, a...))
 	}
@@ -175,7 +197,6 @@ func supervise(imageTar, image, deployDir string, noAgent bool, apiAddr string) 
 		} else {
 			logf("teardown complete")
 		}
-		os.Remove(stateFile())
 	}()
 	var dep *realcluster.Deployment
 	if !noAgent {
@@ -184,7 +205,10 @@ func supervise(imageTar, image, deployDir string, noAgent bool, apiAddr string) 
 		}
 		logf("nfqpolicy DaemonSet ready on every node (%v after start)", time.Since(start).Round(time.Millisecond))
 	}
-	pathDir := filepath.Dir(c.Bins.Kubectl)
+	if ctx.Err() != nil {
+		return fmt.Errorf("interrupted: %w", ctx.Err())
+	}
+	pathDir = filepath.Dir(c.Bins.Kubectl)
 	state := fmt.Sprintf("%d %s %s\n", os.Getpid(), c.Kubeconfig, pathDir)
 	if err := os.WriteFile(stateFile(), []byte(state), 0o644); err != nil {
 		return err
@@ -245,6 +269,9 @@ func down() error {
 	if err != nil {
 		return err
 	}
+	if left := realcluster.Leftovers(); len(left) > 0 {
+		return fmt.Errorf("left behind (a live owner holds them): %s", strings.Join(left, "; "))
+	}
 	fmt.Println("cluster down; nothing left behind")
 	return nil
 }
@@ -253,6 +280,10 @@ func status() error {
 	pid, kubeconfig, pathDir, err := readState()
 	if err != nil || !netns.Alive(pid) {
 		fmt.Println("no cluster running")
+		return nil
+	}
+	if kubeconfig == "-" {
+		fmt.Printf("supervisor pid %d: bringing the cluster up\n", pid)
 		return nil
 	}
 	fmt.Printf("supervisor pid %d\nexport KUBECONFIG=%s\nexport PATH=%s:$PATH\n", pid, kubeconfig, pathDir)
