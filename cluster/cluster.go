@@ -25,4 +25,9 @@ type Cluster struct {
 	// as v1beta1 whichever served version they were read from (v1alpha2 has
 	// the same schema).
 	ClusterPolicies []*cnpv1beta1.ClusterNetworkPolicy
+	// Skipped lists the objects of files that are of kinds the model does
+	// not read (Services, Deployments, AdminNetworkPolicies...), so that
+	// callers can say so: a snapshot may hold them (a warning), a scenario
+	// may not (an error). Empty for informer-built clusters.
+	Skipped []FieldError
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -13,28 +14,43 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	sigsjson "sigs.k8s.io/json"
+	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 )
 
-// Kinds the loader reads; any other kind is skipped (a snapshot of a whole
-// namespace also holds Services, Deployments...).
+// Kinds the loader reads; any other kind is skipped and listed in
+// Cluster.Skipped (a snapshot of a whole namespace also holds Services,
+// Deployments...).
 const (
 	kindNamespace     = "Namespace"
 	kindNode          = "Node"
 	kindPod           = "Pod"
 	kindNetworkPolicy = "NetworkPolicy"
+	kindCNP           = "ClusterNetworkPolicy"
 	kindList          = "List"
 )
 
-// apiVersionOf returns the apiVersion the loader reads kind as; ok is
-// false for kinds it skips.
-func apiVersionOf(kind string) (string, bool) {
+// apiVersionsOf returns the apiVersions the loader reads kind in (the
+// first is the one messages name); ok is false for kinds it skips.
+func apiVersionsOf(kind string) ([]string, bool) {
 	switch kind {
 	case kindNamespace, kindNode, kindPod:
-		return "v1", true
+		return []string{"v1"}, true
 	case kindNetworkPolicy:
-		return "networking.k8s.io/v1", true
+		return []string{"networking.k8s.io/v1"}, true
+	case kindCNP:
+		return []string{cnpAPIVersion, cnpAPIVersionAlpha2}, true
 	}
-	return "", false
+	return nil, false
+}
+
+// skippedMsg says why an object of a kind the loader does not read is
+// left out.
+func skippedMsg(apiVersion, kind string) string {
+	switch kind {
+	case "AdminNetworkPolicy", "BaselineAdminNetworkPolicy":
+		return fmt.Sprintf("kind %s (%s) is not enforced: network-policy-api replaced it by ClusterNetworkPolicy (policy.networking.k8s.io/v1beta1, tier Admin or Baseline); object skipped", kind, apiVersion)
+	}
+	return fmt.Sprintf("kind %s (%s) is not read by nfqpolicy (it reads Namespace, Node, Pod, NetworkPolicy and ClusterNetworkPolicy); object skipped", kind, apiVersion)
 }
 
 // maxListDepth bounds nested kind: List documents.
@@ -220,12 +236,17 @@ func (b *builder) object(d Document, where string, raw []byte, depth int) {
 		}
 		return
 	}
-	want, known := apiVersionOf(h.Kind)
+	want, known := apiVersionsOf(h.Kind)
 	if !known {
+		object := name
+		if object == "" {
+			object = where
+		}
+		b.c.Skipped = append(b.c.Skipped, FieldError{File: d.File, Doc: d.Index, Object: object, Msg: skippedMsg(h.APIVersion, h.Kind)})
 		return
 	}
-	if h.APIVersion != want {
-		fail(name, "apiVersion", fmt.Sprintf("unsupported value %q: %s is read as apiVersion %s", h.APIVersion, h.Kind, want))
+	if !slices.Contains(want, h.APIVersion) {
+		fail(name, "apiVersion", fmt.Sprintf("unsupported value %q: %s is read as apiVersion %s", h.APIVersion, h.Kind, strings.Join(want, " or ")))
 		return
 	}
 	var (
@@ -245,6 +266,12 @@ func (b *builder) object(d Document, where string, raw []byte, depth int) {
 	case kindNetworkPolicy:
 		p := &networkingv1.NetworkPolicy{}
 		obj, check = p, func() []FieldError { DefaultPolicy(p); return ValidatePolicy(p) }
+	case kindCNP:
+		p := &cnpv1beta1.ClusterNetworkPolicy{}
+		obj, check = p, func() []FieldError {
+			DefaultClusterPolicy(p)
+			return append(cnpRequired(ObjectName(p), raw), ValidateClusterPolicy(p)...)
+		}
 	}
 	strict, err := sigsjson.UnmarshalStrict(raw, obj)
 	if err != nil {
@@ -284,6 +311,8 @@ func (b *builder) object(d Document, where string, raw []byte, depth int) {
 		b.c.Pods = append(b.c.Pods, o)
 	case *networkingv1.NetworkPolicy:
 		b.c.Policies = append(b.c.Policies, o)
+	case *cnpv1beta1.ClusterNetworkPolicy:
+		b.c.ClusterPolicies = append(b.c.ClusterPolicies, o)
 	}
 }
 
@@ -332,6 +361,8 @@ func objectKey(obj any) string {
 		return kindPod + " " + o.Namespace + "/" + o.Name
 	case *networkingv1.NetworkPolicy:
 		return kindNetworkPolicy + " " + o.Namespace + "/" + o.Name
+	case *cnpv1beta1.ClusterNetworkPolicy:
+		return kindCNP + " " + o.Name
 	}
 	return fmt.Sprintf("%T", obj)
 }
@@ -351,6 +382,11 @@ func objectName(h head) string {
 		if ns == "" {
 			ns = metav1.NamespaceDefault
 		}
+		return h.Kind + " " + ns + "/" + name
+	case kindNamespace, kindNode, kindCNP:
+		return h.Kind + " " + name
+	}
+	if ns != "" {
 		return h.Kind + " " + ns + "/" + name
 	}
 	return h.Kind + " " + name

@@ -386,6 +386,22 @@ data: {a: b}
 	}
 	if len(c.Pods) != 1 || c.Pods[0].Name != "a" || len(c.Policies) != 1 || len(c.Nodes) != 1 || len(c.Namespaces) != 1 {
 		t.Errorf("got %d pods, %d policies, %d nodes, %d namespaces", len(c.Pods), len(c.Policies), len(c.Nodes), len(c.Namespaces))
+	} // Skipped kinds are listed, never dropped silently.
+	var skipped []string
+	for _, fe := range c.Skipped {
+		skipped = append(skipped, fe.Error())
+	}
+	want := []string{
+		"list.yaml:1: kind Service (v1) is not read by nfqpolicy (it reads Namespace, Node, Pod, NetworkPolicy and ClusterNetworkPolicy); object skipped (Service svc)",
+		"list.yaml:1: kind Deployment (apps/v1) is not read by nfqpolicy (it reads Namespace, Node, Pod, NetworkPolicy and ClusterNetworkPolicy); object skipped (Deployment d)",
+		"list.yaml:2: kind ConfigMap (v1) is not read by nfqpolicy (it reads Namespace, Node, Pod, NetworkPolicy and ClusterNetworkPolicy); object skipped (ConfigMap cm)",
+	}
+	if !reflect.DeepEqual(skipped, want) {
+		t.Errorf("skipped:\n got %q\nwant %q", skipped, want)
+	}
+	c, err = Decode("anp.yaml", []byte("apiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {name: a}\nspec: {priority: 1}\n"))
+	if err != nil || len(c.Skipped) != 1 || !strings.Contains(c.Skipped[0].Msg, "replaced it by ClusterNetworkPolicy") {
+		t.Errorf("AdminNetworkPolicy: %v, skipped %v", err, c.Skipped)
 	}
 }
 

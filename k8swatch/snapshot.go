@@ -179,6 +179,9 @@ func (s *SnapshotSource) load() (map[string]fileState, error) {
 		s.log.Warn().Str("file", fe.File).Int("doc", fe.Doc).Str("object", fe.Object).Str("field", fe.Field).
 			Msg("invalid object skipped: " + fe.Msg)
 	}
+	for _, fe := range c.Skipped {
+		s.log.Warn().Str("file", fe.File).Int("doc", fe.Doc).Str("object", fe.Object).Msg(fe.Msg)
+	}
 	s.mu.Lock()
 	s.current = c
 	s.mu.Unlock()
@@ -187,6 +190,6 @@ func (s *SnapshotSource) load() (map[string]fileState, error) {
 	default:
 	}
 	s.log.Info().Int("files", len(files)).Int("namespaces", len(c.Namespaces)).Int("nodes", len(c.Nodes)).
-		Int("pods", len(c.Pods)).Int("policies", len(c.Policies)).Int("invalid", len(invalid)).Msg("snapshot loaded")
+		Int("pods", len(c.Pods)).Int("policies", len(c.Policies)).Int("clusterPolicies", len(c.ClusterPolicies)).Int("skipped", len(c.Skipped)).Int("invalid", len(invalid)).Msg("snapshot loaded")
 	return states, nil
 }

@@ -190,6 +190,9 @@ func parseDocument(d cluster.Document, lineProbes []fastProbe) (*Scenario, []clu
 	}
 	c, err := cluster.DecodeDocuments(d)
 	errs = appendErr(errs, err)
+	// A scenario's verdicts are only meaningful if every object it holds
+	// is read: one the model skips is an error, not a silent omission.
+	errs = append(errs, c.Skipped...)
 	s := &Scenario{Name: doc.Name, Source: doc.Source, File: d.File, Doc: d.Index, Cluster: c, Index: cluster.NewIndex(c)}
 	if s.Name == "" {
 		s.Name = strings.TrimSuffix(filepath.Base(d.File), filepath.Ext(d.File))

@@ -175,6 +175,30 @@ objcts: []
 	}
 }
 
+// A scenario's ClusterNetworkPolicies are read; an object of a kind the
+// model does not read is an error, never dropped silently.
+func TestScenarioKinds(t *testing.T) {
+	in := "name: s\n" + objects + `  - apiVersion: policy.networking.k8s.io/v1alpha2
+    kind: ClusterNetworkPolicy
+    metadata: {name: admin}
+    spec: {tier: Admin, priority: 1, subject: {namespaces: {}}, ingress: [{action: Deny, from: [{namespaces: {}}]}]}
+  - apiVersion: v1
+    kind: Service
+    metadata: {name: svc, namespace: x}
+probes:
+  - {from: y/b, to: x/a, port: 80, expect: deny}
+`
+	ss, err := Parse("k.yaml", []byte(in))
+	got := errorStrings(t, err)
+	want := []string{"k.yaml:1: kind Service (v1) is not read by nfqpolicy (it reads Namespace, Node, Pod, NetworkPolicy and ClusterNetworkPolicy); object skipped (Service x/svc)"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("errors:\n got %q\nwant %q", got, want)
+	}
+	if len(ss) != 1 || len(ss[0].Cluster.ClusterPolicies) != 1 || ss[0].Cluster.ClusterPolicies[0].Name != "admin" {
+		t.Errorf("scenario's ClusterNetworkPolicies not read: %+v", ss)
+	}
+}
+
 func TestLoad(t *testing.T) {
 	dir := t.TempDir()
 	for name, content := range map[string]string{
