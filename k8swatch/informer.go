@@ -66,6 +66,8 @@ type InformerSource struct {
 	changed chan struct{}
 
 	rebuilds  atomic.Uint64
+	events    atomic.Uint64 // watch events delivered (list items included)
+	relevant  atomic.Uint64 // of which changed what the compiler reads
 	connected atomic.Bool
 	errMu     sync.Mutex
 	lastErr   error
@@ -143,13 +145,14 @@ func newInformerSource(s *InformerSource, client kubernetes.Interface, opts Info
 			return nil, fmt.Errorf("informer source: %w", err)
 		}
 		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc: func(any) { s.markDirty() },
+			AddFunc: func(any) { s.events.Add(1); s.markDirty() },
 			UpdateFunc: func(oldObj, newObj any) {
+				s.events.Add(1)
 				if !sameStripped(oldObj, newObj) {
 					s.markDirty()
 				}
 			},
-			DeleteFunc: func(any) { s.markDirty() },
+			DeleteFunc: func(any) { s.events.Add(1); s.markDirty() },
 		}); err != nil {
 			return nil, fmt.Errorf("informer source: %w", err)
 		}
@@ -227,6 +230,7 @@ func (s *InformerSource) coalesce(ctx context.Context) bool {
 }
 
 func (s *InformerSource) markDirty() {
+	s.relevant.Add(1)
 	select {
 	case s.dirty <- struct{}{}:
 	default:
@@ -311,6 +315,14 @@ func (s *InformerSource) Changed() <-chan struct{} { return s.changed }
 // Rebuilds counts published Clusters (the first sync included).
 func (s *InformerSource) Rebuilds() uint64 { return s.rebuilds.Load() }
 
+// Events counts the watch events the informers delivered (the items of
+// every list included), and of those the relevant ones: events that
+// changed something the compiler reads. Relevant minus Rebuilds is what
+// coalescing saved.
+func (s *InformerSource) Events() (all, relevant uint64) {
+	return s.events.Load(), s.relevant.Load()
+}
+
 // Connected reports whether the last request to the API server got an
 // answer. It is false before the first answer.
 func (s *InformerSource) Connected() bool { return s.connected.Load() }
@@ -329,11 +341,14 @@ type InformerStatus struct {
 	Connected bool   `json:"connected"`
 	LastError string `json:"last_error,omitempty"`
 	Rebuilds  uint64 `json:"rebuilds"`
+	Events    uint64 `json:"events"`
+	Relevant  uint64 `json:"relevant_events"`
 }
 
 // Status returns the source's health in one value.
 func (s *InformerSource) Status() InformerStatus {
 	st := InformerStatus{Connected: s.Connected(), Rebuilds: s.Rebuilds()}
+	st.Events, st.Relevant = s.Events()
 	_, st.Synced = s.Current()
 	if err := s.LastError(); err != nil {
 		st.LastError = err.Error()

@@ -301,5 +301,11 @@ func registerAPIServerMetrics(reg prometheus.Registerer, is *k8swatch.InformerSo
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "nfqpolicy_cluster_rebuilds_total",
 			Help: "Cluster state snapshots published by the informer source (bursts of changes are coalesced)."},
 			func() float64 { return float64(is.Rebuilds()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "nfqpolicy_watch_events_total",
+			Help: "Watch events the informers delivered (initial list items included): what this agent costs the API server."},
+			func() float64 { all, _ := is.Events(); return float64(all) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "nfqpolicy_watch_events_relevant_total",
+			Help: "Watch events that changed something the compiler reads; minus the rebuilds, what coalescing saved."},
+			func() float64 { _, rel := is.Events(); return float64(rel) }),
 	)
 }
