@@ -228,13 +228,21 @@ func procUsage(pid int) (usage, error) {
 	}
 	f := strings.Fields(string(stat[i+2:]))
 	// Fields after the name start at field 3 (state); utime and stime are
-	// fields 14 and 15.
-	if len(f) < 13 {
+	// fields 14 and 15, cutime and cstime (the children it waited for:
+	// the agent's ipset and iptables runs, which are its cost too) 16
+	// and 17.
+	if len(f) < 15 {
 		return u, errors.New("short /proc/pid/stat")
 	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	u.cpu = time.Duration(ut+st) * time.Second / 100 // USER_HZ is 100 on Linux
+	var ticks int64
+	for _, s := range f[11:15] {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return u, fmt.Errorf("/proc/pid/stat: %w", err)
+		}
+		ticks += n
+	}
+	u.cpu = time.Duration(ticks) * time.Second / 100 // USER_HZ is 100 on Linux
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return u, err

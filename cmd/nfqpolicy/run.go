@@ -53,6 +53,8 @@ type runFlags struct {
 	resync      time.Duration
 	printRules  bool
 	obs         observeFlags
+	// informer coalescing (k8swatch.InformerOptions)
+	rebuildQuiet, rebuildMax time.Duration
 }
 
 func newRunFlags(stderr io.Writer) (*flag.FlagSet, *runFlags) {
@@ -77,6 +79,8 @@ func newRunFlags(stderr io.Writer) (*flag.FlagSet, *runFlags) {
 	fs.StringVar(&f.backend, "iptables-backend", "auto", "iptables binaries: auto (the backend holding the node's KUBE-* chains, kube-proxy's; nft when none), legacy or nft")
 	fs.StringVar(&f.families, "ip-families", "auto", "IP families to divert: auto (IPv6 too unless the kernel has none), ipv4, ipv6 or ipv4,ipv6")
 	fs.DurationVar(&f.resync, "resync", time.Minute, "re-install rules and sets this often to repair what others flushed (0: never)")
+	fs.DurationVar(&f.rebuildQuiet, "rebuild-quiet", 0, "recompile once no API event arrived for this long (0: the default, 150ms)")
+	fs.DurationVar(&f.rebuildMax, "rebuild-max-delay", 0, "under continuous changes, recompile at least this often (0: the default)")
 	fs.BoolVar(&f.printRules, "print-rules", false, "print the iptables-restore input these flags install on a clean node (both families) and exit")
 	f.obs.register(fs)
 	return fs, f
@@ -197,7 +201,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		// client-go logs through klog; make its lines JSON like ours.
 		klog.SetLogger(k8swatch.KlogLogger(log.With().Str("component", "client-go").Logger()))
-		is, err := k8swatch.NewInformerSource(rc, k8swatch.InformerOptions{}, log)
+		is, err := k8swatch.NewInformerSource(rc, k8swatch.InformerOptions{Quiet: f.rebuildQuiet, MaxDelay: f.rebuildMax}, log)
 		if err != nil {
 			log.Error().Err(err).Msg("API server source")
 			return 2
