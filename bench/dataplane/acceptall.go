@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -121,6 +122,8 @@ func runAcceptAll(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 	}
+	var ms0 runtime.MemStats
+	runtime.ReadMemStats(&ms0)
 	usr1 := make(chan os.Signal, 1)
 	signal.Notify(usr1, syscall.SIGUSR1)
 	fmt.Fprintln(stdout, "ready")
@@ -131,6 +134,7 @@ func runAcceptAll(args []string, stdout, stderr io.Writer) int {
 			for _, r := range recs {
 				r.reset()
 			}
+			runtime.ReadMemStats(&ms0)
 			fmt.Fprintln(stdout, "reset")
 		}
 	}
@@ -142,12 +146,14 @@ func runAcceptAll(args []string, stdout, stderr io.Writer) int {
 	for _, r := range recs {
 		lat = append(lat, r.take()...)
 	}
+	var ms1 runtime.MemStats
+	runtime.ReadMemStats(&ms1)
 	var s summary
 	if len(lat) > 0 {
 		s, _ = summarize(lat)
 	}
-	fmt.Fprintf(stdout, "accepted %d enobufs %d errors %d latency_ns n %d p50 %d p90 %d p99 %d max %d\n",
-		accepted.Load(), noBufs.Load(), failed.Load(), s.n, s.p50, s.p90, s.p99, s.max)
+	fmt.Fprintf(stdout, "accepted %d enobufs %d errors %d latency_ns n %d p50 %d p90 %d p99 %d max %d mallocs %d gcs %d\n",
+		accepted.Load(), noBufs.Load(), failed.Load(), s.n, s.p50, s.p90, s.p99, s.max, ms1.Mallocs-ms0.Mallocs, ms1.NumGC-ms0.NumGC)
 	return 0
 }
 
@@ -234,6 +240,9 @@ func startAcceptAll(ctx context.Context, sp *spawner, ns *netNS, base, n int, ve
 // acceptAllCounts is what the child reports when it stops.
 type acceptAllCounts struct {
 	accepted, noBufs, errors uint64
+	// mallocs and gcs since the last reset: go-nfqueue's allocations
+	// per packet and the collections they cause.
+	mallocs, gcs uint64
 	// latency is the reader-side time per packet since the last reset.
 	latency summary
 }
@@ -270,8 +279,8 @@ func (p *acceptAllProc) stop() (acceptAllCounts, error) {
 			err := <-p.exited
 			var c acceptAllCounts
 			ls := &c.latency
-			if _, serr := fmt.Sscanf(last, "accepted %d enobufs %d errors %d latency_ns n %d p50 %d p90 %d p99 %d max %d",
-				&c.accepted, &c.noBufs, &c.errors, &ls.n, &ls.p50, &ls.p90, &ls.p99, &ls.max); serr != nil {
+			if _, serr := fmt.Sscanf(last, "accepted %d enobufs %d errors %d latency_ns n %d p50 %d p90 %d p99 %d max %d mallocs %d gcs %d",
+				&c.accepted, &c.noBufs, &c.errors, &ls.n, &ls.p50, &ls.p90, &ls.p99, &ls.max, &c.mallocs, &c.gcs); serr != nil {
 				return c, errors.Join(err, fmt.Errorf("accept-all reader: no final counts (%q): %s", last, strings.TrimSpace(p.stderr.String())))
 			}
 			return c, err

@@ -52,6 +52,12 @@ const (
 	targetHoldUncached = 1.4
 )
 
+// enforcedCacheSize is the flow cache of the enforcing lane's agent: far
+// fewer entries than the cache-miss lane has pairs, so that cycling
+// through them misses every time (the default 65536 would hold them all
+// after the first pass), while the benchmark's one flow still hits.
+const enforcedCacheSize = 4096
+
 // decideOnlyN is how many packets the in-process decision timing takes.
 const decideOnlyN = 100_000
 
@@ -99,7 +105,7 @@ func cmdMain(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.rounds, "rounds", 15, "alternating rounds the -duration of each mode (and the -latency-conns of each SYN hold lane) is split into")
 	fs.IntVar(&o.workers, "workers", 4, "parallel clients of the connection-rate phases")
 	fs.IntVar(&o.queues, "queues", runtime.NumCPU(), "NFQUEUE queues of the agent and of the accept-all reader (the agent's default)")
-	fs.IntVar(&o.latencyConns, "latency-conns", 3000, "sequential connections of each SYN hold lane, over all rounds")
+	fs.IntVar(&o.latencyConns, "latency-conns", 7500, "sequential connections of each SYN hold lane, over all rounds")
 	fs.IntVar(&o.missClients, "miss-clients", 100, "client pods of the cache-miss connection-rate lane")
 	fs.IntVar(&o.missServers, "miss-servers", 400, "server pods of the cache-miss connection-rate lane")
 	fs.BoolVar(&o.debugPhase, "debug-phase", false, "also time the agent's own reader-side latency from a run at --log-level debug")
@@ -213,6 +219,7 @@ func (b *bench) close() error {
 		if l.srv != nil {
 			l.srv.close()
 		}
+
 		if l.topo != nil {
 			errs = append(errs, l.topo.close())
 		}
@@ -304,12 +311,17 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) (err error) {
 		if l.srv, err = startServer(l.topo.server, b.pair.port); err != nil {
 			return err
 		}
+
 		if err := b.warmUp(ctx, l, b.one); err != nil {
 			return err
 		}
 	}
 	b.norules, b.acceptall, b.enforced, b.nocache = b.lanes[0], b.lanes[1], b.lanes[2], b.lanes[3]
 	b.nocache.agentArgs = []string{"--cache-size", "0"}
+	if len(b.many.conns) < 2*enforcedCacheSize {
+		return fmt.Errorf("workload %s: %d pairs for the cache-miss lane, want at least %d", o.workload, len(b.many.conns), 2*enforcedCacheSize)
+	}
+	b.enforced.agentArgs = []string{"--cache-size", strconv.Itoa(enforcedCacheSize)}
 	return b.phases(ctx)
 }
 
@@ -362,8 +374,8 @@ func (b *bench) phases(ctx context.Context) (err error) {
 	b.printf("# NOTE: figures are noisy: client, server, kernel and queue reader share this machine's cores with each other and with other work. The modes run on identical namespace topologies, measured in alternating rounds (each round starting with the next mode) so that drifting background load hits them alike; ratios are medians of per-round ratios, with their interquartile range. Compare ratios, not absolutes.\n")
 	b.printf("# workload %s; agents --node-name %s --queues %d %s%s\n", o.workload, b.pair.node, o.queues, strings.Join(o.agentArgs, " "), map[bool]string{true: " env " + strings.Join(o.agentEnv, " "), false: ""}[len(o.agentEnv) > 0])
 	b.printf("# flow %s\n", b.pair)
-	b.printf("# cache-miss lane: %d distinct allowed pairs between %d clients and %d servers of node %s, cycled (the flow cache's key is the address pair and port, not the source port)\n",
-		len(b.many.conns), b.missClients, b.missServers, b.pair.node)
+	b.printf("# cache-miss lane: %d distinct allowed pairs between %d clients and %d servers of node %s, cycled in order through the agent's flow cache of %d entries (LRU: every pair is evicted before it comes round again; the cache's key is the address pair and port, not the source port)\n",
+		len(b.many.conns), b.missClients, b.missServers, b.pair.node, enforcedCacheSize)
 	b.printf("# connection rate: %d rounds x %v per mode, %d workers, each connection = connect + 1 byte each way + close with SO_LINGER 0 (reset), a fresh source port each; throughput: %d rounds x %v per mode, one flow each (after %v warm-up); SYN hold: %d rounds of %d sequential connections per lane; accept-all verdict: %s\n",
 		o.rounds, round, o.workers, o.rounds, round, bulkWarmup, o.rounds, o.latencyConns/o.rounds, o.acceptAllVerdict)
 
@@ -585,6 +597,11 @@ func (b *bench) holdRounds(ctx context.Context, r *result) error {
 	lanes := []*lane{b.norules, b.acceptall, b.enforced, b.nocache}
 	figs := make([]holdFigures, len(lanes))
 	per := b.o.latencyConns / b.o.rounds
+	stopStamping, err := keepStamping()
+	if err != nil {
+		return err
+	}
+	defer stopStamping()
 	// The reader's own timing covers these rounds only.
 	if err := b.reader.reset(); err != nil {
 		return fmt.Errorf("accept-all lane: %w", err)
@@ -680,7 +697,8 @@ func (b *bench) holdRounds(ctx context.Context, r *result) error {
 	}
 	r.readerAcceptAll = c.latency
 	b.printf("verdict_latency acceptall %s (reader-side, SYN hold rounds: packet handed to the reader -> verdict sent)\n", c.latency)
-	b.printf("acceptall reader: queued_and_answered=%d (whole run) enobufs=%d verdict_errors=%d\n", c.accepted, c.noBufs, c.errors)
+	b.printf("acceptall reader: queued_and_answered=%d (whole run) enobufs=%d verdict_errors=%d; during the SYN hold rounds %.1f allocations per packet (go-nfqueue's receive loop and SetVerdict) and %d garbage collections\n",
+		c.accepted, c.noBufs, c.errors, float64(c.mallocs)/float64(max(c.latency.n, 1)), c.gcs)
 	b.printf("ratio per round syn_hold_p50_enforced_vs_acceptall: %s\n", formatFloats(r.holdP50, "%.2f"))
 	b.printf("ratio per round syn_hold_p99_enforced_vs_acceptall: %s\n", formatFloats(r.holdP99, "%.2f"))
 	b.printf("ratio per round syn_hold_p50_nocache_vs_acceptall: %s\n", formatFloats(r.holdP50NoCache, "%.2f"))

@@ -146,7 +146,7 @@ func TestPortCursor(t *testing.T) {
 }
 
 func TestOptionsCheck(t *testing.T) {
-	good := options{duration: 4500 * time.Millisecond, rounds: 15, workers: 4, queues: 2, latencyConns: 3000, missClients: 100, missServers: 400, acceptAllVerdict: "accept"}
+	good := options{duration: 4500 * time.Millisecond, rounds: 15, workers: 4, queues: 2, latencyConns: 7500, missClients: 100, missServers: 400, acceptAllVerdict: "accept"}
 	if err := good.check(0); err != nil {
 		t.Fatalf("defaults refused: %v", err)
 	}

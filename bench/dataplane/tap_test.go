@@ -117,8 +117,11 @@ func TestMatchSYNs(t *testing.T) {
 	if sum != 75*time.Microsecond {
 		t.Fatalf("held %v, want 5us and 70us", held)
 	}
-	if _, _, _, err := matchSYNs(map[uint16]time.Time{1: at(10)}, map[uint16]time.Time{1: at(5)}); err == nil {
-		t.Fatal("a tap whose only SYN left before it arrived was accepted")
+	if _, _, _, err := matchSYNs(map[uint16]time.Time{1: at(10), 2: at(10)}, map[uint16]time.Time{1: at(5), 2: at(11)}); err != nil {
+		t.Fatalf("one inverted SYN of two: %v", err)
+	}
+	if _, _, _, err := matchSYNs(map[uint16]time.Time{1: at(10), 2: at(10)}, map[uint16]time.Time{1: at(5), 2: at(9)}); err == nil {
+		t.Fatal("a tap whose SYNs all left before they arrived was accepted")
 	}
 	// One inverted SYN among many is left out and counted.
 	in, out := map[uint16]time.Time{}, map[uint16]time.Time{}
