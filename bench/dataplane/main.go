@@ -102,10 +102,10 @@ func cmdMain(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.workload, "workload", "testdata/bench/knp-workload.yaml", "scenario file with the cluster and the probe to reproduce")
 	fs.StringVar(&o.nfqpolicy, "nfqpolicy", "", "agent binary (default: go build ./cmd/nfqpolicy into a temporary directory)")
 	fs.DurationVar(&o.duration, "duration", 4500*time.Millisecond, "measured time per mode of the connection-rate and of the throughput comparison, split into -rounds")
-	fs.IntVar(&o.rounds, "rounds", 15, "alternating rounds the -duration of each mode (and the -latency-conns of each SYN hold lane) is split into")
+	fs.IntVar(&o.rounds, "rounds", 30, "alternating rounds the -duration of each mode (and the -latency-conns of each SYN hold lane) is split into")
 	fs.IntVar(&o.workers, "workers", 4, "parallel clients of the connection-rate phases")
 	fs.IntVar(&o.queues, "queues", runtime.NumCPU(), "NFQUEUE queues of the agent and of the accept-all reader (the agent's default)")
-	fs.IntVar(&o.latencyConns, "latency-conns", 7500, "sequential connections of each SYN hold lane, over all rounds")
+	fs.IntVar(&o.latencyConns, "latency-conns", 15000, "sequential connections of each SYN hold lane, over all rounds")
 	fs.IntVar(&o.missClients, "miss-clients", 100, "client pods of the cache-miss connection-rate lane")
 	fs.IntVar(&o.missServers, "miss-servers", 400, "server pods of the cache-miss connection-rate lane")
 	fs.BoolVar(&o.debugPhase, "debug-phase", false, "also time the agent's own reader-side latency from a run at --log-level debug")
@@ -139,8 +139,8 @@ func (o options) check(nargs int) error {
 	if o.duration < 500*time.Millisecond || o.duration > 5*time.Minute {
 		errs = append(errs, fmt.Errorf("-duration %v: want 500ms..5m", o.duration))
 	}
-	if o.rounds < 1 || o.rounds > 100 || (o.rounds > 0 && o.duration/time.Duration(o.rounds) < 200*time.Millisecond) {
-		errs = append(errs, fmt.Errorf("-rounds %d: want 1..100 rounds of at least 200ms each", o.rounds))
+	if o.rounds < 1 || o.rounds > 100 || (o.rounds > 0 && o.duration/time.Duration(o.rounds) < 100*time.Millisecond) {
+		errs = append(errs, fmt.Errorf("-rounds %d: want 1..100 rounds of at least 100ms each", o.rounds))
 	} else if o.latencyConns/o.rounds < 20 {
 		errs = append(errs, fmt.Errorf("-latency-conns %d: want at least 20 per round", o.latencyConns))
 	}

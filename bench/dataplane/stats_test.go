@@ -146,7 +146,7 @@ func TestPortCursor(t *testing.T) {
 }
 
 func TestOptionsCheck(t *testing.T) {
-	good := options{duration: 4500 * time.Millisecond, rounds: 15, workers: 4, queues: 2, latencyConns: 7500, missClients: 100, missServers: 400, acceptAllVerdict: "accept"}
+	good := options{duration: 4500 * time.Millisecond, rounds: 30, workers: 4, queues: 2, latencyConns: 15000, missClients: 100, missServers: 400, acceptAllVerdict: "accept"}
 	if err := good.check(0); err != nil {
 		t.Fatalf("defaults refused: %v", err)
 	}
@@ -160,7 +160,7 @@ func TestOptionsCheck(t *testing.T) {
 		{"short phase", func(o *options) { o.duration = time.Millisecond }, 0, "-duration"},
 		{"no workers", func(o *options) { o.workers = 0 }, 0, "-workers"},
 		{"no rounds", func(o *options) { o.rounds = 0 }, 0, "-rounds"},
-		{"rounds too short", func(o *options) { o.rounds = 30 }, 0, "-rounds"},
+		{"rounds too short", func(o *options) { o.rounds = 50 }, 0, "-rounds"},
 		{"few latency conns per round", func(o *options) { o.latencyConns = 200 }, 0, "-latency-conns"},
 		{"no miss clients", func(o *options) { o.missClients = 0 }, 0, "-miss-clients"},
 		{"bad accept-all verdict", func(o *options) { o.acceptAllVerdict = "drop" }, 0, "-acceptall-verdict"},
