@@ -182,14 +182,23 @@ func Open(ctx context.Context, cfg ReaderConfig) (*Reader, error) {
 	r.send = &wireSender{fd: fd, queue: cfg.Queue, buf: make([]byte, 0, verdictLen)}
 	bound := make(chan error, 1)
 	go r.loop(fd, configMsg(cfg.Queue, bindSeq, nfqueue.NfQnlCopyPacket, CopyRange, cfg.MaxQueueLen, flags), bound)
-	if err := <-bound; err != nil {
+	var berr error
+	select {
+	case berr = <-bound:
+	case <-time.After(bindTimeout):
+		berr = fmt.Errorf("no answer from the kernel in %v", bindTimeout)
+	}
+	if berr != nil {
 		cancel()
 		<-r.done
 		nf.Close()
-		return nil, fmt.Errorf("bind nfqueue %d: %w", cfg.Queue, explainErrno(err, true))
+		return nil, fmt.Errorf("bind nfqueue %d: %w", cfg.Queue, explainErrno(berr, true))
 	}
 	return r, nil
 }
+
+// bindTimeout bounds the wait for the kernel's answer to the bind.
+const bindTimeout = 5 * time.Second
 
 // bindSeq is the sequence number of the configuration message, which the
 // kernel's acknowledgement carries back.
