@@ -2,9 +2,12 @@ package realcluster
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -345,9 +348,17 @@ spec:
 	}
 }
 
-// TestRealClusterObserveFromAgentPod: the flow log, the capture and
-// `nfqpolicy trace --agent` work from inside the agent's pod (kubectl exec),
-// and show a denied cross-node flow.
+// evidenceFile is a file the agent on node wrote under deploy/'s hostPath
+// /var/log/nfqpolicy/<node> (the image has no cat to read it through
+// kubectl exec; its own nfqpolicy reads it there, see below).
+func evidenceFile(node, name string) string { return "/var/log/nfqpolicy/" + node + "/" + name }
+
+// TestRealClusterObserveFromAgentPod: `nfqpolicy trace --agent` streams a
+// denied cross-node flow from inside the agent's pod (kubectl exec), the
+// flow log holds its record (summarised by `nfqpolicy audit report` run in
+// the pod) and the capture its packet. The client's node decides the flow
+// (the agent there evaluates both sides and drops it at the source), so
+// that node's agent is the one observed.
 func TestRealClusterObserveFromAgentPod(t *testing.T) {
 	c, dep := agentCluster(t)
 	ns := testNamespace(t, c)
@@ -359,16 +370,17 @@ func TestRealClusterObserveFromAgentPod(t *testing.T) {
 	ips := waitPods(t, c, ns, "server", "client")
 	addr := ips["server"] + ":8080"
 	eventually(t, c, ns, "client", addr, false)
-	agent, err := dep.AgentPod(ctx, "node-2")
+	agent, err := dep.AgentPod(ctx, "node-1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	// trace: stream the agent's decisions while the client tries again.
 	tctx, cancel := context.WithTimeout(ctx, 40*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(tctx, c.Bins.Kubectl, "--kubeconfig", c.Kubeconfig, "exec", "-n", AgentNamespace, agent, "--",
 		"nfqpolicy", "trace", "--agent", "/run/nfqpolicy/debug.sock", "--to", ips["server"])
 	cmd.Env = c.env
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -386,45 +398,65 @@ func TestRealClusterObserveFromAgentPod(t *testing.T) {
 		close(lines)
 	}()
 	var traced string
+	var seen []string
 	for traced == "" {
 		_, _ = connects(ctx, c, ns, "client", addr)
-		select {
-		case l, ok := <-lines:
-			if !ok {
-				t.Fatal("trace ended without showing the denied flow")
+	drain:
+		for {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					t.Fatalf("trace ended without the denied flow (stderr %q, lines %q)", stderr.String(), seen)
+				}
+				seen = append(seen, l)
+				if strings.Contains(l, "DENY") && strings.Contains(l, "("+ips["client"]+")") && strings.Contains(l, "("+ips["server"]+"):8080/TCP") {
+					traced = l
+					break drain
+				}
+			case <-time.After(time.Second):
+				break drain
+			case <-tctx.Done():
+				t.Fatalf("trace showed no denied flow from the client within 40 s (stderr %q, lines %q)", stderr.String(), seen)
 			}
-			if strings.Contains(l, ips["client"]) && strings.Contains(strings.ToLower(l), "den") {
-				traced = l
-			}
-		case <-time.After(3 * time.Second):
-		case <-tctx.Done():
-			t.Fatal("trace showed no denied flow from the client within 40 s")
 		}
 	}
-	t.Logf("trace --agent: %s", traced)
-	// The flow log holds a denied record for the flow.
-	out, err := c.Exec(ctx, AgentNamespace, agent, "cat", "/var/log/nfqpolicy/flows.jsonl")
+	t.Logf("trace --agent in %s: %s", agent, traced)
+
+	// The flow log, read by the agent image's own nfqpolicy in the pod.
+	out, err := c.Exec(ctx, AgentNamespace, agent, "nfqpolicy", "audit", "report", "-o", "json", "/var/log/nfqpolicy/flows.jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var report struct {
+		Records int      `json:"records"`
+		Nodes   []string `json:"nodes"`
+	}
+	if err := json.Unmarshal([]byte(out), &report); err != nil || report.Records == 0 || len(report.Nodes) != 1 || report.Nodes[0] != "node-1" {
+		t.Fatalf("audit report in the agent pod: %+v (err %v):\n%s", report, err, out)
+	}
+	// The same file on the node holds the flow's denied record...
+	data, err := os.ReadFile(evidenceFile("node-1", "flows.jsonl"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	found := false
-	for _, l := range strings.Split(out, "\n") {
+	for _, l := range strings.Split(string(data), "\n") {
 		if strings.Contains(l, `"src":"`+ips["client"]+`"`) && strings.Contains(l, `"verdict":"deny"`) && strings.Contains(l, `"dst_port":8080`) {
 			found = true
 			break
 		}
 	}
 	if !found {
-		t.Fatalf("flow log in the agent pod has no denied record for %s -> %s:\n%s", ips["client"], addr, tail(out, 2000))
+		t.Fatalf("node-1's flow log has no denied record for %s -> %s:\n%s", ips["client"], addr, tail(string(data), 2000))
 	}
-	// The capture holds a pcapng section with the denied packet's source.
-	capture, err := c.Exec(ctx, AgentNamespace, agent, "cat", "/var/log/nfqpolicy/denied.pcapng")
+	// ...and the capture a pcapng section with the denied packet.
+	capture, err := os.ReadFile(evidenceFile("node-1", "denied.pcapng"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ip4 := net.ParseIP(ips["client"]).To4()
-	if !strings.HasPrefix(capture, "\x0a\x0d\x0d\x0a") || !strings.Contains(capture, string(ip4)) {
-		t.Fatalf("capture in the agent pod (%d bytes) is not a pcapng holding %s", len(capture), ips["client"])
+	if !bytes.HasPrefix(capture, []byte{0x0a, 0x0d, 0x0d, 0x0a}) || !bytes.Contains(capture, ip4) {
+		t.Fatalf("node-1's capture (%d bytes) is not a pcapng holding %s", len(capture), ips["client"])
 	}
 }
 
