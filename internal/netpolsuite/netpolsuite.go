@@ -21,6 +21,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -194,6 +196,9 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	if o.Binary == "" || o.Kubeconfig == "" || o.Dir == "" {
 		return Result{}, errors.New("netpolsuite: Binary, Kubeconfig and Dir are required")
 	}
+	if _, err := regexp.Compile(o.Focus); err != nil {
+		return Result{}, fmt.Errorf("netpolsuite: focus %q: %w", o.Focus, err)
+	}
 	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
 		return Result{}, err
 	}
@@ -222,6 +227,12 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	res.Specs, err = Parse(b)
 	if err != nil {
 		return res, fmt.Errorf("%s: %w", res.Report, err)
+	}
+	if o.Focus != "" {
+		// Specs outside the narrower focus were not selected, not skipped:
+		// leave them out of the list and the counts.
+		re := regexp.MustCompile(o.Focus) // checked above
+		res.Specs = slices.DeleteFunc(res.Specs, func(s Spec) bool { return s.Skipped() && s.Message == "" && !re.MatchString(s.Name) })
 	}
 	if len(res.Specs) == 0 {
 		return res, fmt.Errorf("netpol suite ran no spec (%v; see %s)", runErr, res.Log)

@@ -11,8 +11,8 @@ import (
 )
 
 // testdata/report.json is a real report of e2e-netpol.test (a dry run) with
-// one spec turned into a failure: a suite node, a pass, a failure and a
-// skipped SCTP spec.
+// one spec turned into a failure: a suite node, a pass, a failure, a
+// skipped SCTP spec and a spec left out by a focus.
 func TestParse(t *testing.T) {
 	b, err := os.ReadFile("testdata/report.json")
 	if err != nil {
@@ -29,6 +29,8 @@ func TestParse(t *testing.T) {
 			State: "failed", Duration: 61 * time.Second, Message: "Had 2 wrong results in reachability matrix\nexpected: ..."},
 		{Name: "[sig-network] Netpol [Feature:SCTPConnectivity] [LinuxOnly] NetworkPolicy between server and client using SCTP should enforce policy based on Ports [Feature:NetworkPolicy]",
 			State: "skipped", Message: SCTPReason},
+		{Name: "[sig-network] Netpol NetworkPolicy between server and client should support a 'default-deny-all' policy [Feature:NetworkPolicy]",
+			State: "skipped"},
 	}
 	if !slices.Equal(specs, want) {
 		t.Fatalf("Parse =\n%+v\nwant\n%+v", specs, want)
@@ -42,7 +44,8 @@ func TestParse(t *testing.T) {
 		"PASS [sig-network] Netpol NetworkPolicy between server and client should allow egress access on one named port [Feature:NetworkPolicy] (8.1s)",
 		"FAIL [sig-network] Netpol [LinuxOnly] NetworkPolicy between server and client using UDP should enforce policy to allow traffic only from a pod in a different namespace based on PodSelector and NamespaceSelector [Feature:NetworkPolicy] (61.0s): Had 2 wrong results in reachability matrix",
 		"SKIP [sig-network] Netpol [Feature:SCTPConnectivity] [LinuxOnly] NetworkPolicy between server and client using SCTP should enforce policy based on Ports [Feature:NetworkPolicy] (0.0s): " + SCTPReason,
-		"1 passed, 1 failed, 1 skipped",
+		"SKIP [sig-network] Netpol NetworkPolicy between server and client should support a 'default-deny-all' policy [Feature:NetworkPolicy] (0.0s)",
+		"1 passed, 1 failed, 2 skipped",
 	}
 	if !slices.Equal(lines, wantLines) {
 		t.Errorf("Print:\n%s\nwant\n%s", strings.Join(lines, "\n"), strings.Join(wantLines, "\n"))
@@ -115,11 +118,23 @@ func TestRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := res.Summary(); got != "1 passed, 1 failed, 1 skipped" {
+	if got := res.Summary(); got != "1 passed, 1 failed, 2 skipped" {
 		t.Errorf("Summary = %q", got)
 	}
-	if !strings.HasSuffix(out.String(), "1 passed, 1 failed, 1 skipped\n") {
+	if !strings.HasSuffix(out.String(), "1 passed, 1 failed, 2 skipped\n") {
 		t.Errorf("output does not end with the summary:\n%s", out.String())
+	}
+	// A narrower focus: specs it did not select are left out, not counted
+	// as skipped; the SCTP skip (it has a reason) stays.
+	res, err = Run(context.Background(), Options{Binary: fake, Kubeconfig: "/k", Dir: filepath.Join(dir, "out"), Focus: "named port|UDP"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := res.Summary(); got != "1 passed, 1 failed, 1 skipped" {
+		t.Errorf("with a focus, Summary = %q, want the default-deny-all spec left out", got)
+	}
+	if _, err := Run(context.Background(), Options{Binary: fake, Kubeconfig: "/k", Dir: dir, Focus: "("}); err == nil {
+		t.Error("a bad focus regexp was accepted")
 	}
 	if log, _ := os.ReadFile(res.Log); !strings.Contains(string(log), "suite output") {
 		t.Errorf("log %s lacks the suite's output: %q", res.Log, log)
