@@ -101,7 +101,7 @@ func cmdMain(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.workload, "workload", "testdata/bench/knp-workload.yaml", "scenario file with the cluster and the probe to reproduce")
 	fs.StringVar(&o.nfqpolicy, "nfqpolicy", "", "agent binary (default: go build ./cmd/nfqpolicy into a temporary directory)")
-	fs.DurationVar(&o.duration, "duration", 4500*time.Millisecond, "measured time per mode of the connection-rate and of the throughput comparison, split into -rounds")
+	fs.DurationVar(&o.duration, "duration", 4500*time.Millisecond, "measured time per mode of the connection-rate comparison (split into 3 x -rounds rounds) and of the throughput comparison (split into -rounds rounds of at least 400ms)")
 	fs.IntVar(&o.rounds, "rounds", 30, "alternating rounds the -duration of each mode (and the -latency-conns of each SYN hold lane) is split into")
 	fs.IntVar(&o.workers, "workers", 4, "parallel clients of the connection-rate phases")
 	fs.IntVar(&o.queues, "queues", runtime.NumCPU(), "NFQUEUE queues of the agent and of the accept-all reader (the agent's default)")
@@ -377,7 +377,7 @@ func (b *bench) phases(ctx context.Context) (err error) {
 	b.printf("# cache-miss lane: %d distinct allowed pairs between %d clients and %d servers of node %s, cycled in order through the agent's flow cache of %d entries (LRU: every pair is evicted before it comes round again; the cache's key is the address pair and port, not the source port)\n",
 		len(b.many.conns), b.missClients, b.missServers, b.pair.node, enforcedCacheSize)
 	b.printf("# connection rate: %d rounds x %v per mode, %d workers, each connection = connect + 1 byte each way + close with SO_LINGER 0 (reset), a fresh source port each; throughput: %d rounds x %v per mode, one flow each (after %v warm-up); SYN hold: %d rounds of %d sequential connections per lane; accept-all verdict: %s\n",
-		o.rounds, round, o.workers, o.rounds, round, bulkWarmup, o.rounds, o.latencyConns/o.rounds, o.acceptAllVerdict)
+		connRoundsPer*o.rounds, round/connRoundsPer, o.workers, o.rounds, max(round, minBulkRound), bulkWarmup, o.rounds, o.latencyConns/o.rounds, o.acceptAllVerdict)
 
 	// The accept-all lane: our reader behind the simplest diversion
 	// rule. Reader first, as the agent does: a rule without a reader
@@ -422,10 +422,10 @@ func (b *bench) phases(ctx context.Context) (err error) {
 	}
 
 	var r result
-	if err := b.connRounds(ctx, round, &r); err != nil {
+	if err := b.connRounds(ctx, connRoundsPer*o.rounds, round/connRoundsPer, &r); err != nil {
 		return err
 	}
-	if err := b.throughputRounds(ctx, round, &r); err != nil {
+	if err := b.throughputRounds(ctx, max(round, minBulkRound), &r); err != nil {
 		return err
 	}
 	if err := b.holdRounds(ctx, &r); err != nil {
@@ -465,11 +465,21 @@ type connMode struct {
 	tg   *targets
 }
 
-// connRounds measures new connections per second, in alternating rounds
-// of: no rules, the accept-all reader and the agent on the benchmark's
-// flow, and the accept-all reader and the agent on the cache-miss lane's
-// many pairs.
-func (b *bench) connRounds(ctx context.Context, round time.Duration, r *result) error {
+// connRoundsPer: the connection-rate comparison runs this many times
+// more, and this many times shorter, rounds than -rounds says: the load
+// on the machine drifts over hundreds of milliseconds, and the five
+// modes of a round should see the same load.
+const connRoundsPer = 3
+
+// minBulkRound is the shortest measured window of a throughput round: a
+// bulk flow's rate over less swings with every burst of other work.
+const minBulkRound = 400 * time.Millisecond
+
+// connRounds measures new connections per second, in rounds alternating
+// between: no rules, the accept-all reader and the agent on the
+// benchmark's flow, and the accept-all reader and the agent on the
+// cache-miss lane's many pairs.
+func (b *bench) connRounds(ctx context.Context, rounds int, round time.Duration, r *result) error {
 	modes := []connMode{
 		{"norules", b.norules, b.one},
 		{"acceptall", b.acceptall, b.one},
@@ -481,7 +491,7 @@ func (b *bench) connRounds(ctx context.Context, round time.Duration, r *result) 
 	}
 	figs := make([]modeFigures, len(modes))
 	var hitsOne, missesOne, hitsMany, missesMany, noBufs, drops uint64
-	for k := range b.o.rounds {
+	for k := range rounds {
 		rates := make([]float64, len(modes))
 		for _, i := range shuffled(len(modes), k) {
 			m := modes[i]
