@@ -543,3 +543,32 @@ func Leftovers() []string {
 	}
 	return out
 }
+
+// cgroupPids lists the processes in root's subtree of the pids hierarchy
+// (or, without one, the first hierarchy that has the tree).
+func cgroupPids(root string) []int {
+	mounts, _ := cgroupMounts()
+	var out []int
+	for _, m := range mounts {
+		top := filepath.Join(m, root)
+		if _, err := os.Stat(top); err != nil {
+			continue
+		}
+		_ = filepath.WalkDir(top, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || !d.IsDir() {
+				return nil
+			}
+			data, _ := os.ReadFile(filepath.Join(p, "cgroup.procs"))
+			for _, f := range strings.Fields(string(data)) {
+				if pid, err := strconv.Atoi(f); err == nil {
+					out = append(out, pid)
+				}
+			}
+			return nil
+		})
+		if len(out) > 0 {
+			break
+		}
+	}
+	return out
+}

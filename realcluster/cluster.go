@@ -684,3 +684,36 @@ func nodesNS(nodes []*Node) []*netns.NS {
 	}
 	return out
 }
+
+// RSS sums the resident memory of every process of the cluster: the
+// daemons in its namespaces, the shims, and every container in the nodes'
+// cgroup trees (the harness process itself is not counted).
+func (c *Cluster) RSS() (bytes int64, processes int) {
+	pids := map[int]bool{}
+	nss, _ := namespacesOf(c.Name)
+	for _, ns := range nss {
+		for _, p := range pidsIn(ns) {
+			pids[p] = true
+		}
+	}
+	for _, n := range c.Nodes {
+		for _, p := range cgroupPids(n.cgroupRoot) {
+			pids[p] = true
+		}
+	}
+	delete(pids, os.Getpid())
+	for p := range pids {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+				kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+				bytes += kb << 10
+				processes++
+			}
+		}
+	}
+	return bytes, processes
+}

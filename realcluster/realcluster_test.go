@@ -78,7 +78,8 @@ func agentCluster(t *testing.T) (*Cluster, *Deployment) {
 		}
 		shared.c = c
 		shared.dep, shared.err = c.Deploy(ctx, filepath.Join(root, "deploy"), NFQPolicyImage)
-		logf("nfqpolicy deployed on both nodes, %v after start", time.Since(start).Round(time.Millisecond))
+		rss, procs := c.RSS()
+		logf("nfqpolicy deployed on both nodes, %v after start; cluster RSS %d MiB in %d processes", time.Since(start).Round(time.Millisecond), rss>>20, procs)
 	})
 	if shared.skip != "" {
 		if Required() {
