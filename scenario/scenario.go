@@ -61,7 +61,9 @@ func (p Probe) String() string {
 // it: the bad objects and probes are left out and every problem is
 // listed in a *cluster.ValidationError returned with the scenarios. Only
 // an unreadable path returns no scenarios.
-func Load(path string) ([]*Scenario, error) {
+func Load(path string) ([]*Scenario, error) { return load(path, nil) }
+
+func load(path string, base *cluster.Cluster) ([]*Scenario, error) {
 	st, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("scenario: %w", err)
@@ -91,7 +93,7 @@ func Load(path string) ([]*Scenario, error) {
 		if err != nil {
 			return nil, fmt.Errorf("scenario: %w", err)
 		}
-		s, err := Parse(f, data)
+		s, err := parse(f, data, true, base)
 		out = append(out, s...)
 		errs = appendErr(errs, err)
 	}
@@ -99,11 +101,17 @@ func Load(path string) ([]*Scenario, error) {
 }
 
 // LoadAll loads several files or directories (see Load) in order.
-func LoadAll(paths ...string) ([]*Scenario, error) {
+func LoadAll(paths ...string) ([]*Scenario, error) { return LoadAllOn(nil, paths...) }
+
+// LoadAllOn is LoadAll for scenarios about a running cluster: each
+// scenario's cluster is base with the scenario's objects applied (created,
+// or replacing base's object of the same kind and name), and its probes
+// resolve against that. base nil is LoadAll.
+func LoadAllOn(base *cluster.Cluster, paths ...string) ([]*Scenario, error) {
 	var out []*Scenario
 	var errs []cluster.FieldError
 	for _, p := range paths {
-		s, err := Load(p)
+		s, err := load(p, base)
 		if s == nil && err != nil {
 			return nil, err
 		}
@@ -115,12 +123,12 @@ func LoadAll(paths ...string) ([]*Scenario, error) {
 
 // Parse reads the scenarios of one file's content.
 func Parse(file string, data []byte) ([]*Scenario, error) {
-	return parse(file, data, true)
+	return parse(file, data, true, nil)
 }
 
 // parse is Parse; fast lets tests compare the probe line reader with the
 // YAML parser.
-func parse(file string, data []byte, fast bool) ([]*Scenario, error) {
+func parse(file string, data []byte, fast bool, base *cluster.Cluster) ([]*Scenario, error) {
 	var (
 		lineProbes []fastProbe
 		docs       []cluster.Document
@@ -140,7 +148,7 @@ func parse(file string, data []byte, fast bool) ([]*Scenario, error) {
 	errs := appendErr(nil, err)
 	out := make([]*Scenario, 0, len(docs))
 	for _, d := range docs {
-		s, derrs := parseDocument(d, lineProbes)
+		s, derrs := parseDocument(d, lineProbes, base)
 		errs = append(errs, derrs...)
 		if s != nil {
 			out = append(out, s)
@@ -169,7 +177,7 @@ type probeJSON struct {
 // parseDocument reads one scenario document; lineProbes, when not nil,
 // are its probes as the line reader read them (the document's own probes
 // list is then empty).
-func parseDocument(d cluster.Document, lineProbes []fastProbe) (*Scenario, []cluster.FieldError) {
+func parseDocument(d cluster.Document, lineProbes []fastProbe, base *cluster.Cluster) (*Scenario, []cluster.FieldError) {
 	fail := func(field, msg string) cluster.FieldError {
 		return cluster.FieldError{File: d.File, Doc: d.Index, Field: field, Msg: msg}
 	}
@@ -193,6 +201,12 @@ func parseDocument(d cluster.Document, lineProbes []fastProbe) (*Scenario, []clu
 	// A scenario's verdicts are only meaningful if every object it holds
 	// is read: one the model skips is an error, not a silent omission.
 	errs = append(errs, c.Skipped...)
+	if base != nil {
+		c, err = cluster.Overlay(base, c, nil)
+		if err != nil {
+			return nil, append(errs, fail("objects", err.Error()))
+		}
+	}
 	s := &Scenario{Name: doc.Name, Source: doc.Source, File: d.File, Doc: d.Index, Cluster: c, Index: cluster.NewIndex(c)}
 	if s.Name == "" {
 		s.Name = strings.TrimSuffix(filepath.Base(d.File), filepath.Ext(d.File))

@@ -317,8 +317,8 @@ func TestLineReaderMatchesYAML(t *testing.T) {
 		if _, _, _, ok := splitProbes(data); !ok {
 			t.Errorf("%s: the line reader did not take the probes", f)
 		}
-		fast, err1 := parse(f, data, true)
-		slow, err2 := parse(f, data, false)
+		fast, err1 := parse(f, data, true, nil)
+		slow, err2 := parse(f, data, false, nil)
 		if err1 != nil || err2 != nil {
 			t.Fatalf("%s: %v / %v", f, err1, err2)
 		}
@@ -367,8 +367,8 @@ func TestLineReaderGivesUp(t *testing.T) {
 			if ok != tt.take {
 				t.Errorf("line reader took it: %v, want %v", ok, tt.take)
 			}
-			fast, err1 := parse("p.yaml", data, true)
-			slow, err2 := parse("p.yaml", data, false)
+			fast, err1 := parse("p.yaml", data, true, nil)
+			slow, err2 := parse("p.yaml", data, false, nil)
 			if fmt.Sprint(err1) != fmt.Sprint(err2) || len(fast) != len(slow) {
 				t.Fatalf("results differ: %v / %v", err1, err2)
 			}
@@ -382,7 +382,7 @@ func TestLineReaderGivesUp(t *testing.T) {
 	// A "probes:" line that YAML reads as part of a string: the YAML
 	// result wins.
 	data := []byte("name: \"a\nprobes:\n  - {from: y/b, to: x/a, port: 80, expect: deny}\n  b\"\n" + objects + "probes: []\n")
-	ss, err := parse("p.yaml", data, true)
+	ss, err := parse("p.yaml", data, true, nil)
 	if err != nil || len(ss) != 1 || len(ss[0].Probes) != 0 {
 		t.Errorf("multi-line string: %v, %d scenarios", err, len(ss))
 	}

@@ -25,10 +25,10 @@ func cmdExplain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	portFlag := fs.String("port", "80/TCP", "destination port as 80/TCP")
 	family := fs.Int("family", 4, "address family for pod and node endpoints: 4 or 6")
 	out := fs.String("o", "text", "output: text or json")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: nfqpolicy explain (--snapshot FILE | --agent SOCKET) --from X --to Y [--port 80/TCP] [--family 4|6] [-o text|json]\n\nExplains the verdict for one flow: which policies select the source and\nthe destination, and which rule and peer matched or why none did.")
-		fs.PrintDefaults()
-	}
+	kf := addKubeFlags(fs, true)
+	kf.addAgentFlags()
+	live := fs.Bool("live", false, "ask the agent on the destination's node (or the source's) for its live verdict, through the API server")
+	fs.Usage = func() { explainUsage(stderr, fs, kf) }
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -47,6 +47,13 @@ func cmdExplain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 	if *agent != "" {
 		return explainAgent(*agent, *from, *to, pt, *family, *out, stdout, stderr)
+	}
+	if len(snaps) == 0 {
+		return explainCluster(ctx, kf, *live, *from, *to, pt, *family, *out, stdout, stderr)
+	}
+	if kf.given() || *live {
+		fmt.Fprintln(stderr, "error: --snapshot reads files: kubeconfig flags and --live cannot be used with it")
+		return 2
 	}
 	c, rs, err := loadSnapshot(snaps)
 	if err != nil {

@@ -28,30 +28,23 @@ func cmdLint(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var snapshots flagList
 	fs.Var(&snapshots, "snapshot", "snapshot file or directory (repeatable; kubectl YAML/JSON or scenario files)")
 	output := fs.String("o", "text", "output format: text or json")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: nfqpolicy lint --snapshot FILE [--snapshot FILE...] [-o text|json]\n\nWarns about NetworkPolicies and pods the Kubernetes documentation warns\nabout. Exit status: 0 no findings, 1 findings, 2 bad input.")
-		fs.PrintDefaults()
-	}
+	kf := addKubeFlags(fs, true)
+	fs.Usage = func() { lintUsage(stderr, fs, kf) }
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	snapshots = append(snapshots, fs.Args()...)
-	if len(snapshots) == 0 {
-		fmt.Fprintln(stderr, "nfqpolicy lint: --snapshot is required")
-		fs.Usage()
-		return 2
-	}
 	if *output != "text" && *output != "json" {
 		fmt.Fprintf(stderr, "nfqpolicy lint: -o %q: want text or json\n", *output)
 		return 2
 	}
-	c, err := cluster.LoadFiles(snapshots...)
+	c, err := lintLoad(ctx, kf, snapshots)
 	var ve *cluster.ValidationError
 	if err != nil && !errors.As(err, &ve) {
-		fmt.Fprintf(stderr, "nfqpolicy lint: %v\n", err)
+		printLiveError(stderr, err)
 		return 2
 	}
-	findings := lint.Lint(c)
+	findings := lintScope(kf, lint.Lint(c))
 	report := lintReport{Findings: findings}
 	if ve != nil {
 		for _, e := range ve.Errors {

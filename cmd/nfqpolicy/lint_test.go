@@ -59,9 +59,13 @@ func TestCmdLint(t *testing.T) {
 		{"json", []string{"--snapshot", findings, "-o", "json"}, 1, "", "", 2},
 		{"json clean", []string{"--snapshot", clean, "-o", "json"}, 0, "", "", 0},
 		{"missing file", []string{"--snapshot", filepath.Join(dir, "nope.yaml")}, 2, "", "no such file or directory", -1},
-		{"no snapshot", nil, 2, "", "--snapshot is required", -1},
+		{"no snapshot, no kubeconfig", nil, 2, "", "error: no kubeconfig: pass --kubeconfig, set $KUBECONFIG, or give --snapshot FILE", -1},
 		{"bad format", []string{"--snapshot", clean, "-o", "xml"}, 2, "", `-o "xml": want text or json`, -1},
 	}
+	// Without --snapshot, lint reads the cluster of the kubeconfig: there
+	// must be none here.
+	t.Setenv("KUBECONFIG", filepath.Join(dir, "no-kubeconfig"))
+	t.Setenv("HOME", dir)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer

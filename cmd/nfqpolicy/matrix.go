@@ -35,10 +35,8 @@ func cmdMatrix(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	fs.Var(&ports, "port", "destination port as 80/TCP; repeatable (default 80/TCP)")
 	family := fs.Int("family", 4, "address family of the pods' addresses: 4 or 6")
 	out := fs.String("o", "table", "output: table or json")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: nfqpolicy matrix --snapshot FILE [--port 80/TCP ...] [--family 4|6] [-o table|json]\n\nPrints the pod-to-pod truth table: '.' allowed, 'X' denied.")
-		fs.PrintDefaults()
-	}
+	kf := addKubeFlags(fs, true)
+	fs.Usage = func() { matrixUsage(stderr, fs, kf) }
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -53,9 +51,8 @@ func cmdMatrix(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if len(ports) == 0 {
 		ports = portList{{port: 80, proto: 6}}
 	}
-	c, rs, err := loadSnapshot(snaps)
+	c, rs, err := loadSnapshotOrCluster(ctx, kf, snaps, stderr)
 	if err != nil {
-		printLoadError(stderr, err)
 		return 2
 	}
 	type ep struct {
@@ -69,6 +66,9 @@ func cmdMatrix(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		}
 		if p.Spec.HostNetwork {
 			continue // node traffic, not a pod of the table
+		}
+		if kf.namespaceGiven() && p.Namespace != kf.namespace() {
+			continue
 		}
 		a, ok := cluster.PodAddr(p, *family)
 		if !ok {

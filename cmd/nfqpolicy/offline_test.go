@@ -24,7 +24,7 @@ func TestOfflineCommands(t *testing.T) {
 		{"test bad objects and unknown pod, all reported", []string{"test", "testdata/unknown.yaml"}, 2, nil,
 			[]string{"endPort", `unsupported value "ICMP"`, `"10.0.0/8" is not a valid CIDR`, "unknown pod x/nope"}, ""},
 		{"test missing path", []string{"test", "testdata/none.yaml"}, 2, nil, []string{"no such file"}, ""},
-		{"test no args", []string{"test"}, 2, nil, []string{"usage"}, ""},
+		{"test no args", []string{"test"}, 2, nil, []string{"Usage:"}, ""},
 		{"explain allow", []string{"explain", "--snapshot", seed, "--from", "default/frontend", "--to", "default/db", "--port", "6379/TCP"}, 0,
 			[]string{"verdict: ALLOW", "allowed by default/test-network-policy ingress[0] from[2]"}, nil, ""},
 		{"explain deny by except", []string{"explain", "--snapshot", seed, "--from", "172.17.1.5", "--to", "default/db", "--port", "6379"}, 0,

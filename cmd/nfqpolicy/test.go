@@ -11,7 +11,6 @@ import (
 
 	"github.com/nfqpolicy/nfqpolicy/cluster"
 	"github.com/nfqpolicy/nfqpolicy/probe"
-	"github.com/nfqpolicy/nfqpolicy/scenario"
 )
 
 func cmdTest(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -19,10 +18,8 @@ func cmdTest(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	asJSON := fs.Bool("json", false, "print one JSON object per probe")
 	staged := fs.Bool("staged", false, "enforce staged (audit-mode) policies too, to check a rollout offline")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: nfqpolicy test [--json] [--staged] PATH...\n\nRuns reachability scenario files (or directories of them) through the\nagent's decode, cache and verdict path. Exit status: 0 all pass, 1 a\nmismatch, 2 bad input.")
-		fs.PrintDefaults()
-	}
+	kf := addKubeFlags(fs, false)
+	fs.Usage = func() { testUsage(stderr, fs, kf) }
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -30,9 +27,8 @@ func cmdTest(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
-	scs, err := scenario.LoadAll(fs.Args()...)
+	scs, err := loadScenarios(ctx, kf, fs.Args(), stderr)
 	if err != nil {
-		printLoadError(stderr, err)
 		return 2
 	}
 	enc := json.NewEncoder(stdout)

@@ -20,10 +20,11 @@ func cmdTrace(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	to := fs.String("to", "", "only flows to this destination: ns/pod, an IP address or a CIDR prefix")
 	port := fs.String("port", "", "only flows to this port: 80, 80/TCP, 53/UDP or /SCTP")
 	out := fs.String("o", "text", "output: text (one line per decision) or json (the agent's JSON lines)")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: nfqpolicy trace [--agent SOCKET] [--from X] [--to Y] [--port 80/TCP] [-o text|json]\n\nStreams the decisions a running agent makes, as it makes them, until\ninterrupted. Decisions the terminal cannot keep up with are dropped by\nthe agent and reported as lost.")
-		fs.PrintDefaults()
-	}
+	kf := addKubeFlags(fs, false)
+	kf.addAgentFlags()
+	var nodes flagList
+	fs.Var(&nodes, "node", "with the cluster: only this node's agent (repeatable; default every node)")
+	fs.Usage = func() { traceUsage(stderr, fs, kf) }
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -40,6 +41,9 @@ func cmdTrace(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if _, err := debugapi.ParseFilter(*from, *to, *port); err != nil {
 		fmt.Fprintf(stderr, "nfqpolicy trace: %v\n", err)
 		return 2
+	}
+	if traceInCluster(fs, kf, nodes) {
+		return traceCluster(ctx, kf, nodes, *from, *to, *port, *out, stdout, stderr)
 	}
 	q := debugapi.TraceQuery{From: *from, To: *to, Port: *port}
 	err := debugapi.Trace(ctx, *agentSock, q, func(line []byte) error {
