@@ -131,8 +131,17 @@ func ListClient(ctx context.Context, client kubernetes.Interface, dyn dynamic.In
 		c.Policies = append(c.Policies, p)
 	}
 	if dyn != nil {
-		if c.ClusterPolicies, err = listClusterPolicies(ctx, client.Discovery(), dyn); err != nil {
+		cnps, err := listClusterPolicies(ctx, client.Discovery(), dyn)
+		if err != nil {
 			return nil, err
+		}
+		for _, p := range cnps {
+			cluster.DefaultClusterPolicy(p)
+			if ferrs := cluster.ValidateClusterPolicy(p); len(ferrs) > 0 {
+				errs = append(errs, ferrs...)
+				continue
+			}
+			c.ClusterPolicies = append(c.ClusterPolicies, p)
 		}
 	}
 	return c, cluster.AsError(errs)
@@ -197,7 +206,8 @@ func ServedClusterPolicyVersion(disc discovery.DiscoveryInterface) (string, erro
 }
 
 // listClusterPolicies reads every ClusterNetworkPolicy of the served
-// version into v1beta1 types; none when the CRD is absent.
+// version into v1beta1 types; none when the CRD is absent. The caller
+// defaults and validates them as the file loader does.
 func listClusterPolicies(ctx context.Context, disc discovery.DiscoveryInterface, dyn dynamic.Interface) ([]*cnpv1beta1.ClusterNetworkPolicy, error) {
 	version, err := ServedClusterPolicyVersion(disc)
 	if err != nil || version == "" {
