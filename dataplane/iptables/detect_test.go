@@ -15,15 +15,17 @@ type fakeRunner struct {
 	out      map[string]string
 	fail     map[string]bool
 	restores map[string][]string
+	calls    map[string]int
 }
 
 func newFake() *fakeRunner {
-	return &fakeRunner{out: map[string]string{}, fail: map[string]bool{}, restores: map[string][]string{}}
+	return &fakeRunner{out: map[string]string{}, fail: map[string]bool{}, restores: map[string][]string{}, calls: map[string]int{}}
 }
 
 func (f *fakeRunner) Run(_ context.Context, stdin, name string, args ...string) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.calls[name]++
 	if f.fail[name] {
 		return "", errors.New(name + ": not found")
 	}
@@ -146,6 +148,19 @@ func TestAutoInstallFollowsKubeProxy(t *testing.T) {
 		if strings.Contains(in, "destroy") {
 			t.Errorf("the move destroyed a set (shared by both backends): %q", in)
 		}
+	}
+
+	// Decided by the KUBE-* chains: later installs detect no more (no save
+	// of the other backend) and stay, whatever appears elsewhere.
+	r.mu.Lock()
+	r.out["iptables-nft-save"] = kubeSave + kubeSave
+	r.calls = map[string]int{}
+	r.mu.Unlock()
+	if err := tb.Install(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := tb.Backend(); b != Legacy || r.calls["iptables-nft-save"] != 0 {
+		t.Errorf("after a decided detection: backend %s, %d nft saves; want legacy and none", b, r.calls["iptables-nft-save"])
 	}
 
 	// An explicit backend never detects.

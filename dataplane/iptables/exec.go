@@ -118,6 +118,7 @@ type Tables struct {
 	mu      sync.Mutex
 	current Backend // Auto: the backend of the last Install
 	why     string  // Auto: Detect's reason for it
+	decided bool    // Auto: by the KUBE-* chains; no more detection
 }
 
 // New returns Tables running commands with r and the binaries of b, for
@@ -140,14 +141,22 @@ func (t *Tables) Backend() (Backend, string) {
 	return t.current, t.why
 }
 
-// use returns the backend to install into. With Auto it detects again at
-// every call (Install runs at start and at each resync, rarely), so an
-// agent that started before kube-proxy wrote its rules follows them once
-// they appear: it then removes its rules from the backend it left (the
-// sets are shared by both backends and stay).
+// use returns the backend to install into. With Auto it detects at every
+// call (Install runs at start and at each resync) until the node's KUBE-*
+// chains have decided it, so an agent that started before kube-proxy wrote
+// its rules follows them once they appear: it then removes its rules from
+// the backend it left (the sets are shared by both backends and stay).
+// Once decided it stops looking: a full save of a large kube-proxy rule set
+// at every resync would cost more than a backend switch is likely.
 func (t *Tables) use(ctx context.Context) (Backend, error) {
 	if t.backend != Auto && t.backend != "auto" {
 		return t.backend, nil
+	}
+	t.mu.Lock()
+	cur, decided := t.current, t.decided
+	t.mu.Unlock()
+	if decided {
+		return cur, nil
 	}
 	d, err := Detect(ctx, t.run, t.families...)
 	if err != nil {
@@ -156,6 +165,7 @@ func (t *Tables) use(ctx context.Context) (Backend, error) {
 	t.mu.Lock()
 	prev := t.current
 	t.current, t.why = d.Backend, d.Reason
+	t.decided = d.Kube[Legacy] != d.Kube[NFT]
 	t.mu.Unlock()
 	if prev != "" && prev != d.Backend {
 		if err := t.cleanupRules(ctx, prev); err != nil {
