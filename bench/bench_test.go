@@ -34,6 +34,32 @@ var knp = sync.OnceValues(func() (*Workload, error) {
 
 var big = sync.OnceValue(func() *Workload { return Generate(100, 50000, 5000, 10000, 1) })
 
+// withCNP returns w with ClusterNetworkPolicies added (admin Admin and
+// baseline Baseline tier ones, ClusterPolicies), over a copy of its
+// cluster: the same pods, policies and flows.
+func withCNP(w *Workload, admin, baseline int) *Workload {
+	c := *w.Cluster
+	c.ClusterPolicies = ClusterPolicies(admin, baseline, len(c.Namespaces), 1)
+	return &Workload{Cluster: &c, Flows: w.Flows}
+}
+
+// knpCNP is the knp workload with 20 Admin and 20 Baseline policies.
+var knpCNP = sync.OnceValues(func() (*Workload, error) {
+	w, err := knp()
+	if err != nil {
+		return nil, err
+	}
+	return withCNP(w, 20, 20), nil
+})
+
+func loadKNPCNP(b *testing.B) *Workload {
+	w, err := knpCNP()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return w
+}
+
 func loadKNP(b *testing.B) *Workload {
 	w, err := knp()
 	if err != nil {
@@ -56,6 +82,7 @@ func BenchmarkDecide(b *testing.B) {
 		load func(*testing.B) *Workload
 	}{
 		{"knp-workload", loadKNP},
+		{"knp-workload+cnp", loadKNPCNP},
 		{"50k-pods", func(*testing.B) *Workload { return big() }},
 	} {
 		w := wl.load(b)
@@ -157,6 +184,9 @@ func BenchmarkCompile(b *testing.B) {
 	}{
 		{"knp-workload", loadKNP},
 		{"50k-pods", func(*testing.B) *Workload { return big() }},
+		// 200 ClusterNetworkPolicies over the same 50k pods and 5k
+		// NetworkPolicies.
+		{"50k-pods+cnp", func(*testing.B) *Workload { return withCNP(big(), 100, 100) }},
 	} {
 		w := wl.load(b)
 		b.Run(wl.name, func(b *testing.B) {

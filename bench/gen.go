@@ -12,6 +12,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nfqpolicy/nfqpolicy/cluster"
 	"github.com/nfqpolicy/nfqpolicy/filter"
@@ -111,4 +112,92 @@ func Generate(namespaces, pods, policies, flows int, seed uint64) *Workload {
 		w.Flows = append(w.Flows, f)
 	}
 	return w
+}
+
+// ClusterPolicies builds admin Admin tier and baseline Baseline tier
+// ClusterNetworkPolicies over the label scheme Generate and the knp
+// workload share (namespaces: kubernetes.io/metadata.name, env, team;
+// pods: app, tier, version), shaped like an administrator's guardrails:
+// Admin policies pass a team's own traffic to the namespace owners,
+// accept monitoring scrapes, deny metadata-service and database access
+// from dev; Baseline policies default-deny NodePort ranges and pass the
+// rest. Every peer kind but nodes and domainNames is used (the workloads
+// have no Node objects), with numbered, ranged and named ports.
+func ClusterPolicies(admin, baseline, namespaces int, seed uint64) []*cnpv1beta1.ClusterNetworkPolicy {
+	rnd := rand.New(rand.NewPCG(seed, seed^0x51ed270b27a3c9f1))
+	teams := []string{"t-0", "t-1", "t-2", "t-3"}
+	envs := []string{"prod", "dev"}
+	tiers := []string{"frontend", "backend", "db"}
+	ns := func(k, v string) *metav1.LabelSelector {
+		return &metav1.LabelSelector{MatchLabels: map[string]string{k: v}}
+	}
+	tcp := func(p int32) cnpv1beta1.ClusterNetworkPolicyProtocol {
+		return cnpv1beta1.ClusterNetworkPolicyProtocol{TCP: &cnpv1beta1.ClusterNetworkPolicyProtocolTCP{DestinationPort: &cnpv1beta1.Port{Number: p}}}
+	}
+	tcpRange := func(lo, hi int32) cnpv1beta1.ClusterNetworkPolicyProtocol {
+		return cnpv1beta1.ClusterNetworkPolicyProtocol{TCP: &cnpv1beta1.ClusterNetworkPolicyProtocolTCP{DestinationPort: &cnpv1beta1.Port{Range: &cnpv1beta1.PortRange{Start: lo, End: hi}}}}
+	}
+	var out []*cnpv1beta1.ClusterNetworkPolicy
+	for i := 0; i < admin; i++ {
+		team := teams[rnd.IntN(len(teams))]
+		subject := cnpv1beta1.ClusterNetworkPolicySubject{Namespaces: ns("team", team)}
+		if i%2 == 1 {
+			subject = cnpv1beta1.ClusterNetworkPolicySubject{Pods: &cnpv1beta1.NamespacedPod{
+				NamespaceSelector: *ns("env", envs[rnd.IntN(2)]),
+				PodSelector:       *ns("tier", tiers[rnd.IntN(3)]),
+			}}
+		}
+		scraper := fmt.Sprintf("ns-%d", rnd.IntN(max(namespaces, 1)))
+		out = append(out, &cnpv1beta1.ClusterNetworkPolicy{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("admin-%d", i)},
+			Spec: cnpv1beta1.ClusterNetworkPolicySpec{
+				Tier: cnpv1beta1.AdminTier, Priority: int32(10 + i*10%990), Subject: subject,
+				Ingress: []cnpv1beta1.ClusterNetworkPolicyIngressRule{
+					{Name: "scrape", Action: cnpv1beta1.ClusterNetworkPolicyRuleActionAccept,
+						From:      []cnpv1beta1.ClusterNetworkPolicyIngressPeer{{Namespaces: ns(corev1.LabelMetadataName, scraper)}},
+						Protocols: []cnpv1beta1.ClusterNetworkPolicyProtocol{{DestinationNamedPort: "metrics"}}},
+					{Name: "no-dev-db", Action: cnpv1beta1.ClusterNetworkPolicyRuleActionDeny,
+						From: []cnpv1beta1.ClusterNetworkPolicyIngressPeer{{Pods: &cnpv1beta1.NamespacedPod{
+							NamespaceSelector: *ns("env", "dev"), PodSelector: *ns("tier", "db")}}},
+						Protocols: []cnpv1beta1.ClusterNetworkPolicyProtocol{tcp(5432), tcpRange(6379, 6380)}},
+					{Name: "own-team", Action: cnpv1beta1.ClusterNetworkPolicyRuleActionPass,
+						From: []cnpv1beta1.ClusterNetworkPolicyIngressPeer{{Namespaces: ns("team", team)}}},
+				},
+				Egress: []cnpv1beta1.ClusterNetworkPolicyEgressRule{
+					{Name: "no-metadata", Action: cnpv1beta1.ClusterNetworkPolicyRuleActionDeny,
+						To: []cnpv1beta1.ClusterNetworkPolicyEgressPeer{{Networks: []cnpv1beta1.CIDR{"169.254.169.254/32", "fd00:ec2::254/128"}}}},
+					{Name: "partners", Action: cnpv1beta1.ClusterNetworkPolicyRuleActionAccept,
+						To:        []cnpv1beta1.ClusterNetworkPolicyEgressPeer{{Networks: []cnpv1beta1.CIDR{"203.0.113.0/24"}}},
+						Protocols: []cnpv1beta1.ClusterNetworkPolicyProtocol{tcp(443)}},
+					{Name: "in-cluster", Action: cnpv1beta1.ClusterNetworkPolicyRuleActionPass,
+						To: []cnpv1beta1.ClusterNetworkPolicyEgressPeer{{Namespaces: &metav1.LabelSelector{}}}},
+				},
+			},
+		})
+	}
+	for i := 0; i < baseline; i++ {
+		env := envs[i%2]
+		out = append(out, &cnpv1beta1.ClusterNetworkPolicy{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("baseline-%d", i)},
+			Spec: cnpv1beta1.ClusterNetworkPolicySpec{
+				Tier: cnpv1beta1.BaselineTier, Priority: int32(10 + i*10%990),
+				Subject: cnpv1beta1.ClusterNetworkPolicySubject{Namespaces: ns("env", env)},
+				Ingress: []cnpv1beta1.ClusterNetworkPolicyIngressRule{
+					{Name: "same-env", Action: cnpv1beta1.ClusterNetworkPolicyRuleActionPass,
+						From: []cnpv1beta1.ClusterNetworkPolicyIngressPeer{{Namespaces: ns("env", env)}}},
+					{Name: "no-nodeports", Action: cnpv1beta1.ClusterNetworkPolicyRuleActionDeny,
+						From:      []cnpv1beta1.ClusterNetworkPolicyIngressPeer{{Namespaces: &metav1.LabelSelector{}}},
+						Protocols: []cnpv1beta1.ClusterNetworkPolicyProtocol{tcpRange(30000, 32767)}},
+				},
+				Egress: []cnpv1beta1.ClusterNetworkPolicyEgressRule{
+					{Name: "no-ssh-out", Action: cnpv1beta1.ClusterNetworkPolicyRuleActionDeny,
+						To:        []cnpv1beta1.ClusterNetworkPolicyEgressPeer{{Networks: []cnpv1beta1.CIDR{"192.168.0.0/16"}}},
+						Protocols: []cnpv1beta1.ClusterNetworkPolicyProtocol{tcp(22)}},
+					{Name: "rest", Action: cnpv1beta1.ClusterNetworkPolicyRuleActionPass,
+						To: []cnpv1beta1.ClusterNetworkPolicyEgressPeer{{Networks: []cnpv1beta1.CIDR{"0.0.0.0/0", "::/0"}}}},
+				},
+			},
+		})
+	}
+	return out
 }

@@ -2,8 +2,10 @@ package filter
 
 import (
 	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -30,9 +32,95 @@ import (
 // uses, and docs/clusternetworkpolicy.md states it.
 
 // cnpSet is the ClusterNetworkPolicy rules one pod is subject to in one
-// direction (rules indexes, in evaluation order).
+// direction, in evaluation order.
 type cnpSet struct {
-	admin, baseline []int32
+	admin, baseline cnpTier
+}
+
+// cnpTier is one tier's rules of a cnpSet, with bitmaps that pick, for a
+// peer, the few rules whose peers can match it: instead of testing every
+// rule, the walk visits only the set bits of its peer class's row (rules
+// with a namespaces or pods peer holding the class) or'ed with other
+// (rules matching by address, or every peer). Rule i is bit i%64 of word
+// i/64.
+type cnpTier struct {
+	rules []cnpRule
+	other []uint64 // len nw
+	// live marks the rules the walk can reach: a rule matching exactly
+	// what an earlier rule of the tier matches never decides (the earlier
+	// one decides first) and is left out of other and byClass.
+	live []uint64
+	// byClass holds nw words per peer class (Ruleset.peerClass); nil when
+	// classes are off, and then every rule is tested.
+	byClass []uint64
+}
+
+// cnpRule is a rule as the tier walk reads it: copied into each set that
+// holds it, contiguous. A pod peer is answered by the class bitmaps (or,
+// without them, one bit test on the union of the rule's pod peers); only
+// a rule that matches goes back to its peers to tell which one did.
+type cnpRule struct {
+	pods    podSet      // union of the rule's namespaces and pods peers
+	ports   []portRange // nil: every protocol and port
+	nets4   []net4      // its IPv4 networks, as masks
+	nets6   []netip.Prefix
+	rule    int32 // rules index
+	other   bool  // has networks or nodes peers (matched by address)
+	nodes   bool  // has nodes peers
+	anyPeer bool
+	action  uint8
+	passID  uint16
+	// key is what the rule matches (peers and ports), for finding the
+	// rules a set can never reach: a rule matching exactly what an
+	// earlier rule of its tier matches is shadowed by it.
+	key string
+}
+
+// net4 is an IPv4 network as a masked address and mask.
+type net4 struct{ addr, mask uint32 }
+
+// maxClassWords bounds the class bitmaps of all sets (64 MiB): beyond it,
+// sets walk every rule instead, slower but exact.
+const maxClassWords = 8 << 20
+
+// newCNPRule builds rule ri's walk form.
+func (b *builder) newCNPRule(ri int32) cnpRule {
+	r := &b.rs.rules[ri]
+	c := cnpRule{rule: ri, anyPeer: r.anyPeer, action: r.action, passID: r.passID}
+	if !r.anyPort {
+		c.ports = r.ports
+	}
+	var members []int32
+	var key strings.Builder
+	fmt.Fprintf(&key, "%t %v|", r.anyPeer, c.ports)
+	for i := range r.peers {
+		switch pe := &r.peers[i]; pe.kind {
+		case peerPods:
+			members = pe.pods.appendMembers(members)
+		case peerNetworks:
+			c.other = true
+			for _, n := range pe.nets {
+				if n.Addr().Is4() {
+					a := n.Addr().As4()
+					mask := ^uint32(0)
+					if n.Bits() < 32 {
+						mask = ^(^uint32(0) >> n.Bits())
+					}
+					c.nets4 = append(c.nets4, net4{addr: binary.BigEndian.Uint32(a[:]) & mask, mask: mask})
+				} else {
+					c.nets6 = append(c.nets6, n)
+				}
+				key.WriteString(n.String() + ",")
+			}
+		case peerNodes:
+			c.other, c.nodes = true, true
+			fmt.Fprintf(&key, "nodes%d:%v,", pe.nodes.base, pe.nodes.words)
+		}
+	}
+	c.pods = *newPodSet(members)
+	fmt.Fprintf(&key, "|pods%d:%v", c.pods.base, c.pods.words)
+	c.key = key.String()
+	return c
 }
 
 // CNPName is how a ClusterNetworkPolicy is named wherever a policy name is
@@ -399,6 +487,19 @@ func (b *builder) cnpProtocol(pp cnpv1beta1.ClusterNetworkPolicyProtocol) ([]por
 // ones, from the policy lists clusterPolicy left on each label group.
 func (b *builder) cnpSets() {
 	rs := b.rs
+	b.cnpFast = make(map[int32]cnpRule)
+	for pi := range rs.policies {
+		pol := &rs.policies[pi]
+		if pol.kind == tierNP {
+			continue
+		}
+		for dir := 0; dir < 2; dir++ {
+			for _, ri := range pol.rules[dir] {
+				b.cnpFast[ri] = b.newCNPRule(ri)
+			}
+		}
+	}
+	reps := b.peerClasses()
 	intern := map[string]int32{}
 	var key []byte
 	for _, ns := range b.nsOrder {
@@ -418,6 +519,85 @@ func (b *builder) cnpSets() {
 			}
 		}
 	}
+	// Class bitmaps, within a memory budget.
+	words := 0
+	for i := range rs.cnpSets {
+		for _, t := range [2]*cnpTier{&rs.cnpSets[i].admin, &rs.cnpSets[i].baseline} {
+			words += len(t.other) * len(reps)
+		}
+	}
+	if reps == nil || words > maxClassWords {
+		if reps != nil {
+			b.warn("ClusterNetworkPolicies: %d peer classes over %d rule sets exceed the bitmap budget; decisions test every rule", len(reps), len(rs.cnpSets))
+		}
+		rs.peerClass = nil
+		return
+	}
+	for i := range rs.cnpSets {
+		for _, t := range [2]*cnpTier{&rs.cnpSets[i].admin, &rs.cnpSets[i].baseline} {
+			nw := len(t.other)
+			t.byClass = make([]uint64, nw*len(reps))
+			for c, rep := range reps {
+				if rep < 0 {
+					continue // class 0: in no pod peer
+				}
+				for ri := range t.rules {
+					if t.live[ri/64]&(1<<(ri%64)) != 0 && t.rules[ri].pods.has(rep) {
+						t.byClass[c*nw+ri/64] |= 1 << (ri % 64)
+					}
+				}
+			}
+		}
+	}
+}
+
+// peerClasses numbers pods by which ClusterNetworkPolicy pod peers hold
+// them: two pods of one class are matched by exactly the same rules, so a
+// set's rules can be picked by class. Class 0 is no peer's. It sets
+// Ruleset.peerClass and returns a representative pod of each class (-1 for
+// class 0), or nil when there are more classes than a uint16 numbers.
+func (b *builder) peerClasses() []int32 {
+	rs := b.rs
+	// Distinct unions, keyed by their bits.
+	seen := map[string]bool{}
+	sigs := make([][]byte, len(rs.pods))
+	var members []int32
+	var key []byte
+	id := 0
+	for _, ri := range slices.Sorted(maps.Keys(b.cnpFast)) {
+		c := b.cnpFast[ri]
+		key = strconv.AppendInt(key[:0], int64(c.pods.base), 36)
+		for _, w := range c.pods.words {
+			key = strconv.AppendUint(append(key, ','), w, 36)
+		}
+		if seen[string(key)] {
+			continue
+		}
+		seen[string(key)] = true
+		members = c.pods.appendMembers(members[:0])
+		for _, m := range members {
+			sigs[m] = strconv.AppendInt(sigs[m], int64(id), 36)
+			sigs[m] = append(sigs[m], ',')
+		}
+		id++
+	}
+	classOf := map[string]uint16{"": 0}
+	reps := []int32{-1}
+	rs.peerClass = make([]uint16, len(rs.pods))
+	for p, sig := range sigs {
+		c, ok := classOf[string(sig)]
+		if !ok {
+			if len(reps) > 0xffff {
+				rs.peerClass = nil
+				return nil
+			}
+			c = uint16(len(reps))
+			classOf[string(sig)] = c
+			reps = append(reps, int32(p))
+		}
+		rs.peerClass[p] = c
+	}
+	return reps
 }
 
 // cnpSetOf returns the cnpSets index of the rules of policies pols in
@@ -440,10 +620,27 @@ func (b *builder) cnpSetOf(intern map[string]int32, key *[]byte, pols []int32, d
 	var s cnpSet
 	for _, pi := range pols {
 		pol := &rs.policies[pi]
+		t := &s.baseline
 		if pol.kind == tierAdmin {
-			s.admin = append(s.admin, pol.rules[dir]...)
-		} else {
-			s.baseline = append(s.baseline, pol.rules[dir]...)
+			t = &s.admin
+		}
+		for _, ri := range pol.rules[dir] {
+			t.rules = append(t.rules, b.cnpFast[ri])
+		}
+	}
+	for _, t := range [2]*cnpTier{&s.admin, &s.baseline} {
+		t.other = make([]uint64, (len(t.rules)+63)/64)
+		t.live = make([]uint64, len(t.other))
+		seen := map[string]bool{}
+		for i, c := range t.rules {
+			if seen[c.key] {
+				continue // shadowed: an earlier rule matches all it matches
+			}
+			seen[c.key] = true
+			t.live[i/64] |= 1 << (i % 64)
+			if c.other || c.anyPeer {
+				t.other[i/64] |= 1 << (i % 64)
+			}
 		}
 	}
 	i := int32(len(rs.cnpSets))

@@ -284,6 +284,7 @@ spec:
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rs := compileCNP(t, tc.docs)
+			sameWithoutClasses(t, rs)
 			for _, p := range tc.probes {
 				f := filter.Flow{Src: netip.MustParseAddr(p.src), Dst: netip.MustParseAddr(p.dst), SrcPort: 40000, DstPort: p.port, Proto: p.proto}
 				v := rs.Decide(f)
@@ -526,5 +527,37 @@ spec:
 func TestSideSize(t *testing.T) {
 	if n := unsafe.Sizeof(filter.Side{}); n != 16 {
 		t.Errorf("Side is %d bytes, want 16", n)
+	}
+}
+
+// sameWithoutClasses checks that picking rules by peer class decides every
+// flow between the test cluster's addresses exactly like testing every
+// rule.
+func sameWithoutClasses(t *testing.T, rs *filter.Ruleset) {
+	t.Helper()
+	if !filter.HasClasses(rs) {
+		t.Fatal("the class bitmaps are off")
+	}
+	plain := filter.WithoutClasses(rs)
+	addrs := []string{"10.0.1.1", "10.0.2.1", "10.0.1.2", "192.168.0.1", "192.168.0.2", "203.0.113.2", "8.8.8.8", "1.1.1.1", "10.0.2.9"}
+	n := 0
+	for _, src := range addrs {
+		for _, dst := range addrs {
+			for _, pp := range []struct {
+				port  uint16
+				proto uint8
+			}{{80, filter.ProtoTCP}, {8080, filter.ProtoTCP}, {1002, filter.ProtoTCP}, {53, filter.ProtoUDP}, {9000, filter.ProtoSCTP}, {0, filter.ProtoICMP}} {
+				f := filter.Flow{Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst), SrcPort: 1, DstPort: pp.port, Proto: pp.proto}
+				a, b := rs.Decide(f), plain.Decide(f)
+				a.Ruleset, b.Ruleset = nil, nil
+				if a != b {
+					t.Errorf("%v: by class %+v, every rule %+v", f, a, b)
+				}
+				n++
+			}
+		}
+	}
+	if n == 0 {
+		t.Fatal("no flow compared")
 	}
 }

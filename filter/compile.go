@@ -58,6 +58,9 @@ type Ruleset struct {
 	// per direction (pods with the same labels in namespaces with the same
 	// labels share one); index 0 is the empty set.
 	cnpSets []cnpSet
+	// peerClass numbers each pod by the ClusterNetworkPolicy pod peers
+	// that hold it (see peerClasses); nil when the class bitmaps are off.
+	peerClass []uint16
 	// passRules lists every Pass rule (rules index); Side.Pass is 1 + an
 	// index here.
 	passRules []int32
@@ -284,6 +287,8 @@ type builder struct {
 	peerSets map[string]*podSet
 	// nodeLabels are the nodes' labels by node index (nodes peers).
 	nodeLabels []labels.Set
+	// cnpFast holds each ClusterNetworkPolicy rule's walk form, built once.
+	cnpFast map[int32]cnpRule
 }
 
 type labelGroup struct {

@@ -1,6 +1,9 @@
 package filter
 
-import "net/netip"
+import (
+	"math/bits"
+	"net/netip"
+)
 
 // lookup returns what an address stands for.
 func (rs *Ruleset) lookup(a netip.Addr) (endpoint, bool) {
@@ -129,21 +132,18 @@ func (rs *Ruleset) side(dir uint8, self, peer endpoint, selfAddr, peerAddr netip
 		return s
 	}
 	set := &rs.cnpSets[cs]
-	for _, ri := range set.admin {
-		r := &rs.rules[ri]
-		pi, ok := rs.ruleMatch(r, peer, peerAddr, dstPod, f)
-		if !ok {
-			continue
+	if i := rs.walk(&set.admin, peer, peerAddr, dstPod, f); i >= 0 {
+		c := &set.admin.rules[i]
+		if c.action == actPass {
+			s.Pass = c.passID
+		} else {
+			r := &rs.rules[c.rule]
+			s.Decision, s.Policy, s.Rule, s.Peer = AdminDenied, r.policy, r.index, rs.peerIndex(r, peer, peerAddr)
+			if c.action == actAccept {
+				s.Decision = AdminAccepted
+			}
+			return s
 		}
-		if r.action == actPass {
-			s.Pass = r.passID
-			break
-		}
-		s.Decision, s.Policy, s.Rule, s.Peer = AdminDenied, r.policy, r.index, pi
-		if r.action == actAccept {
-			s.Decision = AdminAccepted
-		}
-		return s
 	}
 	if isolated {
 		for _, ri := range rules {
@@ -156,14 +156,11 @@ func (rs *Ruleset) side(dir uint8, self, peer endpoint, selfAddr, peerAddr netip
 		s.Decision = DeniedIsolated
 		return s
 	}
-	for _, ri := range set.baseline {
-		r := &rs.rules[ri]
-		pi, ok := rs.ruleMatch(r, peer, peerAddr, dstPod, f)
-		if !ok {
-			continue
-		}
-		s.Decision, s.Policy, s.Rule, s.Peer = BaselineDenied, r.policy, r.index, pi
-		switch r.action {
+	if i := rs.walk(&set.baseline, peer, peerAddr, dstPod, f); i >= 0 {
+		c := &set.baseline.rules[i]
+		r := &rs.rules[c.rule]
+		s.Decision, s.Policy, s.Rule, s.Peer = BaselineDenied, r.policy, r.index, rs.peerIndex(r, peer, peerAddr)
+		switch c.action {
 		case actAccept:
 			s.Decision = BaselineAccepted
 		case actPass:
@@ -173,6 +170,86 @@ func (rs *Ruleset) side(dir uint8, self, peer endpoint, selfAddr, peerAddr netip
 	}
 	s.Decision = NotIsolated
 	return s
+}
+
+// walk returns the index of the first rule of tier t that matches the
+// flow, or -1. With class bitmaps it visits only the rules whose peers can
+// match: those holding the peer's class, and those matching by address.
+func (rs *Ruleset) walk(t *cnpTier, peer endpoint, peerAddr netip.Addr, dstPod int32, f Flow) int {
+	if t.byClass == nil {
+		for i := range t.rules {
+			if t.live[i/64]&(1<<(i%64)) != 0 && rs.cnpMatch(&t.rules[i], peer, peerAddr, dstPod, f) {
+				return i
+			}
+		}
+		return -1
+	}
+	nw := len(t.other)
+	var row []uint64
+	if peer.pod >= 0 {
+		if c := int(rs.peerClass[peer.pod]); c != 0 {
+			row = t.byClass[c*nw : c*nw+nw]
+		}
+	}
+	for w, om := range t.other {
+		var pm uint64
+		if row != nil {
+			pm = row[w]
+		}
+		for m := pm | om; m != 0; m &= m - 1 {
+			i := w*64 + bits.TrailingZeros64(m)
+			c := &t.rules[i]
+			// Ports first: a cheaper test than an address peer's.
+			if c.ports != nil && !rs.portsMatch(c.ports, f.Proto, f.DstPort, dstPod) {
+				continue
+			}
+			if pm&(1<<(i%64)) != 0 || c.anyPeer || rs.addrPeerMatch(c, peer, peerAddr) {
+				return i
+			}
+		}
+	}
+	return -1
+}
+
+// cnpMatch reports whether ClusterNetworkPolicy rule c matches the flow.
+func (rs *Ruleset) cnpMatch(c *cnpRule, peer endpoint, peerAddr netip.Addr, dstPod int32, f Flow) bool {
+	if c.ports != nil && !rs.portsMatch(c.ports, f.Proto, f.DstPort, dstPod) {
+		return false
+	}
+	return c.anyPeer || peer.pod >= 0 && c.pods.has(peer.pod) || rs.addrPeerMatch(c, peer, peerAddr)
+}
+
+// addrPeerMatch reports whether one of c's networks or nodes peers
+// matches the peer address.
+func (rs *Ruleset) addrPeerMatch(c *cnpRule, peer endpoint, peerAddr netip.Addr) bool {
+	if !c.other {
+		return false
+	}
+	if peerAddr.Is4() || peerAddr.Is4In6() {
+		a4 := peerAddr.Unmap().As4()
+		a := uint32(a4[0])<<24 | uint32(a4[1])<<16 | uint32(a4[2])<<8 | uint32(a4[3])
+		for _, n := range c.nets4 {
+			if a&n.mask == n.addr {
+				return true
+			}
+		}
+	} else {
+		for _, n := range c.nets6 {
+			if n.Contains(peerAddr) {
+				return true
+			}
+		}
+	}
+	return c.nodes && rs.peerMatch(rs.rules[c.rule].peers, peer, peerAddr) >= 0
+}
+
+// peerIndex returns the index of the first of r's peers that matches, -1
+// when r has none (it matches every peer).
+func (rs *Ruleset) peerIndex(r *rule, peer endpoint, peerAddr netip.Addr) int16 {
+	if r.anyPeer {
+		return -1
+	}
+	return int16(rs.peerMatch(r.peers, peer, peerAddr))
 }
 
 // ruleMatch reports whether rule r matches the flow, and which of its

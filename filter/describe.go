@@ -231,9 +231,9 @@ func (rs *Ruleset) ClusterPolicies(i int32, direction string, audit bool) []stri
 	set := &rs.cnpSets[d.cnp]
 	var out []string
 	last := int32(-1)
-	for _, rules := range [2][]int32{set.admin, set.baseline} {
-		for _, ri := range rules {
-			if p := rs.rules[ri].policy; p != last {
+	for _, rules := range [2][]cnpRule{set.admin.rules, set.baseline.rules} {
+		for _, c := range rules {
+			if p := rs.rules[c.rule].policy; p != last {
 				out = append(out, rs.PolicyName(p))
 				last = p
 			}
@@ -503,7 +503,7 @@ func (rs *Ruleset) explainSide(dir uint8, s Side, selfAddr netip.Addr, peer endp
 	if s.Decision == NodeLocal {
 		stop = "not reached: traffic from the pod's own node skips its ingress policy"
 	}
-	stop = rs.explainCNP(&out, dir, set.admin, stop, peer, peerAddr, dstPod, f)
+	stop = rs.explainCNP(&out, dir, set.admin.rules, stop, peer, peerAddr, dstPod, f)
 	npIsolates := len(rs.pods[s.Pod].enforced[dir].isolators) > 0
 	for _, pi := range d.isolators {
 		pol := &rs.policies[pi]
@@ -524,18 +524,18 @@ func (rs *Ruleset) explainSide(dir uint8, s Side, selfAddr netip.Addr, peer endp
 	if stop == "" && npIsolates {
 		stop = "not reached: a NetworkPolicy isolates the pod for " + dirNames[dir] + ", so it decides"
 	}
-	rs.explainCNP(&out, dir, set.baseline, stop, peer, peerAddr, dstPod, f)
+	rs.explainCNP(&out, dir, set.baseline.rules, stop, peer, peerAddr, dstPod, f)
 	return out
 }
 
 // explainCNP explains one tier's ClusterNetworkPolicy rules in evaluation
 // order, starting with stop as the reason rules are not reached ("" while
 // they are), and returns the stop reason for what comes after the tier.
-func (rs *Ruleset) explainCNP(out *SideExplanation, dir uint8, rules []int32, stop string, peer endpoint, peerAddr netip.Addr, dstPod int32, f Flow) string {
+func (rs *Ruleset) explainCNP(out *SideExplanation, dir uint8, rules []cnpRule, stop string, peer endpoint, peerAddr netip.Addr, dstPod int32, f Flow) string {
 	after := stop
 	tierStop := stop
-	for _, ri := range rules {
-		r := &rs.rules[ri]
+	for _, c := range rules {
+		r := &rs.rules[c.rule]
 		pol := &rs.policies[r.policy]
 		if n := len(out.Policies); n == 0 || out.Policies[n-1].Policy != rs.PolicyName(r.policy) {
 			prio := pol.priority

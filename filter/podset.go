@@ -1,5 +1,7 @@
 package filter
 
+import "math/bits"
+
 // podSet is a set of pod indexes. Pods are numbered in (namespace, name)
 // order, so the pods one selector picks usually sit in a narrow window of
 // the index space; the set stores only that window's bits. Membership is a
@@ -34,4 +36,16 @@ func (s *podSet) has(pod int32) bool {
 		return false
 	}
 	return s.words[off>>6]&(1<<(uint(off)&63)) != 0
+}
+
+// appendMembers appends the set's members to out, in increasing order.
+func (s *podSet) appendMembers(out []int32) []int32 {
+	for w, word := range s.words {
+		for word != 0 {
+			bit := bits.TrailingZeros64(word)
+			out = append(out, s.base+int32(w*64+bit))
+			word &= word - 1
+		}
+	}
+	return out
 }
