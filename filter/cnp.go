@@ -219,10 +219,12 @@ func (b *builder) clusterPolicy(cp *cnpv1beta1.ClusterNetworkPolicy) {
 		for j, f := range r.From {
 			peers[j] = cnpv1beta1.ClusterNetworkPolicyEgressPeer{Namespaces: f.Namespaces, Pods: f.Pods}
 		}
-		pol.rules[ingress] = append(pol.rules[ingress], b.cnpRule(pidx, ingress, i, id, r.Name, r.Action, peers, r.Protocols))
+		pol.rules[ingress] = append(pol.rules[ingress], b.cnpRule(pidx, ingress, i, id, r.Action, peers, r.Protocols))
+		pol.ruleNames[ingress] = append(pol.ruleNames[ingress], r.Name)
 	}
 	for i, r := range cp.Spec.Egress {
-		pol.rules[egress] = append(pol.rules[egress], b.cnpRule(pidx, egress, i, id, r.Name, r.Action, r.To, r.Protocols))
+		pol.rules[egress] = append(pol.rules[egress], b.cnpRule(pidx, egress, i, id, r.Action, r.To, r.Protocols))
+		pol.ruleNames[egress] = append(pol.ruleNames[egress], r.Name)
 	}
 	for _, g := range groups {
 		pol.selected = append(pol.selected, g.pods...)
@@ -278,13 +280,13 @@ func (b *builder) subjectGroups(s cnpv1beta1.ClusterNetworkPolicySubject) ([]*la
 	return out, nil
 }
 
-func (b *builder) cnpRule(pidx int32, dir uint8, index int, id, name string, action cnpv1beta1.ClusterNetworkPolicyRuleAction, peers []cnpv1beta1.ClusterNetworkPolicyEgressPeer, protocols []cnpv1beta1.ClusterNetworkPolicyProtocol) int32 {
+func (b *builder) cnpRule(pidx int32, dir uint8, index int, id string, action cnpv1beta1.ClusterNetworkPolicyRuleAction, peers []cnpv1beta1.ClusterNetworkPolicyEgressPeer, protocols []cnpv1beta1.ClusterNetworkPolicyProtocol) int32 {
 	field := fmt.Sprintf("spec.%s[%d]", dirNames[dir], index)
 	peerField := "from"
 	if dir == egress {
 		peerField = "to"
 	}
-	r := rule{policy: pidx, dir: dir, index: int16(index), name: name, anyPort: len(protocols) == 0}
+	r := rule{policy: pidx, dir: dir, index: int16(index), anyPort: len(protocols) == 0}
 	switch action {
 	case cnpv1beta1.ClusterNetworkPolicyRuleActionAccept:
 		r.action = actAccept

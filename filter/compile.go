@@ -185,6 +185,8 @@ type policy struct {
 	staged   bool
 	rules    [2][]int32
 	selected []int32
+	// ruleNames are a ClusterNetworkPolicy's rule names per direction.
+	ruleNames [2][]string
 }
 
 // Policy kinds, which for ClusterNetworkPolicies are their tiers.
@@ -213,7 +215,8 @@ type rule struct {
 	passID  uint16 // Side.Pass of a Pass rule (0: beyond the table)
 	peers   []peer
 	ports   []portRange
-	name    string // a ClusterNetworkPolicy rule's name, "" when unnamed
+	// A rule stays 64 bytes, one cache line: a ClusterNetworkPolicy
+	// rule's name is in its policy's ruleNames.
 }
 
 // Peer kinds.

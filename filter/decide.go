@@ -131,42 +131,55 @@ func (rs *Ruleset) side(dir uint8, self, peer endpoint, selfAddr, peerAddr netip
 		s.Decision = NodeLocal
 		return s
 	}
-	set := &rs.cnpSets[cs]
-	if i := rs.walk(&set.admin, peer, peerAddr, dstPod, f); i >= 0 {
-		c := &set.admin.rules[i]
-		if c.action == actPass {
-			s.Pass = c.passID
-		} else {
-			r := &rs.rules[c.rule]
-			s.Decision, s.Policy, s.Rule, s.Peer = AdminDenied, r.policy, r.index, rs.peerIndex(r, peer, peerAddr)
-			if c.action == actAccept {
-				s.Decision = AdminAccepted
+	// cs == 0: no ClusterNetworkPolicy selects the pod; skipping the
+	// walks keeps NetworkPolicy-only decisions as cheap as they were.
+	var set *cnpSet
+	if cs != 0 {
+		set = &rs.cnpSets[cs]
+		if i := rs.walk(&set.admin, peer, peerAddr, dstPod, f); i >= 0 {
+			c := &set.admin.rules[i]
+			if c.action != actPass {
+				r := &rs.rules[c.rule]
+				s.Decision, s.Policy, s.Rule, s.Peer = AdminDenied, r.policy, r.index, rs.peerIndex(r, peer, peerAddr)
+				if c.action == actAccept {
+					s.Decision = AdminAccepted
+				}
+				return s
 			}
-			return s
+			s.Pass = c.passID
 		}
 	}
 	if isolated {
 		for _, ri := range rules {
 			r := &rs.rules[ri]
-			if pi, ok := rs.ruleMatch(r, peer, peerAddr, dstPod, f); ok {
-				s.Decision, s.Policy, s.Rule, s.Peer = AllowedByRule, r.policy, r.index, pi
+			if !r.anyPort && !rs.portsMatch(r.ports, f.Proto, f.DstPort, dstPod) {
+				continue
+			}
+			if r.anyPeer {
+				s.Decision, s.Policy, s.Rule = AllowedByRule, r.policy, r.index
+				return s
+			}
+			if pi := rs.peerMatch(r.peers, peer, peerAddr); pi >= 0 {
+				s.Decision, s.Policy, s.Rule, s.Peer = AllowedByRule, r.policy, r.index, int16(pi)
 				return s
 			}
 		}
 		s.Decision = DeniedIsolated
 		return s
 	}
-	if i := rs.walk(&set.baseline, peer, peerAddr, dstPod, f); i >= 0 {
-		c := &set.baseline.rules[i]
-		r := &rs.rules[c.rule]
-		s.Decision, s.Policy, s.Rule, s.Peer = BaselineDenied, r.policy, r.index, rs.peerIndex(r, peer, peerAddr)
-		switch c.action {
-		case actAccept:
-			s.Decision = BaselineAccepted
-		case actPass:
-			s.Decision = BaselinePassed
+	if set != nil {
+		if i := rs.walk(&set.baseline, peer, peerAddr, dstPod, f); i >= 0 {
+			c := &set.baseline.rules[i]
+			r := &rs.rules[c.rule]
+			s.Decision, s.Policy, s.Rule, s.Peer = BaselineDenied, r.policy, r.index, rs.peerIndex(r, peer, peerAddr)
+			switch c.action {
+			case actAccept:
+				s.Decision = BaselineAccepted
+			case actPass:
+				s.Decision = BaselinePassed
+			}
+			return s
 		}
-		return s
 	}
 	s.Decision = NotIsolated
 	return s
@@ -250,21 +263,6 @@ func (rs *Ruleset) peerIndex(r *rule, peer endpoint, peerAddr netip.Addr) int16 
 		return -1
 	}
 	return int16(rs.peerMatch(r.peers, peer, peerAddr))
-}
-
-// ruleMatch reports whether rule r matches the flow, and which of its
-// peers did (-1 when the rule has none: it matches every peer).
-func (rs *Ruleset) ruleMatch(r *rule, peer endpoint, peerAddr netip.Addr, dstPod int32, f Flow) (int16, bool) {
-	if !r.anyPort && !rs.portsMatch(r.ports, f.Proto, f.DstPort, dstPod) {
-		return -1, false
-	}
-	if r.anyPeer {
-		return -1, true
-	}
-	if pi := rs.peerMatch(r.peers, peer, peerAddr); pi >= 0 {
-		return int16(pi), true
-	}
-	return -1, false
 }
 
 // portsMatch reports whether any of a rule's ports admits the flow.

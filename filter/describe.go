@@ -99,7 +99,7 @@ func (rs *Ruleset) DecidingRule(s Side, direction string) (RuleRef, bool) {
 }
 
 func (rs *Ruleset) ruleRef(r *rule) RuleRef {
-	return RuleRef{Policy: rs.PolicyName(r.policy), Tier: tierName(rs.policies[r.policy].kind), Index: int(r.index), Name: r.name, Action: actionName(r.action)}
+	return RuleRef{Policy: rs.PolicyName(r.policy), Tier: tierName(rs.policies[r.policy].kind), Index: int(r.index), Name: rs.ruleName(r), Action: actionName(r.action)}
 }
 
 // PassRule returns the Admin Pass rule that sent side s on to the lower
@@ -134,7 +134,7 @@ func (rs *Ruleset) DomainNameRules() []DomainNameRule {
 	for _, ri := range rs.domainRules {
 		r := &rs.rules[ri]
 		pol := &rs.policies[r.policy]
-		d := DomainNameRule{Policy: rs.PolicyName(r.policy), Tier: tierName(pol.kind), Rule: int(r.index), RuleName: r.name, Action: actionName(r.action), Staged: pol.staged}
+		d := DomainNameRule{Policy: rs.PolicyName(r.policy), Tier: tierName(pol.kind), Rule: int(r.index), RuleName: rs.ruleName(r), Action: actionName(r.action), Staged: pol.staged}
 		for _, pe := range r.peers {
 			if names, ok := strings.CutPrefix(pe.text, "domainNames "); ok && pe.kind == peerNever {
 				names, _, _ = strings.Cut(names, " ")
@@ -412,6 +412,16 @@ func (rs *Ruleset) RuleName(s Side, direction string) string {
 	return fmt.Sprintf("%s %s[%d] (%s)", name, field, s.Peer, r.peers[s.Peer].text)
 }
 
+// ruleName is a ClusterNetworkPolicy rule's name, "" when it has none or
+// r is a NetworkPolicy rule.
+func (rs *Ruleset) ruleName(r *rule) string {
+	names := rs.policies[r.policy].ruleNames[r.dir]
+	if int(r.index) < len(names) {
+		return names[r.index]
+	}
+	return ""
+}
+
 // ruleTitle names a rule: "x/allow-web ingress[0]" for a NetworkPolicy,
 // `Admin ClusterNetworkPolicy/guard (priority 5) egress[2] "no-db" Deny`
 // for a ClusterNetworkPolicy.
@@ -421,8 +431,8 @@ func (rs *Ruleset) ruleTitle(r *rule) string {
 		return fmt.Sprintf("%s/%s %s[%d]", pol.ns, pol.name, dirNames[r.dir], r.index)
 	}
 	name := ""
-	if r.name != "" {
-		name = " " + strconv.Quote(r.name)
+	if n := rs.ruleName(r); n != "" {
+		name = " " + strconv.Quote(n)
 	}
 	return fmt.Sprintf("%s %s[%d]%s %s", rs.policyTitle(r.policy), dirNames[r.dir], r.index, name, actionName(r.action))
 }
@@ -566,7 +576,7 @@ func (rs *Ruleset) explainCNP(out *SideExplanation, dir uint8, rules []cnpRule, 
 
 // explainRule says whether rule r matches the flow and why.
 func (rs *Ruleset) explainRule(r *rule, peer endpoint, peerAddr netip.Addr, dstPod int32, f Flow) RuleExplanation {
-	re := RuleExplanation{Rule: fmt.Sprintf("%s[%d]", dirNames[r.dir], r.index), Name: r.name}
+	re := RuleExplanation{Rule: fmt.Sprintf("%s[%d]", dirNames[r.dir], r.index), Name: rs.ruleName(r)}
 	if rs.policies[r.policy].kind != tierNP {
 		re.Action = actionName(r.action)
 	}

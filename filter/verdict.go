@@ -25,18 +25,29 @@ type Flow struct {
 // ingress) of a flow was decided.
 type Decision uint8
 
+// The allowing decisions come first, so that Allowed is one comparison.
 const (
 	// NotPoliced: the endpoint on this side is not a pod (external address,
 	// node, hostNetwork pod), so nothing on this side restricts the flow.
 	NotPoliced Decision = iota
-	// NotIsolated: the pod is selected by no policy for this direction.
+	// NotIsolated: the pod is selected by no policy for this direction
+	// (or only by ClusterNetworkPolicies none of whose rules matched).
 	NotIsolated
-	// AllowedByRule: a rule of a policy that isolates the pod allowed it;
-	// Policy, Rule and Peer name the first rule that did.
+	// AllowedByRule: a rule of a NetworkPolicy that isolates the pod
+	// allowed it; Policy, Rule and Peer name the first rule that did.
 	AllowedByRule
 	// NodeLocal: traffic from the pod's own node (kubelet probes) skips the
 	// ingress check.
 	NodeLocal
+	// AdminAccepted: an Admin tier ClusterNetworkPolicy rule accepted the
+	// flow; Policy, Rule and Peer name it. Final for this side.
+	AdminAccepted
+	// BaselineAccepted, BaselinePassed: a Baseline tier
+	// ClusterNetworkPolicy rule accepted the flow, or passed it to the
+	// default, which allows (no NetworkPolicy isolates the pod in this
+	// direction); Policy, Rule and Peer name it.
+	BaselineAccepted
+	BaselinePassed
 	// DeniedIsolated: the pod is isolated for this direction and no rule of
 	// the policies that isolate it allowed the flow (default deny).
 	DeniedIsolated
@@ -47,17 +58,10 @@ const (
 	// policies cannot be known, so the flow is denied until it is synced.
 	// Side.Policy indexes the range (Ruleset.PodCIDR).
 	UnknownPod
-	// AdminAccepted, AdminDenied: an Admin tier ClusterNetworkPolicy rule
-	// decided; Policy, Rule and Peer name it. Final for this side.
-	AdminAccepted
+	// AdminDenied, BaselineDenied: a ClusterNetworkPolicy rule of that
+	// tier denied the flow; Policy, Rule and Peer name it. Final.
 	AdminDenied
-	// BaselineAccepted, BaselineDenied, BaselinePassed: a Baseline tier
-	// ClusterNetworkPolicy rule decided (no NetworkPolicy isolates the
-	// pod in this direction); Policy, Rule and Peer name it. A Baseline
-	// Pass hands the flow to the default, which allows.
-	BaselineAccepted
 	BaselineDenied
-	BaselinePassed
 )
 
 func (d Decision) String() string {
@@ -91,13 +95,7 @@ func (d Decision) String() string {
 }
 
 // Allowed reports whether the side lets the flow through.
-func (d Decision) Allowed() bool {
-	switch d {
-	case NotPoliced, NotIsolated, AllowedByRule, NodeLocal, AdminAccepted, BaselineAccepted, BaselinePassed:
-		return true
-	}
-	return false
-}
+func (d Decision) Allowed() bool { return d <= BaselinePassed }
 
 // ByRule reports whether a rule decided the side, so that Side.Policy,
 // Rule and Peer name it: a NetworkPolicy rule that allowed the flow or a
