@@ -55,3 +55,13 @@ func TestKNPWorkload(t *testing.T) {
 		t.Errorf("%d probes ran, want 10000", p+f)
 	}
 }
+
+// Every public ClusterNetworkPolicy scenario (81 files, 22,778 probes):
+// Admin and Baseline tiers around NetworkPolicy, through the same path.
+func TestPublicClusterNetworkPolicyConformance(t *testing.T) {
+	p, f := runFiles(t, "../testdata/conformance/public-cnp")
+	t.Logf("%d passed, %d failed", p, f)
+	if p+f != 22778 {
+		t.Errorf("%d probes ran, want the corpus' 22,778", p+f)
+	}
+}
