@@ -169,6 +169,12 @@ func Download(ctx context.Context, dir string, pkgs []string) ([]string, error) 
 			return nil, err
 		}
 	}
+	// A fresh machine (or a slim container) may have no package lists yet.
+	if lists, _ := filepath.Glob("/var/lib/apt/lists/*_Packages*"); len(lists) == 0 {
+		if out, err := exec.CommandContext(ctx, "apt-get", "update", "-qq").CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("apt-get update (no package lists yet): %w\n%s", err, out)
+		}
+	}
 	status := filepath.Join(dir, "empty-status")
 	if err := os.WriteFile(status, nil, 0o644); err != nil {
 		return nil, err
