@@ -56,6 +56,42 @@ func TestRecentRing(t *testing.T) {
 	}
 }
 
+// TestRingKeepsFewRulesets: records decided by Rulesets older than the
+// keptRulesets newest lose their Ruleset (so the ring does not keep every
+// recompile's state alive), while the newest ones keep it and render names.
+func TestRingKeepsFewRulesets(t *testing.T) {
+	h := NewHub(64)
+	var rss []*filter.Ruleset
+	f := tcp("10.0.1.1", "10.0.1.2", 80)
+	for range keptRulesets + 3 {
+		rs := testcluster.Compile(t)
+		rss = append(rss, rs)
+		for range 3 {
+			h.OnVerdict(f, rs.Decide(f), nil, time.Now(), 0)
+		}
+	}
+	kept := map[*filter.Ruleset]int{}
+	for _, r := range h.Recent(0, nil) {
+		kept[r.Verdict.Ruleset]++
+	}
+	for i, rs := range rss {
+		want := 0
+		if i >= len(rss)-keptRulesets {
+			want = 3
+		}
+		if kept[rs] != want {
+			t.Errorf("Ruleset %d of %d: %d records keep it, want %d", i+1, len(rss), kept[rs], want)
+		}
+	}
+	if kept[nil] != 3*(len(rss)-keptRulesets) {
+		t.Errorf("%d records lost their Ruleset, want %d", kept[nil], 3*(len(rss)-keptRulesets))
+	}
+	newest := h.Recent(1, nil)[0]
+	if src, dst := flowlog.PodNames(&newest.Verdict); src != "x/a" || dst != "x/b" {
+		t.Errorf("newest record names %q -> %q, want x/a -> x/b", src, dst)
+	}
+}
+
 func TestFilter(t *testing.T) {
 	rs := testcluster.Compile(t)
 	aToB := tcp("10.0.1.1", "10.0.1.2", 80)

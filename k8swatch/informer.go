@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,10 +29,14 @@ import (
 type InformerOptions struct {
 	// Quiet is how long the source waits after the last event before it
 	// rebuilds the cluster.Cluster, so that a burst (a rollout, a node draining)
-	// costs one recompilation instead of thousands. Default 150ms.
+	// costs one recompilation instead of thousands. Default 100ms.
 	Quiet time.Duration
 	// MaxDelay bounds how long a change can wait for a rebuild while events
-	// keep arriving. Default 1s.
+	// keep arriving. Default 300ms: under steady churn (bench/scale, 100
+	// changes/s at 10,000 pods and 2,000 policies) it is the rebuild
+	// period, so a change waits up to MaxDelay plus a compile (about
+	// 0.1 s of CPU there) before it is enforced; 1 s put the p99 past 1 s,
+	// while 300 ms costs about 0.3 core of compiles.
 	MaxDelay time.Duration
 	// Resync is client-go's periodic resync. Zero (the default) disables it:
 	// the watch is authoritative and a resync would only cost rebuilds.
@@ -40,10 +45,10 @@ type InformerOptions struct {
 
 func (o InformerOptions) withDefaults() InformerOptions {
 	if o.Quiet <= 0 {
-		o.Quiet = 150 * time.Millisecond
+		o.Quiet = 100 * time.Millisecond
 	}
 	if o.MaxDelay <= 0 {
-		o.MaxDelay = time.Second
+		o.MaxDelay = 300 * time.Millisecond
 	}
 	if o.MaxDelay < o.Quiet {
 		o.MaxDelay = o.Quiet
@@ -289,15 +294,26 @@ type policyCheck struct {
 
 func listAs[T metav1.Object](inf cache.SharedIndexInformer) []T {
 	items := inf.GetStore().List()
-	out := make([]T, 0, len(items))
+	// The names are read once, not in every comparison: at 10,000 pods
+	// the interface calls were most of the sort, and the sort most of a
+	// rebuild.
+	type keyed struct {
+		ns, name string
+		obj      T
+	}
+	ks := make([]keyed, 0, len(items))
 	for _, it := range items {
 		if o, ok := it.(T); ok {
-			out = append(out, o)
+			ks = append(ks, keyed{o.GetNamespace(), o.GetName(), o})
 		}
 	}
-	slices.SortFunc(out, func(a, b T) int {
-		return cmp.Or(cmp.Compare(a.GetNamespace(), b.GetNamespace()), cmp.Compare(a.GetName(), b.GetName()))
+	slices.SortFunc(ks, func(a, b keyed) int {
+		return cmp.Or(strings.Compare(a.ns, b.ns), strings.Compare(a.name, b.name))
 	})
+	out := make([]T, len(ks))
+	for i := range ks {
+		out[i] = ks[i].obj
+	}
 	return out
 }
 

@@ -434,15 +434,18 @@ func parallel(ctx context.Context, n, workers int, fn func(int) error) error {
 // churn makes rate changes per second until ctx ends and returns how
 // many it made and how many of each kind. Each change runs on its own
 // goroutine (at most 64 at once) so that a slow request does not slow the
-// rate; when 64 are outstanding the tick is skipped and counted.
+// rate; when 64 are outstanding the change is skipped and counted. The
+// schedule is by elapsed time, not by ticks, which a loaded machine drops.
 func (w *world) churn(ctx context.Context, rate int) (done int64, skipped int64, kinds map[string]int64) {
 	var (
-		mu  sync.Mutex
-		wg  sync.WaitGroup
-		sem = make(chan struct{}, 64)
+		mu     sync.Mutex
+		wg     sync.WaitGroup
+		sem    = make(chan struct{}, 64)
+		issued int64
 	)
 	kinds = map[string]int64{}
-	tick := time.NewTicker(time.Second / time.Duration(rate))
+	start := time.Now()
+	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		select {
@@ -451,25 +454,36 @@ func (w *world) churn(ctx context.Context, rate int) (done int64, skipped int64,
 			return done, skipped, kinds
 		case <-tick.C:
 		}
-		select {
-		case sem <- struct{}{}:
-		default:
-			skipped++
-			continue
+		due := int64(time.Since(start).Seconds() * float64(rate))
+		for ; issued < due; issued++ {
+			w.launch(ctx, &wg, sem, &mu, kinds, &done, &skipped)
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			// The churn's own requests outlive the window by a little;
-			// a background context lets them finish instead of erroring.
-			k := w.churnOp(context.WithoutCancel(ctx))
-			mu.Lock()
-			kinds[k]++
-			if k != "none" {
-				done++
-			}
-			mu.Unlock()
-		}()
 	}
+}
+
+// launch starts one change of the churn, or counts it skipped when 64
+// are outstanding.
+func (w *world) launch(ctx context.Context, wg *sync.WaitGroup, sem chan struct{}, mu *sync.Mutex, kinds map[string]int64, done, skipped *int64) {
+	select {
+	case sem <- struct{}{}:
+	default:
+		mu.Lock()
+		*skipped++
+		mu.Unlock()
+		return
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer func() { <-sem }()
+		// The churn's own requests outlive the window by a little;
+		// a background context lets them finish instead of erroring.
+		k := w.churnOp(context.WithoutCancel(ctx))
+		mu.Lock()
+		kinds[k]++
+		if k != "none" {
+			*done++
+		}
+		mu.Unlock()
+	}()
 }

@@ -189,7 +189,12 @@ func (n *nodeNS) metrics() (map[string]float64, error) {
 
 // profile saves the agent's CPU profile over d to path.
 func (n *nodeNS) profile(d time.Duration, path string) error {
-	resp, err := n.http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", healthAddr, int(d.Seconds())))
+	return n.save(fmt.Sprintf("/debug/pprof/profile?seconds=%d", int(d.Seconds())), path)
+}
+
+// save writes what the agent serves at urlPath to path.
+func (n *nodeNS) save(urlPath, path string) error {
+	resp, err := n.http.Get("http://" + healthAddr + urlPath)
 	if err != nil {
 		return err
 	}

@@ -554,6 +554,12 @@ func runWindow(ctx context.Context, t *testing.T, w *world, pr *probes, agents [
 			break
 		}
 	}
+	if *flagProfile != "" {
+		path := filepath.Join(*flagProfile, fmt.Sprintf("agent-heap-%dpods-%dpol-%dps.pprof", st.pods, st.policies, rate))
+		if err := a.save("/debug/pprof/heap", path); err != nil {
+			t.Logf("heap profile: %v", err)
+		}
+	}
 	u1, err := procUsage(pid)
 	if err != nil {
 		t.Fatal(err)

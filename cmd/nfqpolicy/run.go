@@ -79,8 +79,8 @@ func newRunFlags(stderr io.Writer) (*flag.FlagSet, *runFlags) {
 	fs.StringVar(&f.backend, "iptables-backend", "auto", "iptables binaries: auto (the backend holding the node's KUBE-* chains, kube-proxy's; nft when none), legacy or nft")
 	fs.StringVar(&f.families, "ip-families", "auto", "IP families to divert: auto (IPv6 too unless the kernel has none), ipv4, ipv6 or ipv4,ipv6")
 	fs.DurationVar(&f.resync, "resync", time.Minute, "re-install rules and sets this often to repair what others flushed (0: never)")
-	fs.DurationVar(&f.rebuildQuiet, "rebuild-quiet", 0, "recompile once no API event arrived for this long (0: the default, 150ms)")
-	fs.DurationVar(&f.rebuildMax, "rebuild-max-delay", 0, "under continuous changes, recompile at least this often (0: the default)")
+	fs.DurationVar(&f.rebuildQuiet, "rebuild-quiet", 0, "recompile once no API event arrived for this long (0: the default, 100ms)")
+	fs.DurationVar(&f.rebuildMax, "rebuild-max-delay", 0, "under continuous changes, recompile at least this often (0: the default, 300ms)")
 	fs.BoolVar(&f.printRules, "print-rules", false, "print the iptables-restore input these flags install on a clean node (both families) and exit")
 	f.obs.register(fs)
 	return fs, f

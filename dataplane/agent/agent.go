@@ -19,6 +19,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -109,6 +111,12 @@ type Agent struct {
 	syncErrors    atomic.Uint64
 	localAddrs    atomic.Int64
 	localPodNets  atomic.Int64
+
+	// What the last successful sync wrote into the kernel's sets; only
+	// the agent's loop touches them.
+	setsSynced  bool
+	syncedAddrs []netip.Addr
+	syncedNets  []netip.Prefix
 }
 
 // New checks cfg and returns an agent following src.
@@ -333,18 +341,31 @@ func (a *Agent) onSwap(old, rs *filter.Ruleset) {
 // since the last compile, which the engine then denies as unknown.
 func (a *Agent) sync(ctx context.Context, rs *filter.Ruleset, rules bool) error {
 	addrs := rs.LocalPodAddrs(a.cfg.NodeName)
-	if err := a.tables.SyncSets(ctx, addrs); err != nil {
-		a.syncErrors.Add(1)
-		a.setNotReady(err.Error())
-		return err
+	// Most changes in a large cluster are elsewhere: when this node's
+	// sets already hold what rs says, running ipset again only costs two
+	// process starts per recompile. The periodic resync (rules) always
+	// rewrites them, repairing whatever someone else changed.
+	if rules || !a.setsSynced || !slices.Equal(addrs, a.syncedAddrs) {
+		a.setsSynced = false
+		if err := a.tables.SyncSets(ctx, addrs); err != nil {
+			a.syncErrors.Add(1)
+			a.setNotReady(err.Error())
+			return err
+		}
+		a.syncedAddrs = addrs
 	}
 	a.localAddrs.Store(int64(len(addrs)))
 	nets := rs.LocalPodCIDRs(a.cfg.NodeName)
-	if err := a.tables.SyncPodNets(ctx, nets); err != nil {
-		a.syncErrors.Add(1)
-		a.setNotReady(err.Error())
-		return err
+	if rules || !a.setsSynced || !slices.Equal(nets, a.syncedNets) {
+		a.setsSynced = false
+		if err := a.tables.SyncPodNets(ctx, nets); err != nil {
+			a.syncErrors.Add(1)
+			a.setNotReady(err.Error())
+			return err
+		}
+		a.syncedNets = nets
 	}
+	a.setsSynced = true
 	a.localPodNets.Store(int64(len(nets)))
 	if rules {
 		if err := a.tables.Install(ctx, a.cfg.Rules); err != nil {
