@@ -12,7 +12,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 IMAGE     ?= ghcr.io/nfqpolicy/nfqpolicy:dev
 IMAGE_TAR ?= bin/nfqpolicy-image.tar
 
-.PHONY: all build deps test test-unit test-integration bench bench-dataplane lint demo apiserver kubernetes image clean cluster cluster-down
+.PHONY: all build deps test test-unit test-integration bench bench-dataplane bench-scale lint demo apiserver kubernetes image clean cluster cluster-down
 
 all: build
 
@@ -72,6 +72,14 @@ bench: build
 
 bench-dataplane: deps build
 	$(GO) run ./bench/dataplane -nfqpolicy $(BIN)
+
+# The scale harness (bench/scale, docs/scale.md): a real kube-apiserver,
+# agents in network namespaces, the 1k/100, 5k/500 and 10k/2,000
+# pods/policies ladder at 20 and 100 changes/s; one `scale ...` line per
+# step. A subset: make bench-scale SCALE_ARGS='-ladder 1000/100 -churn 20'.
+bench-scale: deps build apiserver
+	NFQPOLICY_REQUIRE_APISERVER=1 KUBE_APISERVER=$$(NFQPOLICY_CACHE=$(APISERVER_CACHE) sh tools/kube-apiserver/build.sh) \
+	  $(GO) test -count=1 -v -timeout 40m -run '^TestScaleLadder$$' ./bench/scale -args -nfqpolicy $(CURDIR)/$(BIN) $(SCALE_ARGS)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
