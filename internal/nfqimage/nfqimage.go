@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -30,6 +31,13 @@ var (
 	// xtables-nft-multi); the agent picks the node's (see
 	// dataplane/iptables.Detect).
 	Packages = []string{"iptables", "ipset", "conntrack"}
+	// Base is the part of debian:bookworm-slim, the Dockerfile's base
+	// image, that a user runs in the agent's container (kubectl exec):
+	// the shells, coreutils and the text tools, and the files that make it
+	// a Debian system (os-release, passwd). The Dockerfile gets them from
+	// its base image; make image installs them like Packages.
+	Base = []string{"base-files", "base-passwd", "bash", "dash", "coreutils", "diffutils", "findutils",
+		"grep", "gzip", "hostname", "mawk", "sed", "tar"}
 	// Binary is where the static nfqpolicy binary goes.
 	Binary = "/usr/local/bin/nfqpolicy"
 	// Entrypoint and Cmd of the image.
@@ -60,6 +68,14 @@ var alternatives = map[string]string{
 	"/usr/sbin/ip6tables":         "ip6tables-nft",
 	"/usr/sbin/ip6tables-save":    "ip6tables-nft-save",
 	"/usr/sbin/ip6tables-restore": "ip6tables-nft-restore",
+	"/usr/bin/awk":                "mawk",
+}
+
+// copies are the files maintainer scripts create from a package's own
+// templates: base-passwd's postinst installs the master passwd and group.
+var copies = map[string]string{
+	"/usr/share/base-passwd/passwd.master": "/etc/passwd",
+	"/usr/share/base-passwd/group.master":  "/etc/group",
 }
 
 // Options of Build.
@@ -87,7 +103,7 @@ func Build(ctx context.Context, o Options) error {
 	if rel, err := osRelease("/etc/os-release"); err != nil || rel != Release {
 		return fmt.Errorf("make image unpacks packages from this machine's apt sources, which must be Debian %s (the Dockerfile's base); /etc/os-release says %q (%v)", Release, rel, err)
 	}
-	debs, err := Download(ctx, filepath.Join(o.WorkDir, "debs"), Packages)
+	debs, err := Download(ctx, filepath.Join(o.WorkDir, "debs"), append(slices.Clone(Base), Packages...))
 	if err != nil {
 		return err
 	}
@@ -114,6 +130,11 @@ func Build(ctx context.Context, o Options) error {
 		}
 		if err := l.AddSymlink(target, link); err != nil {
 			return err
+		}
+	}
+	for src, dst := range copies {
+		if err := l.AddFile(filepath.Join(root, src), dst, 0o644); err != nil {
+			return fmt.Errorf("maintainer-script file %s: %w", dst, err)
 		}
 	}
 	// Debian's usrmerge links, present in every bookworm image.

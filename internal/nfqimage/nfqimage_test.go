@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -123,6 +124,22 @@ CMD ["run"]
 	} {
 		if got := parseDockerfile(t, strings.Replace(base, tc.old, tc.new, 1)); reflect.DeepEqual(got, want) {
 			t.Errorf("replacing %q by %q went unnoticed", tc.old, tc.new)
+		}
+	}
+}
+
+// Base stands in for the Dockerfile's base image: it must not repeat what
+// the Dockerfile installs on top (that would hide a drift of Packages), and
+// it must hold what a user runs with kubectl exec.
+func TestBaseAndPackages(t *testing.T) {
+	for _, p := range Packages {
+		if slices.Contains(Base, p) {
+			t.Errorf("%s is both in Base and in Packages", p)
+		}
+	}
+	for _, p := range []string{"bash", "dash", "coreutils", "base-passwd"} {
+		if !slices.Contains(Base, p) {
+			t.Errorf("Base lacks %s", p)
 		}
 	}
 }
