@@ -572,3 +572,22 @@ func cgroupPids(root string) []int {
 	}
 	return out
 }
+
+// RemoveBase removes BaseDir once it holds no cluster (only the lock and
+// kcluster's log): the last teardown leaves no folder behind.
+func RemoveBase() error {
+	base := BaseDir()
+	entries, err := os.ReadDir(base)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if e.Name() != ".lock" && e.Name() != "kcluster.log" {
+			return nil
+		}
+	}
+	return os.RemoveAll(base)
+}

@@ -39,6 +39,10 @@ func TestMain(m *testing.M) {
 			code = 1
 		}
 	}
+	if err := RemoveBase(); err != nil {
+		fmt.Fprintf(os.Stderr, "realcluster: %v\n", err)
+		code = 1
+	}
 	os.Exit(code)
 }
 

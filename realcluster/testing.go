@@ -2,6 +2,7 @@ package realcluster
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -62,7 +63,7 @@ func Start(t testing.TB, o Options) *Cluster {
 		t.Fatalf("realcluster: %v", err)
 	}
 	t.Cleanup(func() {
-		if err := c.Down(); err != nil {
+		if err := errors.Join(c.Down(), RemoveBase()); err != nil {
 			t.Errorf("realcluster: teardown: %v", err)
 		}
 	})

@@ -272,6 +272,9 @@ func down() error {
 	if left := realcluster.Leftovers(); len(left) > 0 {
 		return fmt.Errorf("left behind (a live owner holds them): %s", strings.Join(left, "; "))
 	}
+	if err := realcluster.RemoveBase(); err != nil {
+		return err
+	}
 	fmt.Println("cluster down; nothing left behind")
 	return nil
 }
