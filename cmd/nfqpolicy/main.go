@@ -29,6 +29,7 @@ func commands() map[string]command {
 		"lint":    {"warn about policies and pods the documentation warns about", cmdLint},
 		"audit":   {"summarise a flow log for an audit-mode rollout (audit report)", cmdAudit},
 		"trace":   {"stream live decisions from a running agent", cmdTrace},
+		"whatif":  {"replay recorded flows through a proposed policy change", cmdWhatif},
 	}
 }
 
