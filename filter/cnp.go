@@ -93,10 +93,18 @@ func (b *builder) newCNPRule(ri int32) cnpRule {
 	var members []int32
 	var key strings.Builder
 	fmt.Fprintf(&key, "%t %v|", r.anyPeer, c.ports)
+	podPeers := 0
 	for i := range r.peers {
 		switch pe := &r.peers[i]; pe.kind {
 		case peerPods:
-			members = pe.pods.appendMembers(members)
+			if podPeers++; podPeers == 1 {
+				c.pods = pe.pods // the common case: no union to build
+			} else {
+				if podPeers == 2 {
+					members = c.pods.appendMembers(members)
+				}
+				members = pe.pods.appendMembers(members)
+			}
 		case peerNetworks:
 			c.other = true
 			for _, n := range pe.nets {
@@ -114,12 +122,13 @@ func (b *builder) newCNPRule(ri int32) cnpRule {
 			}
 		case peerNodes:
 			c.other, c.nodes = true, true
-			fmt.Fprintf(&key, "nodes%d:%v,", pe.nodes.base, pe.nodes.words)
+			key.WriteString("nodes" + pe.nodes.key() + ",")
 		}
 	}
-	c.pods = *newPodSet(members)
-	fmt.Fprintf(&key, "|pods%d:%v", c.pods.base, c.pods.words)
-	c.key = key.String()
+	if podPeers > 1 {
+		c.pods = *newPodSet(members)
+	}
+	c.key = key.String() + "|pods" + c.pods.key()
 	return c
 }
 
@@ -227,7 +236,6 @@ func (b *builder) clusterPolicy(cp *cnpv1beta1.ClusterNetworkPolicy) {
 		pol.ruleNames[egress] = append(pol.ruleNames[egress], r.Name)
 	}
 	for _, g := range groups {
-		pol.selected = append(pol.selected, g.pods...)
 		for dir := 0; dir < 2; dir++ {
 			if !pol.types[dir] {
 				continue
@@ -238,7 +246,6 @@ func (b *builder) clusterPolicy(cp *cnpv1beta1.ClusterNetworkPolicy) {
 			}
 		}
 	}
-	slices.Sort(pol.selected)
 	b.rs.policies = append(b.rs.policies, pol)
 }
 
@@ -568,10 +575,7 @@ func (b *builder) peerClasses() []int32 {
 	id := 0
 	for _, ri := range slices.Sorted(maps.Keys(b.cnpFast)) {
 		c := b.cnpFast[ri]
-		key = strconv.AppendInt(key[:0], int64(c.pods.base), 36)
-		for _, w := range c.pods.words {
-			key = strconv.AppendUint(append(key, ','), w, 36)
-		}
+		key = append(key[:0], c.pods.key()...)
 		if seen[string(key)] {
 			continue
 		}

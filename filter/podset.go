@@ -1,6 +1,9 @@
 package filter
 
-import "math/bits"
+import (
+	"encoding/binary"
+	"math/bits"
+)
 
 // podSet is a set of pod indexes. Pods are numbered in (namespace, name)
 // order, so the pods one selector picks usually sit in a narrow window of
@@ -48,4 +51,15 @@ func (s *podSet) appendMembers(out []int32) []int32 {
 		}
 	}
 	return out
+}
+
+// key is the set's members as a string, for finding equal sets: its base
+// and words, 8 bytes each.
+func (s *podSet) key() string {
+	b := make([]byte, 0, 8+8*len(s.words))
+	b = binary.LittleEndian.AppendUint64(b, uint64(s.base))
+	for _, w := range s.words {
+		b = binary.LittleEndian.AppendUint64(b, w)
+	}
+	return string(b)
 }

@@ -32,6 +32,9 @@ var targets = []target{
 	{"BenchmarkCompile/50k-pods", "ns/op", 2e9, "compile 50k pods / 5k policies"},
 	{"BenchmarkCompile/50k-pods", "heap-MiB", 300, "heap of the compiled 50k-pod state"},
 	{"BenchmarkDecide/50k-pods/miss", "cpu-ns/op", 1000, "decision, cache miss, 50k pods"},
+	{"BenchmarkDecide/knp-workload+cnp/miss", "cpu-ns/op", 200, "decision, cache miss, knp + 20 Admin/20 Baseline CNPs"},
+	{"BenchmarkDecide/knp-workload+cnp/miss", "allocs/op", 0, "allocations per decision, cache miss, with CNPs"},
+	{"BenchmarkCompile/50k-pods+cnp", "ns/op", 2e9, "compile 50k pods / 5k policies / 200 CNPs"},
 }
 
 func main() {
@@ -102,6 +105,16 @@ func main() {
 	if a, ok := median("BenchmarkDecide/knp-workload/hit", "cpu-ns/op"); ok {
 		if b, ok := median("BenchmarkDecide/knp-workload/miss", "cpu-ns/op"); ok {
 			fmt.Printf("ratio decide_hit_vs_miss=%.3f\n", a/b)
+		}
+	}
+	if a, ok := median("BenchmarkDecide/knp-workload+cnp/miss", "cpu-ns/op"); ok {
+		if b, ok := median("BenchmarkDecide/knp-workload/miss", "cpu-ns/op"); ok {
+			fmt.Printf("ratio decide_miss_with_cnp_vs_networkpolicy_only=%.3f\n", a/b)
+		}
+	}
+	if a, ok := median("BenchmarkCompile/50k-pods+cnp", "ns/op"); ok {
+		if b, ok := median("BenchmarkCompile/50k-pods", "ns/op"); ok {
+			fmt.Printf("ratio compile_50k_with_200_cnp_vs_without=%.3f\n", a/b)
 		}
 	}
 	fmt.Printf("%d of %d targets missed\n", missed, len(targets))
