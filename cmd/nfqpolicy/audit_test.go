@@ -187,3 +187,63 @@ spec:
 		}
 	}
 }
+
+// A staged ClusterNetworkPolicy is summarised like a staged NetworkPolicy,
+// by its name.
+func TestAuditReportClusterNetworkPolicy(t *testing.T) {
+	rs := testcluster.CompileDocs(t, `
+apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: a}}
+spec: {nodeName: n, containers: [{name: c}]}
+status: {phase: Running, podIP: 10.0.1.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {app: b}}
+spec: {nodeName: n, containers: [{name: c}]}
+status: {phase: Running, podIP: 10.0.1.2}
+---
+apiVersion: policy.networking.k8s.io/v1beta1
+kind: ClusterNetworkPolicy
+metadata: {name: no-egress, annotations: {nfqpolicy.io/mode: audit}}
+spec:
+  tier: Baseline
+  priority: 10
+  subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: a}}}}
+  egress: [{name: off, action: Deny, to: [{networks: [0.0.0.0/0]}], protocols: [{tcp: {destinationPort: {range: {start: 80, end: 443}}}}]}]
+`)
+	path := filepath.Join(t.TempDir(), "flows.log")
+	sink, err := flowlog.OpenSink(path, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := flowlog.New(flowlog.Options{Out: sink, Select: flowlog.SelectAll, Renderer: flowlog.Renderer{Node: "n"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, port := range []uint16{80, 443, 8080} {
+		f := filter.Flow{Src: netip.MustParseAddr("10.0.1.1"), Dst: netip.MustParseAddr("10.0.1.2"), SrcPort: 1, DstPort: port, Proto: filter.ProtoTCP}
+		l.OnVerdict(f, rs.Decide(f), nil, time.Now(), 0)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	sink.Close()
+	var out, errb bytes.Buffer
+	if code := dispatch(context.Background(), []string{"audit", "report", path}, &out, &errb); code != 1 {
+		t.Errorf("exit %d, want 1; stderr %s", code, errb.String())
+	}
+	for _, s := range []string{
+		"ClusterNetworkPolicy/no-egress: NOT safe to promote: would cut 2 allowed flow(s)",
+		"top ports:         443/TCP (1), 80/TCP (1)",
+	} {
+		if !strings.Contains(out.String(), s) {
+			t.Errorf("report lacks %q:\n%s", s, out.String())
+		}
+	}
+}

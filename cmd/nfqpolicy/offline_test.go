@@ -34,6 +34,12 @@ func TestOfflineCommands(t *testing.T) {
 		{"matrix", []string{"matrix", "--snapshot", seed, "--port", "6379/TCP"}, 0,
 			[]string{"Reachability matrix 6379/TCP IPv4", "default/db       X               -          X                X                X"}, nil, ""},
 		{"matrix ipv6", []string{"matrix", "--snapshot", seed, "--port", "6379", "--family", "6"}, 0, []string{"IPv6"}, nil, ""},
+		// A staged ClusterNetworkPolicy is not enforced by test, and is by
+		// test --staged.
+		{"test staged CNP not enforced", []string{"test", "testdata/staged-cnp.yaml"}, 1, []string{"1 passed, 1 failed"}, nil, ""},
+		{"test --staged enforces the staged CNP", []string{"test", "--staged", "testdata/staged-cnp.yaml"}, 0, []string{"2 passed, 0 failed"}, nil, ""},
+		{"explain names the staged CNP", []string{"explain", "--snapshot", "testdata/staged-cnp.yaml", "--from", "y/b", "--to", "x/a", "--port", "80"}, 0,
+			[]string{"verdict: ALLOW", "Admin policy ClusterNetworkPolicy/guard priority 10 (staged: audit mode, not enforced)", `ingress[0] "no-y" Deny MATCH`}, nil, ""},
 		{"unknown command", []string{"frobnicate"}, 2, nil, []string{`unknown command "frobnicate"`}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
