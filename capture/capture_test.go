@@ -475,3 +475,35 @@ func BenchmarkOnVerdict(b *testing.B) {
 	st := c.Stats()
 	b.ReportMetric(float64(st.Lost)/float64(b.N), "lost/op")
 }
+
+// A packet a ClusterNetworkPolicy decided carries the cluster policy, its
+// tier and rule in its comment, and so does one an Admin Pass sent on.
+func TestClusterPolicyComments(t *testing.T) {
+	rs := testcluster.CompileCNP(t, testcluster.CNP)
+	path := filepath.Join(t.TempDir(), "cap.pcapng")
+	c, err := New(Options{Path: path, Select: SelectAll})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []probe{
+		{testcluster.Flow("10.0.1.3", "10.0.1.2", 40000, 8080, filter.ProtoTCP), "allow", `accepted by Admin ClusterNetworkPolicy/guard (priority 5) ingress[0] "y-web" Accept`, ""},
+		{testcluster.Flow("10.0.1.3", "10.0.1.2", 40001, 80, filter.ProtoTCP), "deny", `passed by Admin ClusterNetworkPolicy/guard (priority 5) ingress[1] "y-rest" Pass; default deny by isolation of x/b from x/allow-a`, ""},
+		{testcluster.Flow("10.0.1.2", "203.0.113.9", 40002, 443, filter.ProtoTCP), "deny", `denied by Admin ClusterNetworkPolicy/guard (priority 5) egress[0] "no-net" Deny to[0] (networks 203.0.113.0/24)`, ""},
+	}
+	for i, p := range cases {
+		c.OnVerdict(p.f, rs.Decide(p.f), packet(t, p.f, 60), time.Now(), time.Duration(i+1)*time.Microsecond)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := readCapture(t, path)
+	if len(got) != len(cases) {
+		t.Fatalf("read %d packets, want %d", len(got), len(cases))
+	}
+	for i, p := range cases {
+		all := strings.Join(got[i].comments, "\n")
+		if !strings.HasPrefix(all, "nfqpolicy verdict="+p.verdict+" ") || !strings.Contains(all, p.reason) {
+			t.Errorf("packet %d: comments %q, want verdict=%s and %q", i, all, p.verdict, p.reason)
+		}
+	}
+}
