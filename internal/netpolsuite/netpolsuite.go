@@ -41,6 +41,55 @@ const (
 	SCTPReason = "needs SCTP sockets, which this kernel lacks (socket(AF_INET, SOCK_STREAM, IPPROTO_SCTP) fails)"
 )
 
+// Representative narrows the suite (Options.Focus) to a third of it for
+// runs that must be short (make test): default deny (ingress, all; TCP and
+// UDP), pod, namespace and combined selectors, numbered and named ports in
+// both directions, ipBlock with except, egress deny, a policy update and
+// deletion, SCTP-not-TCP, and the API spec.
+var Representative = strings.Join([]string{
+	`should support a 'default-deny-ingress' policy`,
+	`should support a 'default-deny-all' policy`,
+	`should enforce policy to allow traffic from pods within server namespace based on PodSelector`,
+	`should enforce policy to allow ingress traffic from pods in all namespaces`,
+	`should enforce policy based on PodSelector and NamespaceSelector`,
+	`should enforce policy based on PodSelector or NamespaceSelector`,
+	`NetworkPolicy between server and client should enforce policy based on Ports`,
+	`should allow ingress access on one named port`,
+	`should allow egress access on one named port`,
+	`should enforce except clause while egress access to server in CIDR block`,
+	`should deny egress from pods based on PodSelector`,
+	`should enforce updated policy`,
+	`should stop enforcing policies after they are deleted`,
+	`should not mistakenly treat 'protocol: SCTP' as 'protocol: TCP'`,
+	`should support creating NetworkPolicy API operations`,
+}, "|")
+
+// Binaries builds (or finds in the cache) the test binary and the ginkgo
+// CLI with tools/kubernetes/build.sh under repoRoot and returns their paths.
+// The first build takes minutes (tools/kubernetes/README.md).
+func Binaries(ctx context.Context, repoRoot string, stderr io.Writer) (binary, ginkgo string, err error) {
+	cmd := exec.CommandContext(ctx, "sh", filepath.Join(repoRoot, "tools", "kubernetes", "build.sh"), "e2e-netpol", "ginkgo")
+	cmd.Dir = repoRoot
+	cmd.Stderr = stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", "", fmt.Errorf("tools/kubernetes/build.sh e2e-netpol ginkgo: %w", err)
+	}
+	for line := range strings.Lines(string(out)) {
+		k, v, _ := strings.Cut(strings.TrimSpace(line), "=")
+		switch k {
+		case "e2e-netpol":
+			binary = v
+		case "ginkgo":
+			ginkgo = v
+		}
+	}
+	if binary == "" || ginkgo == "" {
+		return "", "", fmt.Errorf("tools/kubernetes/build.sh printed no e2e-netpol or ginkgo path: %q", out)
+	}
+	return binary, ginkgo, nil
+}
+
 // Options of Run.
 type Options struct {
 	// Binary is e2e-netpol.test (required).

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -149,5 +150,61 @@ func TestRun(t *testing.T) {
 	}
 	if _, err := Run(context.Background(), Options{Binary: fake}); err == nil {
 		t.Error("Run without Kubeconfig and Dir accepted")
+	}
+}
+
+// testdata/specs.txt lists the 51 specs of e2e-netpol.test (a dry run).
+func TestRepresentative(t *testing.T) {
+	b, err := os.ReadFile("testdata/specs.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	re := regexp.MustCompile(Representative)
+	var run, all int
+	for name := range strings.Lines(string(b)) {
+		if strings.Contains(name, "[Feature:SCTPConnectivity]") {
+			continue // skipped anyway
+		}
+		all++
+		if re.MatchString(name) {
+			run++
+			t.Logf("runs: %s", strings.TrimSpace(name))
+		}
+	}
+	// A third of the 48 that run, each pattern matching at least one spec.
+	if all != 48 || run < 16 || run > 18 {
+		t.Errorf("Representative selects %d of %d specs, want about a third of 48", run, all)
+	}
+	for _, alt := range strings.Split(Representative, "|") {
+		if !strings.Contains(string(b), alt) {
+			t.Errorf("pattern %q matches no spec", alt)
+		}
+	}
+}
+
+// TestBinaries runs a stand-in build.sh in a fake repository root.
+func TestBinaries(t *testing.T) {
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "tools", "kubernetes"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	script := filepath.Join(root, "tools", "kubernetes", "build.sh")
+	write := func(body string) {
+		if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("echo building >&2\n[ \"$1 $2\" = 'e2e-netpol ginkgo' ] || exit 2\necho e2e-netpol=/c/e2e-netpol.test\necho ginkgo=/c/ginkgo\n")
+	bin, gk, err := Binaries(context.Background(), root, nil)
+	if err != nil || bin != "/c/e2e-netpol.test" || gk != "/c/ginkgo" {
+		t.Errorf("Binaries = %q, %q, %v", bin, gk, err)
+	}
+	write("echo e2e-netpol=/c/e2e-netpol.test\n")
+	if _, _, err := Binaries(context.Background(), root, nil); err == nil {
+		t.Error("a build without the ginkgo line was accepted")
+	}
+	write("exit 1\n")
+	if _, _, err := Binaries(context.Background(), root, nil); err == nil {
+		t.Error("a failed build was accepted")
 	}
 }

@@ -3,7 +3,7 @@
 // PASS/FAIL/SKIP and a final "N passed, M failed, K skipped" line. It exits
 // 1 when a spec failed, 2 when the suite could not run.
 //
-//	go run ./tools/netpol-e2e -kubeconfig FILE [-dir DIR] [-procs N] [-focus RE]
+//	go run ./tools/netpol-e2e -kubeconfig FILE [-dir DIR] [-procs N] [-focus RE | -representative]
 //
 // The test binary and the ginkgo CLI come from tools/kubernetes/build.sh
 // (built on first use, then cached). Every node must have
@@ -11,15 +11,11 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"github.com/nfqpolicy/nfqpolicy/internal/netpolsuite"
@@ -30,10 +26,14 @@ func main() {
 	dir := flag.String("dir", "netpol-e2e", "folder for report.json and e2e.log")
 	procs := flag.Int("procs", 4, "parallel ginkgo processes (1: the test binary alone)")
 	focus := flag.String("focus", "", "regexp narrowing the Netpol specs")
+	representative := flag.Bool("representative", false, "run netpolsuite.Representative, a third of the specs (overrides -focus)")
 	flag.Parse()
+	if *representative {
+		*focus = netpolsuite.Representative
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	bins, err := build(ctx)
+	binary, ginkgo, err := netpolsuite.Binaries(ctx, ".", os.Stderr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "netpol-e2e:", err)
 		os.Exit(2)
@@ -42,7 +42,7 @@ func main() {
 		fmt.Println("skipping [Feature:SCTPConnectivity]: " + netpolsuite.SCTPReason)
 	}
 	res, err := netpolsuite.Run(ctx, netpolsuite.Options{
-		Binary: bins["e2e-netpol"], Ginkgo: bins["ginkgo"], Procs: *procs,
+		Binary: binary, Ginkgo: ginkgo, Procs: *procs,
 		Kubeconfig: *kubeconfig, Dir: *dir, Focus: *focus, Out: os.Stdout,
 	})
 	if err != nil {
@@ -53,26 +53,4 @@ func main() {
 		fmt.Fprintf(os.Stderr, "netpol-e2e: details in %s and %s\n", res.Log, res.Report)
 		os.Exit(1)
 	}
-}
-
-// build runs tools/kubernetes/build.sh for the test binary and ginkgo and
-// returns NAME -> path.
-func build(ctx context.Context) (map[string]string, error) {
-	cmd := exec.CommandContext(ctx, "sh", "tools/kubernetes/build.sh", "e2e-netpol", "ginkgo")
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return nil, fmt.Errorf("tools/kubernetes/build.sh (run from the repository root): %w", err)
-	}
-	bins := map[string]string{}
-	sc := bufio.NewScanner(strings.NewReader(string(out)))
-	for sc.Scan() {
-		if k, v, ok := strings.Cut(sc.Text(), "="); ok {
-			bins[k] = v
-		}
-	}
-	if bins["e2e-netpol"] == "" || bins["ginkgo"] == "" {
-		return nil, errors.New("tools/kubernetes/build.sh printed no e2e-netpol or ginkgo path")
-	}
-	return bins, nil
 }
