@@ -50,9 +50,11 @@ const sysctlFile = "sysctl-saved"
 // cluster ran: the nfqpolicy DaemonSet's hostPath volumes (FileOrCreate,
 // DirectoryOrCreate), and paths kubelet, the shims and mount(8) hard-code
 // (/var/lib/kubelet/device-plugins, /var/log/containers,
-// /run/containerd/s, /run/mount/utab). Those absent before the first
-// cluster started are removed when the last one is gone.
-var hostPaths = []string{"/run/xtables.lock", "/var/log/nfqpolicy", "/var/log/containers", "/var/lib/kubelet", "/run/containerd", "/run/mount"}
+// /run/containerd/s, /run/mount/utab, libcni's /var/lib/cni cache). Those
+// absent before the first cluster started are removed when the last one is
+// gone. (Two clusters alive at once share them, and the node-named folders
+// under /var/log/nfqpolicy.)
+var hostPaths = []string{"/run/xtables.lock", "/var/log/nfqpolicy", "/var/log/containers", "/var/lib/kubelet", "/var/lib/cni", "/run/containerd", "/run/mount"}
 
 // lockBase serializes saving and restoring sysctls between harness
 // processes.
