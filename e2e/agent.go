@@ -396,6 +396,11 @@ func encodeSnapshot(p *prepared) ([]byte, error) {
 		o.TypeMeta = metav1.TypeMeta{APIVersion: "networking.k8s.io/v1", Kind: "NetworkPolicy"}
 		items = append(items, o)
 	}
+	for _, pol := range c.ClusterPolicies {
+		o := pol.DeepCopy()
+		o.TypeMeta = metav1.TypeMeta{APIVersion: "policy.networking.k8s.io/v1beta1", Kind: "ClusterNetworkPolicy"}
+		items = append(items, o)
+	}
 	data, err := json.MarshalIndent(map[string]any{"apiVersion": "v1", "kind": "List", "items": items}, "", "  ")
 	if err != nil {
 		return nil, fmt.Errorf("encode snapshot of %s: %w", s.Name, err)

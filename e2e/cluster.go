@@ -90,6 +90,9 @@ func (c *Cluster) State() *cluster.Cluster {
 	for _, p := range src.Policies {
 		out.Policies = append(out.Policies, p.DeepCopy())
 	}
+	for _, p := range src.ClusterPolicies {
+		out.ClusterPolicies = append(out.ClusterPolicies, p.DeepCopy())
+	}
 	return out
 }
 

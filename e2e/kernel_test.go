@@ -18,6 +18,7 @@ import (
 
 const (
 	publicCorpus = "../testdata/conformance/public"
+	cnpCorpus    = "../testdata/conformance/public-cnp"
 	// ownScenarios cover shapes the public corpus lacks: pods without a
 	// node, IPv6 node addresses, IPv6 externals.
 	ownScenarios = "testdata"
@@ -239,6 +240,89 @@ func TestPublicCorpusKernel(t *testing.T) {
 		t.Errorf("agents' counters %+v: want allowed and denied packets and no malformed, verdict errors or ENOBUFS", a)
 	}
 	t.Logf("agents decided %d packets allowed, %d denied", a.Allowed, a.Denied)
+	t.Logf("%d passed, %d failed, %d scenarios in %d topologies, in %s", rep.Passed, rep.Failed, len(scenarios), rep.Topologies, rep.Elapsed.Round(time.Millisecond))
+}
+
+// cnpKernel is the part of the ClusterNetworkPolicy corpus sent as real
+// traffic: every scenario transcribed from upstream's conformance tests
+// (both tiers, Pass, named ports, port ranges, networks and node peers
+// with hostNetwork pods, IPv6, TCP, UDP and SCTP) and two generated full
+// matrices (node peers over both families, an Admin Pass into
+// NetworkPolicy isolation).
+var cnpKernel = []string{"cnp-admin-tier-*.yaml", "cnp-baseline-tier-*.yaml", "cnp-gen-peer-egress-nodes-all.yaml", "cnp-gen-np-admin-pass-then-np-isolation.yaml"}
+
+// TestClusterNetworkPolicyKernel runs cnpKernel through real agents and
+// checks that it covers what it claims to.
+func TestClusterNetworkPolicyKernel(t *testing.T) {
+	requireKernel(t, "iptables", "ipset")
+	bin := agentBinary(t)
+	var files []string
+	for _, g := range cnpKernel {
+		m, err := filepath.Glob(filepath.Join(cnpCorpus, g))
+		if err != nil || len(m) == 0 {
+			t.Fatalf("%s: no scenario (%v)", g, err)
+		}
+		files = append(files, m...)
+	}
+	scenarios, err := scenario.LoadAll(files...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cover := map[string]int{}
+	for _, s := range scenarios {
+		if len(s.Cluster.ClusterPolicies) == 0 {
+			t.Errorf("%s: no ClusterNetworkPolicy", s.File)
+		}
+		hostNet := map[string]bool{}
+		for _, p := range s.Cluster.Pods {
+			if p.Spec.HostNetwork {
+				hostNet[p.Namespace+"/"+p.Name] = true
+			}
+		}
+		for _, p := range s.Probes {
+			cover[p.Protocol]++
+			cover[fmt.Sprintf("IPv%d", p.Family)]++
+			if hostNet[p.To] || strings.HasPrefix(p.To, "node/") {
+				cover["to a node or hostNetwork pod"]++
+			}
+		}
+		for _, cnp := range s.Cluster.ClusterPolicies {
+			cover[string(cnp.Spec.Tier)]++
+			for _, r := range cnp.Spec.Egress {
+				cover[string(r.Action)]++
+				for _, to := range r.To {
+					if to.Nodes != nil {
+						cover["nodes peer"]++
+					}
+					if len(to.Networks) > 0 {
+						cover["networks peer"]++
+					}
+				}
+			}
+			for _, r := range cnp.Spec.Ingress {
+				cover[string(r.Action)]++
+			}
+		}
+	}
+	for _, want := range []string{"TCP", "UDP", "SCTP", "IPv4", "IPv6", "Admin", "Baseline", "Accept", "Deny", "Pass", "nodes peer", "networks peer", "to a node or hostNetwork pod"} {
+		if cover[want] == 0 {
+			t.Errorf("the kernel part of the corpus has no %s", want)
+		}
+	}
+	rep, err := Run(context.Background(), scenarios, Options{Agent: bin, Log: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertNoLeftovers(t)
+	reportMismatches(t, rep, 50)
+	if rep.Skipped > 0 {
+		t.Errorf("%d probes skipped", rep.Skipped)
+	}
+	a := rep.Agents
+	if a.Allowed == 0 || a.Denied == 0 || a.Malformed != 0 || a.VerdictErrors != 0 || a.NoBufs != 0 {
+		t.Errorf("agents' counters %+v: want allowed and denied packets and no malformed, verdict errors or ENOBUFS", a)
+	}
+	t.Logf("coverage %v", cover)
 	t.Logf("%d passed, %d failed, %d scenarios in %d topologies, in %s", rep.Passed, rep.Failed, len(scenarios), rep.Topologies, rep.Elapsed.Round(time.Millisecond))
 }
 
