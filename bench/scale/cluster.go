@@ -131,14 +131,22 @@ func (w *world) grow(ctx context.Context, pods, policies int) error {
 	for _, ns := range newNS {
 		w.nss = append(w.nss, ns.Name)
 	}
+	// Only as many as the step needs: churn deleted some generated
+	// objects and created others, and the cluster keeps the churn's.
 	var newPods []*corev1.Pod
 	for _, p := range gen.Cluster.Pods {
+		if len(w.pods)+len(newPods) >= pods {
+			break
+		}
 		if _, ok := w.pods[p.Namespace+"/"+p.Name]; !ok {
 			newPods = append(newPods, p)
 		}
 	}
 	var newPols []*networkingv1.NetworkPolicy
 	for _, p := range gen.Cluster.Policies {
+		if len(w.policies)+len(newPols) >= policies {
+			break
+		}
 		if !w.policies[p.Namespace+"/"+p.Name] {
 			newPols = append(newPols, p)
 		}

@@ -122,6 +122,11 @@ func TestScaleLadder(t *testing.T) {
 		}
 	}
 	t.Logf("%d agent(s) ready %v after start", len(agents), time.Since(start).Round(time.Millisecond))
+	for k, a := range agents {
+		// Everything an agent received until ready is its initial list (and
+		// the probe objects' events): what a relist of every agent costs.
+		fmt.Printf("scale initial sync agent%d: %d pods, %d policies: %.1f MiB received\n", k, pods, pols, float64(a.relay.down.Load())/(1<<20))
+	}
 	probeCtx, stopProbes := context.WithCancel(ctx)
 	defer stopProbes()
 	pr.start(probeCtx)
@@ -185,6 +190,7 @@ func parseInts(s string) ([]int, error) {
 // probes are the flows whose verdicts the measured changes flip.
 type probes struct {
 	client  kubernetes.Interface
+	flipped []int     // changes made so far per flip pair: its state, across windows
 	flips   []*prober // client -> server i
 	newPods []*prober // new pod j -> the new-pod server
 	newIPs  []string
@@ -195,7 +201,7 @@ func setupProbes(ctx context.Context, t *testing.T, c kubernetes.Interface, node
 	if _, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: probeNS}}, metav1.CreateOptions{}); err != nil {
 		return nil, err
 	}
-	pr := &probes{client: c, node: node}
+	pr := &probes{client: c, node: node, flipped: make([]int, flipPairs)}
 	pod := func(h int, name string, labels map[string]string) (*podNS, error) {
 		p, err := newPodNS(ctx, node, h, t.Cleanup)
 		if err != nil {
@@ -348,15 +354,17 @@ const enforceTimeout = 10 * time.Second
 
 // flipLoop flips pair i until ctx ends, measuring each change.
 func (pr *probes) flipLoop(ctx context.Context, i int, s *samples, rnd *rand.Rand) {
-	for n := 0; ctx.Err() == nil; n++ {
+	for ctx.Err() == nil {
 		sent := time.Now()
-		want, at, err := pr.flip(ctx, i, n)
+		// A write cut short by the window's end may still have been
+		// applied, so the context of the write is not the window's.
+		want, at, err := pr.flip(context.WithoutCancel(ctx), i, pr.flipped[i])
 		if err != nil {
-			if ctx.Err() == nil {
-				s.add(0, 0, err)
-			}
+			s.add(0, 0, err)
+			sleep(ctx, time.Second)
 			continue
 		}
+		pr.flipped[i]++
 		d, err := pr.flips[i].waitFor(ctx, want, at, enforceTimeout)
 		if ctx.Err() != nil {
 			return
@@ -389,7 +397,7 @@ func (pr *probes) newPodLoop(ctx context.Context, j int, s *samples, rnd *rand.R
 	name := fmt.Sprintf("probe-new-%d", j)
 	for ctx.Err() == nil {
 		sent := time.Now()
-		at, err := writePod(ctx, pr.client, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: probeNS, Name: name,
+		at, err := writePod(context.WithoutCancel(ctx), pr.client, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: probeNS, Name: name,
 			Labels: map[string]string{"role": "newclient"}}, Spec: corev1.PodSpec{NodeName: nodeName(pr.node.index)}},
 			pr.newIPs[j], nodeIP(pr.node.index))
 		if err != nil {
