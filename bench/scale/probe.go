@@ -171,16 +171,6 @@ func (p *prober) waitFor(ctx context.Context, want verdict, since time.Time, tim
 	}
 }
 
-// current returns the last verdict.
-func (p *prober) current() verdict {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if len(p.results) == 0 {
-		return unknown
-	}
-	return p.results[len(p.results)-1].v
-}
-
 func (v verdict) String() string {
 	switch v {
 	case allowed:
