@@ -466,3 +466,33 @@ func tail(s string, n int) string {
 	}
 	return s
 }
+
+// TestRealClusterAgentRulesBesideKubeProxy: on every node the agent's
+// chains land in the same iptables backend as kube-proxy's (a mismatch
+// would split the node's rules between two rule sets, each blind to the
+// other), and none in the other backend.
+func TestRealClusterAgentRulesBesideKubeProxy(t *testing.T) {
+	c, _ := agentCluster(t)
+	ctx := context.Background()
+	for _, n := range c.Nodes {
+		save := map[string]string{}
+		for _, backend := range []string{"nft", "legacy"} {
+			// A backend the kernel lacks fails to list: it holds no rules.
+			out, _ := c.InNode(ctx, n, "iptables-"+backend+"-save")
+			save[backend] = out
+		}
+		var kubeProxy, agent []string
+		for backend, out := range save {
+			if strings.Contains(out, ":KUBE-SERVICES") {
+				kubeProxy = append(kubeProxy, backend)
+			}
+			if strings.Contains(out, ":NFQPOLICY") {
+				agent = append(agent, backend)
+			}
+		}
+		if len(kubeProxy) != 1 || len(agent) != 1 || kubeProxy[0] != agent[0] {
+			t.Fatalf("%s: kube-proxy's chains in %v, the agent's in %v; want both in one and the same backend", n.Name, kubeProxy, agent)
+		}
+		t.Logf("%s: kube-proxy and nfqpolicy both in iptables-%s", n.Name, agent[0])
+	}
+}
