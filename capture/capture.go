@@ -11,6 +11,15 @@
 // the interface statistics written at Close carry the total. Files rotate
 // FILE -> FILE.1 -> ... so the capture never grows past Segments files of
 // about SegmentBytes or SegmentPackets each.
+//
+// A restarted agent keeps what earlier runs captured: it appends a new
+// pcapng section (whose comment names the run) to the file it finds, after
+// cutting off a block a crash left incomplete, or rotates that file into
+// the ring when it is full or not a pcapng file. A write the disk refuses
+// never leaves a partial block behind: the file is cut back to the end of
+// the last complete flush, the packets that were in flight are counted as
+// lost and reported on the next packet written, and writing resumes (in a
+// new section) once the disk takes it again.
 package capture
 
 import (
@@ -83,13 +92,21 @@ type Options struct {
 	// Poll is how often the writer collects buffered packets (default
 	// 10ms); Buffer must hold what arrives meanwhile.
 	Poll time.Duration
+	// RunID names this run of the agent in each section's comment, so
+	// that sections of successive runs in one file are told apart.
+	RunID string
+	// Retry is how long the writer waits after the file refused a write
+	// before trying again (default 1s).
+	Retry time.Duration
 }
 
 // Stats are a Capture's running totals.
 type Stats struct {
 	Written uint64 // packets written
-	Lost    uint64 // packets dropped because the buffer was full (or after Close)
-	Errors  uint64 // packets the file refused
+	// Lost counts every packet selected but not in the file: the buffer
+	// was full, the capture was closed, or the file refused it.
+	Lost   uint64
+	Errors uint64 // of Lost, the packets the file refused (disk full, I/O errors)
 }
 
 type slot struct {
@@ -122,12 +139,27 @@ type Capture struct {
 
 	// writer goroutine state
 	f        *os.File
+	cw       *countWriter
 	w        *pcapgo.NgWriter
 	segPkts  int
 	segBytes int64
+	// good is the file's size at the end of the last complete flush: a
+	// failed write cuts the file back to it. unflushed counts the packets
+	// handed to w since then, lost if the flush fails.
+	good      int64
+	unflushed uint64
+	// carried sums the losses the unflushed packets report: cut from
+	// the file with them, they must be reported again.
+	carried uint64
+	retryAt   time.Time // while w is nil: when to try the file again
+	// resumed and truncated describe what New found at Path: an earlier
+	// run's file appended to, and the bytes of an incomplete block cut.
+	resumed   bool
+	truncated int64
 }
 
-// New opens Path (truncating it) and starts the writer; Close stops it.
+// New opens Path, keeping what an earlier run wrote there (see the
+// package comment), and starts the writer; Close stops it.
 func New(o Options) (*Capture, error) {
 	if o.Path == "" {
 		return nil, errors.New("capture: no file name")
@@ -147,6 +179,9 @@ func New(o Options) (*Capture, error) {
 	if o.Poll <= 0 {
 		o.Poll = 10 * time.Millisecond
 	}
+	if o.Retry <= 0 {
+		o.Retry = time.Second
+	}
 	if o.SnapLen <= 0 || o.SnapLen > MaxSnapLen {
 		o.SnapLen = MaxSnapLen
 	}
@@ -164,7 +199,11 @@ func New(o Options) (*Capture, error) {
 		done:     make(chan struct{}),
 		finished: make(chan struct{}),
 	}
-	if err := c.openSegment(); err != nil {
+	appendTo, err := c.resume()
+	if err != nil {
+		return nil, err
+	}
+	if err := c.openSegment(appendTo); err != nil {
 		return nil, err
 	}
 	go c.run()
@@ -267,8 +306,41 @@ func (c *Capture) flush() {
 		return
 	}
 	if err := c.w.Flush(); err != nil {
-		c.fail(fmt.Errorf("capture: flush %s: %w", c.o.Path, err))
+		c.refused(fmt.Errorf("capture: flush %s: %w", c.o.Path, err))
+		return
 	}
+	c.good, c.unflushed, c.carried = c.cw.n, 0, 0
+}
+
+// refused handles a write the file did not take (disk full, I/O error):
+// the file is cut back to its last complete flush, so no partial block
+// stays in it, the packets handed over since are lost and reported on the
+// next packet written, and the writer tries the file again after Retry.
+// The NgWriter is dropped: its buffer keeps failing once it has failed.
+func (c *Capture) refused(err error) {
+	c.fail(err)
+	if n := c.unflushed; n > 0 {
+		c.written.Add(^(n - 1)) // they were counted when handed over
+		c.lostToFile(n, c.carried)
+	}
+	c.unflushed, c.carried = 0, 0
+	if c.f != nil {
+		if terr := c.f.Truncate(c.good); terr != nil {
+			c.fail(fmt.Errorf("capture: cut %s back to its last complete block: %w", c.o.Path, terr))
+		}
+		c.f.Close()
+	}
+	c.f, c.cw, c.w = nil, nil, nil
+	c.retryAt = time.Now().Add(c.o.Retry)
+}
+
+// lostToFile counts n packets the file refused as lost, to be reported
+// with the next packet written, together with the earlier losses they
+// would have reported (already counted).
+func (c *Capture) lostToFile(n, carried uint64) {
+	c.errs.Add(n)
+	c.lost.Add(n)
+	c.pendLost.Add(n + carried)
 }
 
 // Comments renders the pcapng comments of a decided packet of flow f: a
@@ -303,14 +375,14 @@ func Comments(f filter.Flow, v *filter.Verdict, latency time.Duration, lost uint
 }
 
 func (c *Capture) write(s *slot) {
-	if c.w == nil {
-		// An earlier rotation failed; keep counting what is not written.
-		c.errs.Add(1)
+	if c.w == nil && !c.reopen() {
+		c.lostToFile(1, s.lost)
 		return
 	}
 	if c.segPkts >= c.o.SegmentPackets || c.segBytes >= c.o.SegmentBytes {
 		if err := c.rotate(); err != nil {
-			c.fail(err)
+			c.refused(err)
+			c.lostToFile(1, s.lost)
 			return
 		}
 	}
@@ -325,10 +397,13 @@ func (c *Capture) write(s *slot) {
 		opts.DropCount = &s.lost
 	}
 	if err := c.w.WritePacketWithOptions(ci, data, opts); err != nil {
-		c.fail(fmt.Errorf("capture: write %s: %w", c.o.Path, err))
+		c.refused(fmt.Errorf("capture: write %s: %w", c.o.Path, err))
+		c.lostToFile(1, s.lost)
 		return
 	}
 	c.written.Add(1)
+	c.unflushed++
+	c.carried += s.lost
 	c.segPkts++
 	c.segBytes += epbSize(len(data), opts)
 }
@@ -364,12 +439,57 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-func (c *Capture) openSegment() error {
-	f, err := os.OpenFile(c.o.Path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
+// reopen tries the file again after it refused a write, once Retry has
+// passed: a new section appended to what is there.
+func (c *Capture) reopen() bool {
+	if time.Now().Before(c.retryAt) {
+		return false
+	}
+	if err := c.openSegment(true); err != nil {
+		c.fail(err)
+		c.retryAt = time.Now().Add(c.o.Retry)
+		return false
+	}
+	return true
+}
+
+// sectionComment names the run (and what New found) in the section
+// header, so that a reader tells a restart from a gap.
+func (c *Capture) sectionComment() string {
+	s := "nfqpolicy capture"
+	if c.o.RunID != "" {
+		s += " run " + c.o.RunID
+	}
+	s += " section started " + time.Now().UTC().Format(time.RFC3339Nano)
+	if c.resumed {
+		s += "; appended after an earlier run's sections"
+		if c.truncated > 0 {
+			s += " (cut " + strconv.FormatInt(c.truncated, 10) + " bytes of an incomplete last block)"
+		}
+		c.resumed, c.truncated = false, 0
+	}
+	return s
+}
+
+// openSegment starts a section at Path: appended to the file there with
+// appendTo, else in a new (truncated) file. A header the disk refuses is
+// cut off again, so the file ends at a complete block either way.
+func (c *Capture) openSegment(appendTo bool) error {
+	flags := os.O_WRONLY | os.O_CREATE | os.O_APPEND
+	if !appendTo {
+		flags |= os.O_TRUNC
+	}
+	f, err := os.OpenFile(c.o.Path, flags, 0o640)
 	if err != nil {
 		return fmt.Errorf("capture: open %s: %w", c.o.Path, err)
 	}
-	cw := &countWriter{w: f}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("capture: stat %s: %w", c.o.Path, err)
+	}
+	start := st.Size()
+	cw := &countWriter{w: f, n: start}
 	intf := pcapgo.DefaultNgInterface
 	intf.Name = "nfqueue"
 	intf.Description = "first packets of flows decided by nfqpolicy (raw IP)"
@@ -380,16 +500,21 @@ func (c *Capture) openSegment() error {
 	}
 	opts := pcapgo.DefaultNgWriterOptions
 	opts.SectionInfo.Application = "nfqpolicy"
+	opts.SectionInfo.Comment = c.sectionComment()
 	w, err := pcapgo.NewNgWriterInterface(cw, intf, opts)
 	if err == nil {
 		err = w.Flush()
 	}
 	if err != nil {
+		_ = f.Truncate(start)
 		f.Close()
 		return fmt.Errorf("capture: write header of %s: %w", c.o.Path, err)
 	}
-	c.f, c.w = f, w
-	c.segPkts, c.segBytes = 0, cw.n
+	if !appendTo || start == 0 {
+		c.segPkts = 0
+	}
+	c.f, c.cw, c.w = f, cw, w
+	c.segBytes, c.good, c.unflushed, c.carried = cw.n, cw.n, 0, 0
 	return nil
 }
 
@@ -397,11 +522,11 @@ func (c *Capture) closeSegment() error {
 	if c.w == nil {
 		return nil
 	}
-	err := c.w.Flush()
-	if cerr := c.f.Close(); err == nil {
-		err = cerr
+	if c.flush(); c.w == nil {
+		return nil // refused: the file is cut back and closed
 	}
-	c.f, c.w = nil, nil
+	err := c.f.Close()
+	c.f, c.cw, c.w = nil, nil, nil
 	if err != nil {
 		return fmt.Errorf("capture: close %s: %w", c.o.Path, err)
 	}
@@ -412,6 +537,15 @@ func (c *Capture) rotate() error {
 	if err := c.closeSegment(); err != nil {
 		return err
 	}
+	if err := c.shift(); err != nil {
+		return err
+	}
+	return c.openSegment(false)
+}
+
+// shift moves Path to Path.1, Path.1 to Path.2 and so on; the oldest
+// segment falls off the ring's end.
+func (c *Capture) shift() error {
 	// Oldest first, so nothing is overwritten before it has moved.
 	for i := c.o.Segments - 2; i >= 1; i-- {
 		from, to := c.o.Path+"."+strconv.Itoa(i), c.o.Path+"."+strconv.Itoa(i+1)
@@ -424,12 +558,17 @@ func (c *Capture) rotate() error {
 			return fmt.Errorf("capture: rotate %s: %w", c.o.Path, err)
 		}
 	}
-	return c.openSegment()
+	c.segPkts = 0
+	return nil
 }
 
 // finish records what was lost without a later packet to carry it, in the
 // interface statistics, and closes the file.
 func (c *Capture) finish() {
+	if c.w == nil && c.lost.Load() > 0 {
+		c.retryAt = time.Time{} // one last try, to record the loss
+		c.reopen()
+	}
 	if c.w != nil {
 		lost := c.lost.Load()
 		if lost > 0 {
@@ -440,7 +579,7 @@ func (c *Capture) finish() {
 				PacketsReceived: c.written.Load() + lost,
 			})
 			if err != nil {
-				c.fail(fmt.Errorf("capture: write statistics to %s: %w", c.o.Path, err))
+				c.refused(fmt.Errorf("capture: write statistics to %s: %w", c.o.Path, err))
 			}
 		}
 	}

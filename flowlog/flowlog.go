@@ -15,7 +15,9 @@
 //
 //	time            RFC 3339, nanoseconds, UTC
 //	node            the agent's node
-//	seq             per-agent sequence; gaps are records lost or limited
+//	run             this run of the agent (a restart starts a new run,
+//	                whose seq starts again at 1)
+//	seq             per-run sequence; gaps are records lost or limited
 //	verdict         allow | deny (what was enforced)
 //	mode            enforce | audit (the agent's mode)
 //	audit_verdict   would-allow | would-deny: the verdict with staged
@@ -36,6 +38,9 @@
 //
 // Lines with no verdict are summaries: lost/rate_limited counts that no
 // record could carry, and a "message".
+//
+// A line the sink refuses (a full disk) is lost like one the buffer had no
+// room for: counted, and reported on the next line that is written.
 package flowlog
 
 import (
@@ -283,6 +288,14 @@ func (l *Logger) write(r *Record) {
 	l.rd.Fields(l.zl.Log(), r).Send()
 	if l.out.errs.Load() == before {
 		l.written.Add(1)
+		return
+	}
+	// Refused: this record is lost, and the counts it carried must
+	// ride on a later one.
+	l.lost.Add(1)
+	l.pendLost.Add(r.Lost + 1)
+	if r.RateLimited > 0 {
+		l.pendLimited.Add(r.RateLimited)
 	}
 }
 
@@ -296,13 +309,22 @@ func (l *Logger) summary(msg string) {
 	if l.rd.Node != "" {
 		e = e.Str("node", l.rd.Node)
 	}
+	if l.rd.Run != "" {
+		e = e.Str("run", l.rd.Run)
+	}
 	if lost > 0 {
 		e = e.Uint64("lost", lost)
 	}
 	if limited > 0 {
 		e = e.Uint64("rate_limited", limited)
 	}
+	before := l.out.errs.Load()
 	e.Str("message", msg).Send()
+	if l.out.errs.Load() != before {
+		// Not written: report it with the next line instead.
+		l.pendLost.Add(lost)
+		l.pendLimited.Add(limited)
+	}
 }
 
 // Close writes every record already accepted, a final summary of what was
@@ -349,6 +371,10 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 		c.last = err
 		c.mu.Unlock()
 		c.errs.Add(1)
+		// Counted and reported in the log itself (Logger.write); handed
+		// on, zerolog would print a line to stderr per refused record,
+		// at the verdict rate while a disk is full.
+		return len(p), nil
 	}
 	return n, err
 }

@@ -1,6 +1,8 @@
 package flowlog
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -63,9 +65,21 @@ func ParseMode(s string) (Mode, error) {
 // everything the record holds except pod labels.
 type Renderer struct {
 	Node string
+	// Run names this run of the agent (NewRunID): sequence numbers start
+	// again at every run, so a restart is not mistaken for a gap.
+	Run  string
 	Mode Mode
 	// Labels adds each side's pod labels (src_labels, dst_labels).
 	Labels bool
+}
+
+// NewRunID returns a name for one run of the agent: its start time and
+// random bits, so that two runs never share one even on a node whose
+// clock went back.
+func NewRunID() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on Linux
+	return time.Now().UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b[:])
 }
 
 // ProtoName names the IP protocols the engine tells apart; others are
@@ -134,6 +148,9 @@ func (rd *Renderer) Fields(e *zerolog.Event, r *Record) *zerolog.Event {
 	e = e.Bytes("time", time.Unix(0, r.Time).UTC().AppendFormat(scratch[:0], time.RFC3339Nano))
 	if rd.Node != "" {
 		e = e.Str("node", rd.Node)
+	}
+	if rd.Run != "" {
+		e = e.Str("run", rd.Run)
 	}
 	verdict := "deny"
 	if v.Allow {
@@ -234,6 +251,7 @@ func sideDict(rs *filter.Ruleset, s *filter.Side, direction string) *zerolog.Eve
 type Entry struct {
 	Time           time.Time         `json:"time"`
 	Node           string            `json:"node,omitempty"`
+	Run            string            `json:"run,omitempty"`
 	Seq            uint64            `json:"seq"`
 	Verdict        string            `json:"verdict,omitempty"`
 	Mode           string            `json:"mode,omitempty"`

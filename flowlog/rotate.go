@@ -11,8 +11,11 @@ import (
 // one would exceed MaxBytes: FILE becomes FILE.1, FILE.1 becomes FILE.2 and
 // so on, and FILE.Keep is the oldest kept. Each Write lands whole in one
 // file (the flow log writes one line per call), so no line is split across
-// files. It is not safe for concurrent use; the flow log's writer goroutine
-// is its only user.
+// files. A write the disk refuses part of is cut off again, so the file
+// never ends in half a line; a file that already does (a crash of an
+// earlier run mid-write, or another writer) gets its line ended when
+// opened, so the new run's first line starts cleanly. It is not safe for
+// concurrent use; the flow log's writer goroutine is its only user.
 type RotatingFile struct {
 	path     string
 	maxBytes int64
@@ -48,6 +51,20 @@ func (r *RotatingFile) open() error {
 		return fmt.Errorf("flowlog: stat %s: %w", r.path, err)
 	}
 	r.f, r.size = f, st.Size()
+	if r.size > 0 {
+		var last [1]byte
+		if rf, err := os.Open(r.path); err == nil {
+			_, err = rf.ReadAt(last[:], r.size-1)
+			rf.Close()
+			if err == nil && last[0] != '\n' {
+				// End the partial line rather than cut it: a reader
+				// reports it as malformed, and nothing is lost.
+				if n, err := f.Write([]byte{'\n'}); err == nil {
+					r.size += int64(n)
+				}
+			}
+		}
+	}
 	return nil
 }
 
@@ -64,10 +81,17 @@ func (r *RotatingFile) Write(p []byte) (int, error) {
 		}
 	}
 	n, err := r.f.Write(p)
-	r.size += int64(n)
 	if err != nil {
-		return n, fmt.Errorf("flowlog: write %s: %w", r.path, err)
+		if n > 0 {
+			// Half a line is worse than none: cut it off.
+			if terr := r.f.Truncate(r.size); terr != nil {
+				r.size += int64(n)
+				return n, fmt.Errorf("flowlog: write %s: %w (and cutting the partial line: %v)", r.path, err, terr)
+			}
+		}
+		return 0, fmt.Errorf("flowlog: write %s: %w", r.path, err)
 	}
+	r.size += int64(n)
 	return n, nil
 }
 

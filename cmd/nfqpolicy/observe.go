@@ -56,6 +56,9 @@ func (o *observeFlags) register(fs *flag.FlagSet) {
 // options that read their totals, and what to close after the readers
 // have stopped.
 type observers struct {
+	// run names this run of the agent in every flow-log record and in the
+	// capture's section header, so a restart is told from a gap.
+	run     string
 	list    dataplane.Observers
 	hub     *debugapi.Hub
 	flowLog *flowlog.Logger
@@ -64,7 +67,7 @@ type observers struct {
 }
 
 func (o *observeFlags) start(node, mode string) (*observers, error) {
-	obs := &observers{}
+	obs := &observers{run: flowlog.NewRunID()}
 	if o.flowLog != "" {
 		sel, err := flowlog.ParseSelect(o.flowLogSelect)
 		if err != nil {
@@ -75,7 +78,7 @@ func (o *observeFlags) start(node, mode string) (*observers, error) {
 			return nil, err
 		}
 		l, err := flowlog.New(flowlog.Options{Out: sink, Select: sel, RatePerSec: o.flowLogRate, Burst: o.flowLogBurst,
-			Renderer: flowlog.Renderer{Node: node, Mode: flowMode(mode), Labels: o.flowLogLabels}})
+			Renderer: flowlog.Renderer{Node: node, Run: obs.run, Mode: flowMode(mode), Labels: o.flowLogLabels}})
 		if err != nil {
 			sink.Close()
 			return nil, err
@@ -91,7 +94,7 @@ func (o *observeFlags) start(node, mode string) (*observers, error) {
 			return nil, err
 		}
 		c, err := capture.New(capture.Options{Path: o.capture, Select: sel, Filter: o.captureFilter,
-			Segments: o.captureSegments, SegmentBytes: o.captureSegmentBytes})
+			Segments: o.captureSegments, SegmentBytes: o.captureSegmentBytes, RunID: obs.run})
 		if err != nil {
 			obs.Close()
 			return nil, err
@@ -124,7 +127,7 @@ func (obs *observers) metricsOptions(mo *metrics.Options) {
 // debugServer builds the debug API; serve it with serveDebug once the
 // agent exists (state and explain read it).
 func (o *observeFlags) debugServer(obs *observers, node, mode string, state debugapi.StateFunc, explain debugapi.ExplainFunc) (*debugapi.Server, http.Handler, error) {
-	srv, err := debugapi.New(debugapi.Options{Hub: obs.hub, State: state, Explain: explain, Renderer: flowlog.Renderer{Node: node, Mode: flowMode(mode), Labels: true}})
+	srv, err := debugapi.New(debugapi.Options{Hub: obs.hub, State: state, Explain: explain, Renderer: flowlog.Renderer{Node: node, Run: obs.run, Mode: flowMode(mode), Labels: true}})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -226,6 +226,8 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		log.Error().Err(err).Msg("flow log / capture")
 		return 2
 	}
+	log = log.With().Str("run", obs.run).Logger()
+	cfg.Log = log
 	// Deferred before a.Run returns, so it runs after the readers stopped.
 	defer func() {
 		if err := obs.Close(); err != nil {
