@@ -151,7 +151,7 @@ type Capture struct {
 	// carried sums the losses the unflushed packets report: cut from
 	// the file with them, they must be reported again.
 	carried uint64
-	retryAt   time.Time // while w is nil: when to try the file again
+	retryAt time.Time // while w is nil: when to try the file again
 	// resumed and truncated describe what New found at Path: an earlier
 	// run's file appended to, and the bytes of an incomplete block cut.
 	resumed   bool
