@@ -51,6 +51,7 @@ type runFlags struct {
 	backend     string
 	families    string
 	resync      time.Duration
+	rulesCheck  time.Duration
 	printRules  bool
 	obs         observeFlags
 	// informer coalescing (k8swatch.InformerOptions)
@@ -81,6 +82,7 @@ func newRunFlags(stderr io.Writer) (*flag.FlagSet, *runFlags) {
 	fs.DurationVar(&f.resync, "resync", time.Minute, "re-install rules and sets this often to repair what others flushed (0: never)")
 	fs.DurationVar(&f.rebuildQuiet, "rebuild-quiet", 0, "recompile once no API event arrived for this long (0: the default, 100ms)")
 	fs.DurationVar(&f.rebuildMax, "rebuild-max-delay", 0, "under continuous changes, recompile at least this often (0: the default, 300ms)")
+	fs.DurationVar(&f.rulesCheck, "rules-check", time.Second, "check this often that our jumps, chains and sets are still there, and restore them at once if not (0: only --resync repairs)")
 	fs.BoolVar(&f.printRules, "print-rules", false, "print the iptables-restore input these flags install on a clean node (both families) and exit")
 	f.obs.register(fs)
 	return fs, f
@@ -106,6 +108,9 @@ func (f *runFlags) config(log zerolog.Logger) (agent.Config, error) {
 	}
 	if f.resync < 0 {
 		errs = append(errs, fmt.Errorf("--resync %v: must not be negative", f.resync))
+	}
+	if f.rulesCheck < 0 {
+		errs = append(errs, fmt.Errorf("--rules-check %v: must not be negative", f.rulesCheck))
 	}
 	deny, err := iptables.ParseDenyAction(f.denyAction)
 	errs = append(errs, err)
@@ -138,6 +143,7 @@ func (f *runFlags) config(log zerolog.Logger) (agent.Config, error) {
 		MaxQueueLen:    uint32(f.queueLen),
 		Established:    est,
 		ResyncInterval: f.resync,
+		CheckInterval:  f.rulesCheck,
 		HealthAddr:     f.healthAddr,
 		Audit:          f.mode == "audit",
 		Log:            log,

@@ -69,6 +69,11 @@ type Config struct {
 	// ResyncInterval re-installs rules and sets this often, repairing
 	// what someone else flushed (0: never).
 	ResyncInterval time.Duration
+	// CheckInterval is how often the agent looks for its jumps, chains
+	// and sets (iptables -F, ipset flush or destroy, a firewall reload)
+	// and restores them at once when something is missing (0: never;
+	// only the resync repairs then). See rulecheck.go.
+	CheckInterval time.Duration
 	// HealthAddr serves /healthz, /readyz and /debug/counters ("" none).
 	HealthAddr string
 	// Handlers are served on HealthAddr next to the agent's own paths, by
@@ -117,6 +122,8 @@ type Agent struct {
 	setsSynced  bool
 	syncedAddrs []netip.Addr
 	syncedNets  []netip.Prefix
+
+	checks ruleChecks
 }
 
 // New checks cfg and returns an agent following src.
@@ -219,11 +226,16 @@ func (a *Agent) Run(ctx context.Context) error {
 		Str("deny_action", a.cfg.Rules.Deny.String()).Str("marks", a.cfg.Rules.Marks.String()).
 		Str("established", string(a.cfg.Established)).Msg("enforcing")
 
-	var tick <-chan time.Time
+	var tick, check <-chan time.Time
 	if a.cfg.ResyncInterval > 0 {
 		t := time.NewTicker(a.cfg.ResyncInterval)
 		defer t.Stop()
 		tick = t.C
+	}
+	if a.cfg.CheckInterval > 0 {
+		t := time.NewTicker(a.cfg.CheckInterval)
+		defer t.Stop()
+		check = t.C
 	}
 	for {
 		select {
@@ -245,6 +257,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			if err := a.sync(ctx, eng.Ruleset(), true); err != nil {
 				a.log.Error().Err(err).Msg("periodic resync failed")
 			}
+		case <-check:
+			a.checkRules(ctx)
 		}
 	}
 }
@@ -446,6 +460,13 @@ type Status struct {
 	// LocalPodCIDRs counts the local node's pod CIDRs diverted (0: the
 	// node has no spec.podCIDR(s), and unsynced pods are not diverted).
 	LocalPodCIDRs int64 `json:"local_pod_cidrs"`
+	// RuleChecks counts the checks for our rules and sets; RulesRestored
+	// those that found something missing and put it back; LastRestoreMS
+	// is how long the last restore took (see Config.CheckInterval).
+	RuleChecks      uint64 `json:"rule_checks"`
+	RuleCheckErrors uint64 `json:"rule_check_errors"`
+	RulesRestored   uint64 `json:"rules_restored"`
+	LastRestoreMS   int64  `json:"last_restore_ms"`
 }
 
 // Status snapshots the agent's counters.
@@ -458,6 +479,11 @@ func (a *Agent) Status() Status {
 		SyncErrors:    a.syncErrors.Load(),
 		LocalAddrs:    a.localAddrs.Load(),
 		LocalPodCIDRs: a.localPodNets.Load(),
+
+		RuleChecks:      a.checks.checks.Load(),
+		RuleCheckErrors: a.checks.errors.Load(),
+		RulesRestored:   a.checks.restored.Load(),
+		LastRestoreMS:   a.checks.lastRestoreMS.Load(),
 	}
 	if !s.Ready {
 		if p := a.notReady.Load(); p != nil {

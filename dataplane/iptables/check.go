@@ -1,0 +1,105 @@
+package iptables
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// Check reports what of ours is missing or altered in the kernel: a jump
+// from a built-in chain, one of our chains or some of its rules (someone
+// ran iptables -F, or a firewall reload replaced the table), or a set that
+// is gone or does not hold what the last sync put in it (ipset flush or
+// destroy), given the local pod addresses and CIDRs the sets must hold.
+// Nothing missing is an empty list. It reads the filter table once per
+// family and the set headers once (`ipset list -t`), so it is cheap enough
+// to run every second; a rule someone edited but left in place is not
+// noticed (the periodic resync replaces it).
+func (t *Tables) Check(ctx context.Context, c Config, addrs []netip.Addr, nets []netip.Prefix) ([]string, error) {
+	var missing []string
+	for _, f := range t.families {
+		save, err := t.save(ctx, f)
+		if err != nil {
+			return nil, err
+		}
+		missing = append(missing, checkSave(c, f, save)...)
+	}
+	list, err := t.run.Run(ctx, "", "ipset", "list", "-t")
+	if err != nil {
+		return nil, fmt.Errorf("list ipsets: %w", err)
+	}
+	have := setEntries(list)
+	for _, f := range t.families {
+		for _, s := range []struct{ name, sync string }{
+			{SetName(f), RenderSetSync(f, addrs)},
+			{NetSetName(f), RenderNetSetSync(f, nets)},
+		} {
+			want := strings.Count(s.sync, "\nadd ")
+			n, ok := have[s.name]
+			switch {
+			case !ok:
+				missing = append(missing, "ipset "+s.name+" missing")
+			case n != want:
+				missing = append(missing, fmt.Sprintf("ipset %s holds %d entries, want %d", s.name, n, want))
+			}
+		}
+	}
+	return missing, nil
+}
+
+// checkSave compares one family's iptables-save -t filter output with the
+// rules Install puts there.
+func checkSave(c Config, f Family, save string) []string {
+	var missing []string
+	s := parseSave(save)
+	for _, j := range jumps {
+		if !s.hasJump(j.from, j.to) {
+			missing = append(missing, fmt.Sprintf("%s jump %s -> %s missing", f, j.from, j.to))
+		}
+	}
+	want := map[string]int{}
+	for _, r := range ChainRules(c, f) {
+		want[strings.Fields(r)[1]]++
+	}
+	have := map[string]int{}
+	for line := range strings.Lines(save) {
+		if fields := strings.Fields(line); len(fields) > 1 && fields[0] == "-A" && strings.HasPrefix(fields[1], Prefix) {
+			have[fields[1]]++
+		}
+	}
+	declared := map[string]bool{}
+	for _, ch := range s.ours {
+		declared[ch] = true
+	}
+	for _, ch := range ourChains {
+		switch {
+		case !declared[ch]:
+			missing = append(missing, fmt.Sprintf("%s chain %s missing", f, ch))
+		case have[ch] != want[ch]:
+			missing = append(missing, fmt.Sprintf("%s chain %s has %d rules, want %d", f, ch, have[ch], want[ch]))
+		}
+	}
+	return missing
+}
+
+// setEntries reads `ipset list -t` output: each set's entry count by name.
+func setEntries(list string) map[string]int {
+	out := map[string]int{}
+	name := ""
+	for line := range strings.Lines(list) {
+		line = strings.TrimSpace(line)
+		if v, ok := strings.CutPrefix(line, "Name: "); ok {
+			name = v
+			continue
+		}
+		if v, ok := strings.CutPrefix(line, "Number of entries: "); ok && name != "" {
+			if n, err := strconv.Atoi(v); err == nil {
+				out[name] = n
+			}
+			name = ""
+		}
+	}
+	return out
+}
