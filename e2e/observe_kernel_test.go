@@ -114,13 +114,19 @@ func loadObserveScenario(t testing.TB, annotations string) *prepared {
 // and tears everything down when the test ends.
 func startObserveCluster(t testing.TB, bin, name string, args func(dir string) []string) *observeCluster {
 	t.Helper()
+	return startClusterOf(t, bin, name, loadObserveScenario(t, stagedAnnotation), args)
+}
+
+// startClusterOf is startObserveCluster for any one-scenario cluster p.
+func startClusterOf(t testing.TB, bin, name string, p *prepared, args func(dir string) []string) *observeCluster {
+	t.Helper()
 	if deleted, err := SweepStale(); err != nil {
 		t.Logf("sweeping stale namespaces: %v", err)
 	} else if len(deleted) > 0 {
 		t.Logf("deleted namespaces of dead runs: %v", deleted)
 	}
 	ctx := context.Background()
-	c := &observeCluster{t: t, dir: t.TempDir(), p: loadObserveScenario(t, stagedAnnotation)}
+	c := &observeCluster{t: t, dir: t.TempDir(), p: p}
 	g := groupScenarios([]*prepared{c.p}, false)[0]
 	prefix := fmt.Sprintf("%s%d-%s-", NamePrefix, os.Getpid(), name)
 	top, err := buildTopology(ctx, prefix, g.pl, g.externals)

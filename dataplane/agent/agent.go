@@ -124,6 +124,7 @@ type Agent struct {
 	syncedNets  []netip.Prefix
 
 	checks ruleChecks
+	drops  queueDrops // the agent loop's own
 }
 
 // New checks cfg and returns an agent following src.
@@ -259,6 +260,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		case <-check:
 			a.checkRules(ctx)
+			a.logQueueDrops()
 		}
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync/atomic"
 	"time"
+
+	"github.com/nfqpolicy/nfqpolicy/dataplane"
 )
 
 // ruleChecks counts what checkRules found.
@@ -45,4 +47,44 @@ func (a *Agent) checkRules(ctx context.Context) {
 	a.checks.restored.Add(1)
 	a.checks.lastRestoreMS.Store(took.Milliseconds())
 	a.log.Warn().Int64("took_ms", took.Milliseconds()).Msg("rules and sets restored")
+}
+
+// queueDrops remembers the kernel's drop counters of our queues, so that
+// each check logs what the kernel dropped since the previous one.
+type queueDrops map[uint16][2]uint32
+
+// logQueueDrops logs the packets the kernel dropped from our queues
+// since the last call: the queue was full (new flows arrived faster than
+// the agent decides them) or the agent's socket buffer was. The metrics
+// export the totals; the log says when it happened. Those packets are
+// dropped, not accepted, unless the agent runs --fail-open.
+func (a *Agent) logQueueDrops() {
+	stats, err := dataplane.ReadQueueStats()
+	if err != nil {
+		return // Status reports it
+	}
+	if a.drops == nil {
+		a.drops = queueDrops{}
+	}
+	for _, s := range stats {
+		if s.Queue < a.cfg.Rules.QueueBase || s.Queue >= a.cfg.Rules.QueueBase+a.cfg.Rules.Queues {
+			continue
+		}
+		was, seen := a.drops[s.Queue]
+		a.drops[s.Queue] = [2]uint32{s.Dropped, s.UserDropped}
+		if !seen {
+			was = [2]uint32{}
+		}
+		full, nobufs := s.Dropped-was[0], s.UserDropped-was[1]
+		if full == 0 && nobufs == 0 {
+			continue
+		}
+		verdict := "dropped"
+		if a.cfg.Rules.FailOpen {
+			verdict = "accepted unpoliced (fail-open)"
+		}
+		a.log.Warn().Uint16("queue", s.Queue).Uint32("queue_full", full).Uint32("socket_buffer_full", nobufs).
+			Uint32("queue_dropped_total", s.Dropped).Uint32("user_dropped_total", s.UserDropped).
+			Msg("the kernel could not queue new flows' packets to the agent; they were " + verdict)
+	}
 }
