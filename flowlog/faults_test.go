@@ -1,8 +1,10 @@
 package flowlog
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -105,5 +107,57 @@ func TestNewRunIDDiffers(t *testing.T) {
 	a, b := NewRunID(), NewRunID()
 	if a == b || !strings.Contains(a, "-") {
 		t.Errorf("run ids %q and %q", a, b)
+	}
+}
+
+// TestRunEndsAreMarked: a run with a name ends its log with a closing
+// line, after which the next run says nothing; after a run that has no
+// closing line (it was killed) the next run reports the unclean end first.
+func TestRunEndsAreMarked(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "flows.jsonl")
+	f := testcluster.Flow("10.0.0.1", "10.0.0.2", 1, 2, filter.ProtoTCP)
+	run := func(id string) {
+		sink, err := OpenRotating(path, 0, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := New(Options{Out: sink, Select: SelectAll, Renderer: Renderer{Run: id}, Previous: LastEntry(path)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 3 {
+			l.OnVerdict(f, denyVerdict, nil, time.Now(), 0)
+		}
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+		sink.Close()
+	}
+	run("a")
+	run("b")
+	// Run c was killed after seq 7: its records are there, no closing line.
+	fh, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintln(fh, `{"run":"c","seq":7,"verdict":"deny"}`)
+	fh.Close()
+	run("d")
+
+	data, _ := os.ReadFile(path)
+	var unclean, closed []string
+	for _, e := range parseEntries(t, data) {
+		if e.UncleanRun != "" {
+			unclean = append(unclean, e.Run+" after "+e.UncleanRun+":"+fmt.Sprint(e.LastSeq))
+		}
+		if e.Message == ClosedMessage {
+			closed = append(closed, e.Run+":"+fmt.Sprint(e.LastSeq))
+		}
+	}
+	if want := []string{"d after c:7"}; !slices.Equal(unclean, want) {
+		t.Errorf("unclean-end lines %q, want %q", unclean, want)
+	}
+	if want := []string{"a:3", "b:3", "d:3"}; !slices.Equal(closed, want) {
+		t.Errorf("closing lines %q, want %q", closed, want)
 	}
 }

@@ -41,6 +41,14 @@
 //
 // A line the sink refuses (a full disk) is lost like one the buffer had no
 // room for: counted, and reported on the next line that is written.
+//
+// Close ends a run's log (Renderer.Run set) with a line whose message is
+// ClosedMessage and whose last_seq is the run's last sequence number. A run
+// that never wrote one was killed (SIGKILL, OOM) or crashed: the records of
+// its last few milliseconds of decisions, still in its buffer, are gone,
+// and nobody could count them. The next run says so (Options.Previous):
+// its first line names the run that ended uncleanly (unclean_run), so a
+// reader knows the log is incomplete there.
 package flowlog
 
 import (
@@ -116,7 +124,14 @@ type Options struct {
 	Poll time.Duration
 	// Renderer adds the node name, mode and pod labels.
 	Renderer Renderer
+	// Previous is the last line an earlier run left in the same file
+	// (LastEntry), nil if none: when it is not that run's closing line,
+	// New reports the unclean end first thing.
+	Previous *Entry
 }
+
+// ClosedMessage is the message of the line Close writes last.
+const ClosedMessage = "flow log closed"
 
 // Stats are the Logger's running totals.
 type Stats struct {
@@ -189,8 +204,24 @@ func New(o Options) (*Logger, error) {
 		}
 		l.lim = newLimiter(o.RatePerSec, burst, o.MaxSources)
 	}
+	if p := o.Previous; p != nil && p.Run != "" && p.Message != ClosedMessage {
+		l.uncleanEnd(p)
+	}
 	go l.run()
 	return l, nil
+}
+
+// uncleanEnd reports that the run that wrote p never closed its log.
+func (l *Logger) uncleanEnd(p *Entry) {
+	e := l.zl.Log().Str("time", time.Now().UTC().Format(time.RFC3339Nano))
+	if l.rd.Node != "" {
+		e = e.Str("node", l.rd.Node)
+	}
+	if l.rd.Run != "" {
+		e = e.Str("run", l.rd.Run)
+	}
+	e.Str("unclean_run", p.Run).Uint64("last_seq", p.Seq).
+		Str("message", "the previous run ended without closing the flow log (killed or crashed): records of its last decisions, after last_seq, may be missing").Send()
 }
 
 func (l *Logger) selected(v *filter.Verdict) bool {
@@ -264,7 +295,7 @@ func (l *Logger) run() {
 			l.summary("records dropped")
 		case <-l.done:
 			l.drain(&r)
-			l.summary("flow log closed")
+			l.closing()
 			return
 		}
 	}
@@ -325,6 +356,28 @@ func (l *Logger) summary(msg string) {
 		l.pendLost.Add(lost)
 		l.pendLimited.Add(limited)
 	}
+}
+
+// closing writes the run's last line: what is still pending, and the last
+// sequence number, so that the next run can tell this one ended cleanly.
+func (l *Logger) closing() {
+	if l.rd.Run == "" {
+		// No run to name: only what is pending, as at every report.
+		l.summary(ClosedMessage)
+		return
+	}
+	e := l.zl.Log().Str("time", time.Now().UTC().Format(time.RFC3339Nano))
+	if l.rd.Node != "" {
+		e = e.Str("node", l.rd.Node)
+	}
+	e = e.Str("run", l.rd.Run)
+	if lost := l.pendLost.Swap(0); lost > 0 {
+		e = e.Uint64("lost", lost)
+	}
+	if limited := l.pendLimited.Swap(0); limited > 0 {
+		e = e.Uint64("rate_limited", limited)
+	}
+	e.Uint64("last_seq", l.seq.Load()).Str("message", ClosedMessage).Send()
 }
 
 // Close writes every record already accepted, a final summary of what was

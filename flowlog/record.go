@@ -279,6 +279,11 @@ type Entry struct {
 	Lost           uint64            `json:"lost,omitempty"`
 	RateLimited    uint64            `json:"rate_limited,omitempty"`
 	Message        string            `json:"message,omitempty"`
+	// LastSeq (on a run's closing line, and on an unclean-end line) is
+	// the last sequence number of the run; UncleanRun names a run that
+	// ended without closing its log.
+	LastSeq    uint64 `json:"last_seq,omitempty"`
+	UncleanRun string `json:"unclean_run,omitempty"`
 }
 
 // SideEntry is the decision of one side as logged.

@@ -1,6 +1,8 @@
 package flowlog
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -119,6 +121,40 @@ func (r *RotatingFile) rotate() error {
 		return fmt.Errorf("flowlog: rotate %s: %w", r.path, err)
 	}
 	return r.open()
+}
+
+// LastEntry reads the last complete line of the flow log at path (or, if
+// that file is empty or missing, of path.1): what the previous run wrote
+// last. nil when there is none or it is not a flow-log line.
+func LastEntry(path string) *Entry {
+	for _, p := range []string{path, path + ".1"} {
+		f, err := os.Open(p)
+		if err != nil {
+			continue
+		}
+		st, err := f.Stat()
+		if err != nil || st.Size() == 0 {
+			f.Close()
+			continue
+		}
+		const tail = 64 << 10
+		off := max(0, st.Size()-tail)
+		buf := make([]byte, st.Size()-off)
+		n, _ := f.ReadAt(buf, off)
+		f.Close()
+		buf = bytes.TrimRight(buf[:n], "\n")
+		if i := bytes.LastIndexByte(buf, '\n'); i >= 0 {
+			buf = buf[i+1:]
+		} else if off > 0 {
+			return nil // a line longer than the tail: not ours
+		}
+		var e Entry
+		if json.Unmarshal(buf, &e) != nil {
+			return nil
+		}
+		return &e
+	}
+	return nil
 }
 
 // Sync flushes the current file to storage.

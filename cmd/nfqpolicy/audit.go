@@ -57,7 +57,10 @@ type auditReport struct {
 	// either non-zero a policy's "safe" rests on an incomplete log.
 	Lost        uint64 `json:"lost"`
 	RateLimited uint64 `json:"rate_limited"`
-	Complete    bool   `json:"complete"`
+	// UncleanEnds counts agent runs that ended without closing their log
+	// (killed or crashed): their last records may be missing, uncounted.
+	UncleanEnds int  `json:"unclean_ends"`
+	Complete    bool `json:"complete"`
 	// Malformed lines were skipped; FirstMalformed says where and why.
 	Malformed      int    `json:"malformed_lines"`
 	FirstMalformed string `json:"first_malformed,omitempty"`
@@ -148,6 +151,9 @@ func (rep *auditReport) readFile(name string, byPolicy map[string]*policyAudit, 
 		}
 		rep.Lost += e.Lost
 		rep.RateLimited += e.RateLimited
+		if e.UncleanRun != "" {
+			rep.UncleanEnds++
+		}
 		if e.IsSummary() {
 			continue
 		}
@@ -240,7 +246,7 @@ func topN(m map[string]int, n int) []countEntry {
 }
 
 func (rep *auditReport) finish(byPolicy map[string]*policyAudit, nodes map[string]bool, top int) {
-	rep.Complete = rep.Lost == 0 && rep.RateLimited == 0
+	rep.Complete = rep.Lost == 0 && rep.RateLimited == 0 && rep.UncleanEnds == 0
 	rep.Nodes = make([]string, 0, len(nodes))
 	for n := range nodes {
 		rep.Nodes = append(rep.Nodes, n)
@@ -272,7 +278,11 @@ func (rep *auditReport) writeText(w io.Writer) {
 		fmt.Fprintf(w, "Period: %s to %s\n", rep.From.Format(time.RFC3339), rep.To.Format(time.RFC3339))
 	}
 	if !rep.Complete {
-		fmt.Fprintf(w, "WARNING: the log is incomplete (%d records lost, %d rate-limited): a policy listed as safe may still cut flows that were not logged.\n", rep.Lost, rep.RateLimited)
+		unclean := ""
+		if rep.UncleanEnds > 0 {
+			unclean = fmt.Sprintf(", %d agent runs ended without closing it", rep.UncleanEnds)
+		}
+		fmt.Fprintf(w, "WARNING: the log is incomplete (%d records lost, %d rate-limited%s): a policy listed as safe may still cut flows that were not logged.\n", rep.Lost, rep.RateLimited, unclean)
 	}
 	if rep.Malformed > 0 {
 		fmt.Fprintf(w, "WARNING: %d malformed lines skipped (first: %s)\n", rep.Malformed, rep.FirstMalformed)

@@ -73,12 +73,16 @@ func (o *observeFlags) start(node, mode string) (*observers, error) {
 		if err != nil {
 			return nil, err
 		}
+		var prev *flowlog.Entry
+		if o.flowLog != "-" {
+			prev = flowlog.LastEntry(o.flowLog)
+		}
 		sink, err := flowlog.OpenSink(o.flowLog, o.flowLogMaxBytes, o.flowLogKeep)
 		if err != nil {
 			return nil, err
 		}
 		l, err := flowlog.New(flowlog.Options{Out: sink, Select: sel, RatePerSec: o.flowLogRate, Burst: o.flowLogBurst,
-			Renderer: flowlog.Renderer{Node: node, Run: obs.run, Mode: flowMode(mode), Labels: o.flowLogLabels}})
+			Renderer: flowlog.Renderer{Node: node, Run: obs.run, Mode: flowMode(mode), Labels: o.flowLogLabels}, Previous: prev})
 		if err != nil {
 			sink.Close()
 			return nil, err
