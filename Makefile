@@ -64,6 +64,15 @@ test-integration: deps apiserver
 	NFQPOLICY_REQUIRE_APISERVER=1 KUBE_APISERVER=$$(NFQPOLICY_CACHE=$(APISERVER_CACHE) sh tools/kube-apiserver/build.sh) \
 	  $(GO) test -count=1 -timeout 30m -run 'Integration|FullStack' $(PKGS)
 
+.PHONY: faults fuzz
+
+# The fault matrix (issue 14): each row prints one `fault NAME: ...` line.
+# The API-server row (integration/) needs kube-apiserver, built as for
+# `make test`.
+faults: deps build apiserver
+	NFQPOLICY_REQUIRE_APISERVER=1 KUBE_APISERVER=$$(NFQPOLICY_CACHE=$(APISERVER_CACHE) sh tools/kube-apiserver/build.sh) \
+	  $(GO) test -count=1 -timeout 20m -run Fault -v ./e2e ./integration | grep -E '^(fault |--- |FAIL|ok|PASS)'
+
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./bench | tee bench/last-bench.txt
 	$(GO) run ./bench/cmd/report bench/last-bench.txt

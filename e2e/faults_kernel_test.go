@@ -89,7 +89,7 @@ const (
 
 // faultResult is one matrix line.
 type faultResult struct {
-	name                                              string
+	name                                             string
 	cut, letThrough, refused, recoveredMS, lostUnrep int
 }
 
@@ -405,6 +405,8 @@ func recoveredMS(all []attempt, from time.Time) int {
 // losses reported, per run.
 type flowLogTally struct {
 	records, reported int
+	// denied counts every record of a denied flow, any destination.
+	denied int
 	runs              map[string]int
 	seqs              map[string][]uint64
 	malformed         int
@@ -445,6 +447,9 @@ func (r *faultRig) tallyFlowLog() flowLogTally {
 			}
 			if e.IsSummary() {
 				continue
+			}
+			if e.Verdict == "deny" {
+				tl.denied++
 			}
 			if e.Dst == r.deny.addr.String() && e.DstPort == 80 {
 				tl.records++
@@ -742,7 +747,7 @@ func (r *faultRig) countSynAcks() (stop func() (fromDenied, fromAllowed [1]int))
 	ns := r.top.nsOf(r.from.place)
 	var fd int
 	if err := ns.Do(func() (err error) {
-		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
 		return err
 	}); err != nil {
 		r.t.Fatalf("raw receive socket: %v", err)
@@ -1179,6 +1184,7 @@ func testFaultMalformedFlood(t *testing.T, bin string) {
 	}
 	before, rss0 := r.counters(), rss()
 	synAcks := r.countSynAcks()
+	arrived := r.countArrivals(r.deny)
 	tr := r.startTraffic(8, 10*time.Millisecond)
 	kinds := malformedKinds(r.from.addr)
 	started := time.Now()
@@ -1192,6 +1198,7 @@ func testFaultMalformedFlood(t *testing.T, bin string) {
 	time.Sleep(time.Second)
 	all := tr.halt()
 	fromDenied, _ := synAcks()
+	atDenied := arrived()
 	after, rss1 := r.counters(), rss()
 	total := func(m map[string]any, k string) float64 {
 		v, _ := m["total"].(map[string]any)[k].(float64)
@@ -1215,16 +1222,25 @@ func testFaultMalformedFlood(t *testing.T, bin string) {
 		}
 	}
 	// Every denied decision, good or bad packet, is a flow-log record.
-	res.lostUnrep = r.lostUnreported(all, decidedDeny-good)
+	var tl flowLogTally
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		tl = r.tallyFlowLog()
+		if tl.denied+tl.reported >= decidedDeny || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	res.lostUnrep = max(0, decidedDeny-tl.denied-tl.reported)
 	var names []string
 	for _, k := range kinds {
 		names = append(names, k.name)
 	}
-	t.Logf("sent %d bad packets (%s) in %d rounds with %d good connections; the agent counted %v malformed and %v denied in all; RSS %d -> %d KiB",
-		sent, strings.Join(names, ", "), rounds, len(all), total(after, "malformed")-total(before, "malformed"), decidedDeny, rss0, rss1)
+	t.Logf("sent %d bad packets (%s) in %d rounds with %d good connections (%d denied); the agent counted %v malformed and %v denied in all (%d records of denied flows in the log); %d bad packets reached the denied pod's namespace (its stack discards them: none was answered); RSS %d -> %d KiB",
+		sent, strings.Join(names, ", "), rounds, len(all), good, total(after, "malformed")-total(before, "malformed"), decidedDeny, tl.denied, atDenied, rss0, rss1)
 	res.print(t)
-	fmt.Printf("fault malformed-flood: bad_sent=%d agent_malformed=%v agent_denied=%d rss_kib_before=%d rss_kib_after=%d\n",
-		sent, total(after, "malformed")-total(before, "malformed"), decidedDeny, rss0, rss1)
+	fmt.Printf("fault malformed-flood: bad_sent=%d bad_decided_by_agent=%d agent_malformed=%v bad_reaching_denied_pod=%d rss_kib_before=%d rss_kib_after=%d\n",
+		sent, decidedDeny-good, total(after, "malformed")-total(before, "malformed"), atDenied, rss0, rss1)
 	if err := r.agents.alive(); err != nil {
 		t.Error(err)
 	}
@@ -1233,6 +1249,61 @@ func testFaultMalformedFlood(t *testing.T, bin string) {
 	}
 	if res.refused != 0 {
 		t.Errorf("%d good allowed connections failed during the flood", res.refused)
+	}
+}
+
+// countArrivals counts the bad packets (source ports 20000-29999, or
+// protocol 253) from y/c that reach dst's namespace, on raw sockets there
+// (they see a packet before its protocol's own checks discard it).
+func (r *faultRig) countArrivals(dst endpoint) (stop func() int) {
+	r.t.Helper()
+	ns := r.top.nsOf(dst.place)
+	var files []*os.File
+	for _, proto := range []int{unix.IPPROTO_TCP, unix.IPPROTO_UDP, 253} {
+		var fd int
+		if err := ns.Do(func() (err error) {
+			fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, proto)
+			return err
+		}); err != nil {
+			r.t.Fatalf("raw socket in %s: %v", ns.Name, err)
+		}
+		files = append(files, os.NewFile(uintptr(fd), "arrivals"))
+	}
+	var n atomic.Int64
+	var wg sync.WaitGroup
+	for _, f := range files {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 2048)
+			for {
+				k, err := f.Read(buf)
+				if err != nil {
+					return
+				}
+				p := buf[:k]
+				if len(p) < 20 || netip.AddrFrom4([4]byte(p[12:16])) != r.from.addr {
+					continue
+				}
+				ihl := int(p[0]&0x0f) * 4
+				if p[9] == 253 {
+					n.Add(1)
+					continue
+				}
+				if len(p) >= ihl+2 {
+					if sport := binary.BigEndian.Uint16(p[ihl : ihl+2]); sport >= 20000 && sport < 30000 {
+						n.Add(1)
+					}
+				}
+			}
+		}()
+	}
+	return func() int {
+		for _, f := range files {
+			f.Close()
+		}
+		wg.Wait()
+		return int(n.Load())
 	}
 }
 
