@@ -69,9 +69,12 @@ test-integration: deps apiserver
 # The fault matrix (issue 14): each row prints one `fault NAME: ...` line.
 # The API-server row (integration/) needs kube-apiserver, built as for
 # `make test`.
+# The full -v output goes to bin/faults.log; the matrix lines and the
+# verdicts are printed.
 faults: deps build apiserver
-	NFQPOLICY_REQUIRE_APISERVER=1 KUBE_APISERVER=$$(NFQPOLICY_CACHE=$(APISERVER_CACHE) sh tools/kube-apiserver/build.sh) \
-	  $(GO) test -count=1 -timeout 20m -run Fault -v ./e2e ./integration | grep -E '^(fault |--- |FAIL|ok|PASS)'
+	@mkdir -p bin; rc=0; NFQPOLICY_REQUIRE_APISERVER=1 KUBE_APISERVER=$$(NFQPOLICY_CACHE=$(APISERVER_CACHE) sh tools/kube-apiserver/build.sh) \
+	  $(GO) test -count=1 -timeout 20m -run Fault -v ./e2e ./integration >bin/faults.log 2>&1 || rc=$$?; \
+	grep -E '^(fault |--- |FAIL|ok )|faults_test.go|faults_kernel_test.go' bin/faults.log; exit $$rc
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./bench | tee bench/last-bench.txt
