@@ -18,9 +18,15 @@ import (
 // to run every second; a rule someone edited but left in place is not
 // noticed (the periodic resync replaces it).
 func (t *Tables) Check(ctx context.Context, c Config, addrs []netip.Addr, nets []netip.Prefix) ([]string, error) {
+	// The backend the last Install wrote to: ours are there (Auto moves
+	// them at an Install, never here).
+	bk, _ := t.Backend()
+	if bk == "" {
+		return nil, nil // nothing installed yet
+	}
 	var missing []string
 	for _, f := range t.families {
-		save, err := t.save(ctx, f)
+		save, err := t.save(ctx, bk, f)
 		if err != nil {
 			return nil, err
 		}
