@@ -835,8 +835,11 @@ func testFaultRulesFlushed(t *testing.T, bin string) {
 	tr := r.startTraffic(16, 5*time.Millisecond)
 	time.Sleep(time.Second)
 	restored := r.counter("rules_restored")
-	flushed := time.Now()
+	flushStart := time.Now()
 	r.nodeExec("iptables -F; ip6tables -F 2>/dev/null; ipset destroy")
+	// The fault is complete when the command returns: connections started
+	// earlier may still have met the rules.
+	flushed := time.Now()
 	deadline := time.Now().Add(30 * time.Second)
 	for r.counter("rules_restored") == restored {
 		if time.Now().After(deadline) {
@@ -853,7 +856,7 @@ func testFaultRulesFlushed(t *testing.T, bin string) {
 	var unpoliced int
 	for _, a := range all {
 		switch {
-		case a.deny && a.o.allowed && !a.start.Before(flushed) && a.start.Before(back):
+		case a.deny && a.o.allowed && !a.start.Before(flushStart) && a.start.Before(back):
 			unpoliced++
 		case a.deny && a.o.allowed:
 			res.letThrough++
@@ -865,7 +868,10 @@ func testFaultRulesFlushed(t *testing.T, bin string) {
 	cs := r.counters()
 	t.Logf("agent: rule_checks %v, rules_restored %v, last_restore_ms %v; agent log: %s", cs["rule_checks"], cs["rules_restored"], cs["last_restore_ms"], grepLines(r.agents.agents[0].logPath, "restor"))
 	res.print(t)
-	fmt.Printf("fault rules-flushed: unpoliced_window_ms=%d unpoliced_new_denied_by_policy=%d\n", res.recoveredMS, unpoliced)
+	fmt.Printf("fault rules-flushed: unpoliced_window_ms=%d unpoliced_new_denied_by_policy=%d\n", back.Sub(flushStart).Milliseconds(), unpoliced)
+	if unpoliced == 0 {
+		t.Errorf("no denied flow passed between the flush and the restore: the flush did not take effect")
+	}
 	if res.cut != 0 {
 		t.Errorf("%d established connections cut", res.cut)
 	}
