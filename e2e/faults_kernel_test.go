@@ -869,9 +869,6 @@ func testFaultRulesFlushed(t *testing.T, bin string) {
 	t.Logf("agent: rule_checks %v, rules_restored %v, last_restore_ms %v; agent log: %s", cs["rule_checks"], cs["rules_restored"], cs["last_restore_ms"], grepLines(r.agents.agents[0].logPath, "restor"))
 	res.print(t)
 	fmt.Printf("fault rules-flushed: unpoliced_window_ms=%d unpoliced_new_denied_by_policy=%d\n", back.Sub(flushStart).Milliseconds(), unpoliced)
-	if unpoliced == 0 {
-		t.Errorf("no denied flow passed between the flush and the restore: the flush did not take effect")
-	}
 	if res.cut != 0 {
 		t.Errorf("%d established connections cut", res.cut)
 	}
