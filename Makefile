@@ -76,6 +76,19 @@ faults: deps build apiserver
 	  $(GO) test -count=1 -timeout 20m -run Fault -v ./e2e ./integration >bin/faults.log 2>&1 || rc=$$?; \
 	grep -E '^(fault |--- |FAIL|ok )|faults_test.go|faults_kernel_test.go' bin/faults.log; exit $$rc
 
+# Go native fuzzing of every parser a user or a peer feeds, FUZZTIME each
+# (one target per `go test -fuzz` run); a crash fails the target and
+# leaves its input in the package's testdata/fuzz, which `make test` then
+# replays as a regression seed.
+FUZZTIME ?= 30s
+FUZZ_TARGETS := filter:FuzzDecode cluster:FuzzDecode scenario:FuzzParse \
+	cmd/nfqpolicy:FuzzAuditReport debugapi:FuzzRequest dataplane/iptables:FuzzParseSave \
+	conntrack:FuzzParseEntry capture:FuzzScanFile capture:FuzzParseMatch
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
+	  echo "--- fuzz ./$$pkg $$fn ($(FUZZTIME))"; \
+	  $(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) ./$$pkg; done
+
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./bench | tee bench/last-bench.txt
 	$(GO) run ./bench/cmd/report bench/last-bench.txt

@@ -134,6 +134,13 @@ func (rep *auditReport) readFile(name string, byPolicy map[string]*policyAudit, 
 		defer f.Close()
 		r = f
 	}
+	return rep.read(name, r, byPolicy, nodes)
+}
+
+// read adds the flow-log lines of r (named name in messages) to the
+// report. The lines are untrusted: anything that is not a record is
+// counted as malformed, never fatal.
+func (rep *auditReport) read(name string, r io.Reader, byPolicy map[string]*policyAudit, nodes map[string]bool) error {
 	rep.Files = append(rep.Files, name)
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
