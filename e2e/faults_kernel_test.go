@@ -406,10 +406,10 @@ func recoveredMS(all []attempt, from time.Time) int {
 type flowLogTally struct {
 	records, reported int
 	// denied counts every record of a denied flow, any destination.
-	denied int
-	runs              map[string]int
-	seqs              map[string][]uint64
-	malformed         int
+	denied    int
+	runs      map[string]int
+	seqs      map[string][]uint64
+	malformed int
 	// order lists the runs as their lines appear; unclean maps a run that
 	// ended without closing its log to its last seq, as the next run
 	// reported it.
