@@ -281,6 +281,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cfg.Handlers = map[string]http.Handler{"GET /metrics": m.Handler(), "/debug/pprof/": m.Handler(), "/debug/": dbg}
 	if is, ok := src.(*k8swatch.InformerSource); ok {
 		registerAPIServerMetrics(m.Registry(), is)
+		cfg.Handlers["GET /healthz/apiserver"] = apiServerHealth(is)
 	}
 	if rechecker != nil {
 		rechecker.SetObserver(m.ObserveRecheck)
@@ -320,4 +321,18 @@ func registerAPIServerMetrics(reg prometheus.Registerer, is *k8swatch.InformerSo
 			Help: "Watch events that changed something the compiler reads; minus the rebuilds, what coalescing saved."},
 			func() float64 { _, rel := is.Events(); return float64(rel) }),
 	)
+}
+
+// apiServerHealth serves whether the informers reach the API server: 200
+// "connected", or 503 saying the agent enforces the last state it read.
+// It is not part of /readyz on purpose: an agent cut off from the API
+// server still enforces, and a failing readiness would stall a rollout.
+func apiServerHealth(is *k8swatch.InformerSource) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		if is.Connected() {
+			fmt.Fprintln(w, "connected")
+			return
+		}
+		http.Error(w, "API server unreachable: enforcing the last state read from it", http.StatusServiceUnavailable)
+	})
 }
