@@ -12,12 +12,20 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 IMAGE     ?= ghcr.io/nfqpolicy/nfqpolicy:dev
 IMAGE_TAR ?= bin/nfqpolicy-image.tar
 
-.PHONY: all build deps test test-unit test-integration bench bench-dataplane bench-scale lint demo apiserver kubernetes image clean cluster cluster-down
+.PHONY: install all build deps test test-unit test-integration bench bench-dataplane bench-scale lint demo apiserver kubernetes image clean cluster cluster-down
 
 all: build
 
 build:
 	$(GO) build -o $(BIN) ./cmd/nfqpolicy
+
+# The CLI as a kubectl plugin: kubectl runs kubectl-nfqpolicy from PATH for
+# `kubectl nfqpolicy ...` (docs/debugging.md). PREFIX=$$HOME/.local works
+# without root.
+PREFIX ?= /usr/local
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/kubectl-nfqpolicy
 
 # Debian packages the kernel and integration tests use. Installed only when
 # missing, and only when we are root (CI is); otherwise the tests that need

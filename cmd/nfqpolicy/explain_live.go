@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/go-logr/logr"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/klog/v2"
 
 	"github.com/nfqpolicy/nfqpolicy/agents"
 	"github.com/nfqpolicy/nfqpolicy/cluster"
@@ -143,5 +145,8 @@ func (k *kubeFlags) agents() (*agents.Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
+	// client-go logs the exec streams' teardown (Ctrl-C) through klog as
+	// unhandled errors; our own error path reports what matters.
+	klog.SetLogger(logr.Discard())
 	return agents.New(client, agents.NewExecer(cfg, client), k.agentOpts), nil
 }

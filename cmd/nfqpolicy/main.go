@@ -59,7 +59,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 }
 
 func usage(w io.Writer, cmds map[string]command) {
-	fmt.Fprintln(w, "usage: nfqpolicy COMMAND [flags]\n\ncommands:")
+	prog := progName()
+	fmt.Fprintf(w, "usage: %s COMMAND [flags]\n\ncommands:\n", prog)
 	names := make([]string, 0, len(cmds))
 	for n := range cmds {
 		names = append(names, n)
@@ -68,5 +69,5 @@ func usage(w io.Writer, cmds map[string]command) {
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-8s %s\n", n, cmds[n].summary)
 	}
-	fmt.Fprintln(w, "\nRun 'nfqpolicy COMMAND -h' for a command's flags.")
+	fmt.Fprintf(w, "\nRun '%s COMMAND -h' for a command's flags.\n", prog)
 }
