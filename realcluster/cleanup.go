@@ -579,6 +579,16 @@ func cgroupPids(root string) []int {
 // kcluster's log): the last teardown leaves no folder behind.
 func RemoveBase() error {
 	base := BaseDir()
+	if _, err := os.Stat(base); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	// Under the lock Up takes to make its folder, so that a cluster
+	// starting meanwhile never loses it.
+	unlock, err := lockBase(base)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	entries, err := os.ReadDir(base)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil

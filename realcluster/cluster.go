@@ -150,7 +150,13 @@ func Up(ctx context.Context, o Options) (c *Cluster, err error) {
 			c = nil
 		}
 	}()
-	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
+	unlock, err := lockBase(base)
+	if err != nil {
+		return c, err
+	}
+	err = os.MkdirAll(c.Dir, 0o755)
+	unlock()
+	if err != nil {
 		return c, err
 	}
 	path := strings.Join([]string{filepath.Dir(bins.Shim), filepath.Dir(bins.Containerd), filepath.Dir(bins.Runc), "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"}, ":")
