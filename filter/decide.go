@@ -198,6 +198,24 @@ func (rs *Ruleset) walk(t *cnpTier, peer endpoint, peerAddr netip.Addr, dstPod i
 		return -1
 	}
 	nw := len(t.other)
+	if nw == 1 {
+		// Up to 64 rules, the usual case: one word, no row slice.
+		var pm uint64
+		if peer.pod >= 0 {
+			pm = t.byClass[rs.peerClass[peer.pod]] // class 0's row is empty
+		}
+		for m := pm | t.other[0]; m != 0; m &= m - 1 {
+			i := bits.TrailingZeros64(m)
+			c := &t.rules[i]
+			if c.ports != nil && !rs.portsMatch(c.ports, f.Proto, f.DstPort, dstPod) {
+				continue
+			}
+			if pm&(1<<i) != 0 || c.anyPeer || rs.addrPeerMatch(c, peer, peerAddr) {
+				return i
+			}
+		}
+		return -1
+	}
 	var row []uint64
 	if peer.pod >= 0 {
 		if c := int(rs.peerClass[peer.pod]); c != 0 {
