@@ -19,6 +19,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -41,6 +42,10 @@ type InformerOptions struct {
 	// Resync is client-go's periodic resync. Zero (the default) disables it:
 	// the watch is authoritative and a resync would only cost rebuilds.
 	Resync time.Duration
+	// CRDCheck is how often discovery is asked whether (and in which
+	// version) the ClusterNetworkPolicy CRD is served, so that installing,
+	// upgrading or removing it takes effect without a restart. Default 30s.
+	CRDCheck time.Duration
 }
 
 func (o InformerOptions) withDefaults() InformerOptions {
@@ -53,12 +58,16 @@ func (o InformerOptions) withDefaults() InformerOptions {
 	if o.MaxDelay < o.Quiet {
 		o.MaxDelay = o.Quiet
 	}
+	if o.CRDCheck <= 0 {
+		o.CRDCheck = 30 * time.Second
+	}
 	return o
 }
 
 // InformerSource follows the API server with client-go shared informers for
-// Pods, Namespaces, NetworkPolicies and Nodes and publishes an immutable
-// cluster.Cluster after every (coalesced) change. It implements Source.
+// Pods, Namespaces, NetworkPolicies, Nodes and, when their CRD is served,
+// ClusterNetworkPolicies, and publishes an immutable cluster.Cluster after
+// every (coalesced) change. It implements Source.
 type InformerSource struct {
 	opts    InformerOptions
 	log     zerolog.Logger
@@ -82,6 +91,11 @@ type InformerSource struct {
 	// validated caches, per policy "ns/name", the validation result of the
 	// version last seen. Only the rebuild goroutine touches it.
 	validated map[string]policyCheck
+
+	// cnp follows ClusterNetworkPolicies; nil without a dynamic client.
+	cnp *cnpWatch
+	// cnpChecked is validated for ClusterNetworkPolicies, by name.
+	cnpChecked map[string]cnpCheck
 }
 
 var _ Source = (*InformerSource)(nil)
@@ -120,20 +134,30 @@ func NewInformerSource(cfg *rest.Config, opts InformerOptions, log zerolog.Logge
 	if err != nil {
 		return nil, fmt.Errorf("informer source: client for %s: %w", cfg.Host, err)
 	}
-	return newInformerSource(s, client, opts, log)
+	// Custom resources are served in JSON only.
+	dcfg := rest.CopyConfig(cfg)
+	dcfg.ContentType, dcfg.AcceptContentTypes = "", ""
+	dyn, err := dynamic.NewForConfig(dcfg)
+	if err != nil {
+		return nil, fmt.Errorf("informer source: dynamic client for %s: %w", cfg.Host, err)
+	}
+	return newInformerSource(s, client, dyn, opts, log)
 }
 
 // NewInformerSourceForClient is NewInformerSource for an existing client
 // (tests use client-go's fake clientset). Connected reports true once the
-// caches have synced, since there is no transport to observe.
-func NewInformerSourceForClient(client kubernetes.Interface, opts InformerOptions, log zerolog.Logger) (*InformerSource, error) {
+// caches have synced, since there is no transport to observe. dyn, when not
+// nil, is the dynamic client ClusterNetworkPolicies are read with (their
+// CRD is looked up with client's discovery); without it they are not
+// watched.
+func NewInformerSourceForClient(client kubernetes.Interface, dyn dynamic.Interface, opts InformerOptions, log zerolog.Logger) (*InformerSource, error) {
 	if client == nil {
 		return nil, errors.New("informer source: nil client")
 	}
-	return newInformerSource(&InformerSource{}, client, opts, log)
+	return newInformerSource(&InformerSource{}, client, dyn, opts, log)
 }
 
-func newInformerSource(s *InformerSource, client kubernetes.Interface, opts InformerOptions, log zerolog.Logger) (*InformerSource, error) {
+func newInformerSource(s *InformerSource, client kubernetes.Interface, dyn dynamic.Interface, opts InformerOptions, log zerolog.Logger) (*InformerSource, error) {
 	s.opts = opts.withDefaults()
 	s.log = log.With().Str("component", "k8swatch").Logger()
 	s.dirty = make(chan struct{}, 1)
@@ -146,23 +170,39 @@ func newInformerSource(s *InformerSource, client kubernetes.Interface, opts Info
 	s.pods = s.factory.Core().V1().Pods().Informer()
 	s.policies = s.factory.Networking().V1().NetworkPolicies().Informer()
 	for _, inf := range s.informers() {
-		if err := inf.SetWatchErrorHandlerWithContext(s.watchError); err != nil {
-			return nil, fmt.Errorf("informer source: %w", err)
+		if err := s.watch(inf); err != nil {
+			return nil, err
 		}
-		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc: func(any) { s.events.Add(1); s.markDirty() },
-			UpdateFunc: func(oldObj, newObj any) {
-				s.events.Add(1)
-				if !sameStripped(oldObj, newObj) {
-					s.markDirty()
-				}
-			},
-			DeleteFunc: func(any) { s.events.Add(1); s.markDirty() },
-		}); err != nil {
-			return nil, fmt.Errorf("informer source: %w", err)
+	}
+	if dyn != nil {
+		s.cnpChecked = map[string]cnpCheck{}
+		s.cnp = &cnpWatch{
+			dyn: dyn, disco: client.Discovery(), every: s.opts.CRDCheck, resync: s.opts.Resync,
+			log: s.log, onChange: s.markDirty, setup: s.watch,
 		}
 	}
 	return s, nil
+}
+
+// watch registers the source's handlers on an informer: every change that
+// matters marks the state dirty, watch errors are logged our way.
+func (s *InformerSource) watch(inf cache.SharedIndexInformer) error {
+	if err := inf.SetWatchErrorHandlerWithContext(s.watchError); err != nil {
+		return fmt.Errorf("informer source: %w", err)
+	}
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { s.events.Add(1); s.markDirty() },
+		UpdateFunc: func(oldObj, newObj any) {
+			s.events.Add(1)
+			if !sameStripped(oldObj, newObj) {
+				s.markDirty()
+			}
+		},
+		DeleteFunc: func(any) { s.events.Add(1); s.markDirty() },
+	}); err != nil {
+		return fmt.Errorf("informer source: %w", err)
+	}
+	return nil
 }
 
 func (s *InformerSource) informers() []cache.SharedIndexInformer {
@@ -180,9 +220,18 @@ func (s *InformerSource) Run(ctx context.Context) error {
 	defer s.factory.Shutdown()
 
 	start := time.Now()
-	synced := make([]cache.InformerSynced, 0, 4)
+	synced := make([]cache.InformerSynced, 0, 5)
 	for _, inf := range s.informers() {
 		synced = append(synced, inf.HasSynced)
+	}
+	if s.cnp != nil {
+		cnpDone := make(chan struct{})
+		go func() {
+			defer close(cnpDone)
+			s.cnp.run(ctx)
+		}()
+		defer func() { <-cnpDone }()
+		synced = append(synced, s.cnp.ready)
 	}
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return nil // ctx ended before the first sync; nothing to report
@@ -197,7 +246,7 @@ func (s *InformerSource) Run(ctx context.Context) error {
 	c := s.cur.Load()
 	s.log.Info().Dur("sync", time.Since(start)).Int("namespaces", len(c.Namespaces)).
 		Int("nodes", len(c.Nodes)).Int("pods", len(c.Pods)).Int("policies", len(c.Policies)).
-		Msg("informer caches synced")
+		Int("clusterPolicies", len(c.ClusterPolicies)).Msg("informer caches synced")
 
 	for {
 		select {
@@ -277,10 +326,13 @@ func (s *InformerSource) rebuild() {
 			delete(s.validated, key)
 		}
 	}
+	if s.cnp != nil {
+		c.ClusterPolicies = s.clusterPolicies(s.cur.Load())
+	}
 	s.cur.Store(c)
 	n := s.rebuilds.Add(1)
 	s.log.Debug().Uint64("rebuild", n).Dur("took", time.Since(start)).Int("pods", len(c.Pods)).
-		Int("policies", len(c.Policies)).Msg("cluster state published")
+		Int("policies", len(c.Policies)).Int("clusterPolicies", len(c.ClusterPolicies)).Msg("cluster state published")
 	select {
 	case s.changed <- struct{}{}:
 	default:

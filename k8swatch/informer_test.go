@@ -225,7 +225,7 @@ func TestInformerCoalescesStorm(t *testing.T) {
 		pod,
 	)
 	opts := InformerOptions{Quiet: 150 * time.Millisecond, MaxDelay: time.Second}
-	src, err := NewInformerSourceForClient(client, opts, zerolog.Nop())
+	src, err := NewInformerSourceForClient(client, nil, opts, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -296,7 +296,7 @@ func TestInformerCoalescesStorm(t *testing.T) {
 // after Quiet, well before MaxDelay, and announced on Changed.
 func TestInformerQuietRebuild(t *testing.T) {
 	client := fake.NewClientset(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns"}})
-	src, err := NewInformerSourceForClient(client, InformerOptions{Quiet: 50 * time.Millisecond, MaxDelay: 5 * time.Second}, zerolog.Nop())
+	src, err := NewInformerSourceForClient(client, nil, InformerOptions{Quiet: 50 * time.Millisecond, MaxDelay: 5 * time.Second}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -328,7 +328,7 @@ func TestInformerQuietRebuild(t *testing.T) {
 }
 
 func TestInformerRunTwice(t *testing.T) {
-	src, err := NewInformerSourceForClient(fake.NewClientset(), InformerOptions{}, zerolog.Nop())
+	src, err := NewInformerSourceForClient(fake.NewClientset(), nil, InformerOptions{}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -349,7 +349,7 @@ func TestNewInformerSourceBadInput(t *testing.T) {
 	if _, err := NewInformerSource(nil, InformerOptions{}, zerolog.Nop()); err == nil {
 		t.Error("nil config accepted")
 	}
-	if _, err := NewInformerSourceForClient(nil, InformerOptions{}, zerolog.Nop()); err == nil {
+	if _, err := NewInformerSourceForClient(nil, nil, InformerOptions{}, zerolog.Nop()); err == nil {
 		t.Error("nil client accepted")
 	}
 }
@@ -458,7 +458,7 @@ func TestInformerDropsInvalidPolicy(t *testing.T) {
 	good := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "good", Namespace: "ns"}}
 	client := fake.NewSimpleClientset(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns"}}, bad, good)
 	var logs informerLogBuffer
-	src, err := NewInformerSourceForClient(client, InformerOptions{Quiet: 10 * time.Millisecond}, zerolog.New(&logs))
+	src, err := NewInformerSourceForClient(client, nil, InformerOptions{Quiet: 10 * time.Millisecond}, zerolog.New(&logs))
 	if err != nil {
 		t.Fatal(err)
 	}

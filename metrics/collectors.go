@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/nfqpolicy/nfqpolicy/dataplane"
+	"github.com/nfqpolicy/nfqpolicy/filter"
 )
 
 // queueCollector reads the kernel's per-queue statistics at scrape time:
@@ -88,5 +89,48 @@ func (c *totalsCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(t.Lost), "lost")
 	if c.limited {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(t.RateLimited), "rate_limited")
+	}
+}
+
+// domainNamesCollector exports, per ClusterNetworkPolicy, the number of
+// rules with domainNames peers, which nfqpolicy does not enforce (they
+// match no traffic): a dashboard or alert can tell that a policy is not
+// doing what its author meant.
+type domainNamesCollector struct {
+	desc *prometheus.Desc
+	get  func() *filter.Ruleset
+}
+
+func newDomainNamesCollector(get func() *filter.Ruleset) *domainNamesCollector {
+	return &domainNamesCollector{
+		desc: prometheus.NewDesc(namespace+"_cluster_policy_domain_name_rules",
+			"ClusterNetworkPolicy rules with domainNames peers, by policy, tier and action. nfqpolicy does not enforce domainNames: those peers match no traffic.",
+			[]string{"policy", "tier", "action", "staged"}, nil),
+		get: get,
+	}
+}
+
+func (c *domainNamesCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *domainNamesCollector) Collect(ch chan<- prometheus.Metric) {
+	rs := c.get()
+	if rs == nil {
+		return
+	}
+	type key struct {
+		policy, tier, action string
+		staged               bool
+	}
+	counts := map[key]int{}
+	var order []key
+	for _, r := range rs.DomainNameRules() {
+		k := key{r.Policy, r.Tier, r.Action, r.Staged}
+		if counts[k] == 0 {
+			order = append(order, k)
+		}
+		counts[k]++
+	}
+	for _, k := range order {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(counts[k]), k.policy, k.tier, k.action, strconv.FormatBool(k.staged))
 	}
 }

@@ -54,6 +54,9 @@ type Options struct {
 	Capture func() Totals
 	// Ready says whether the agent is ready (nil error) or why not.
 	Ready func() error
+	// Ruleset returns the policies enforced now (nil before the first
+	// compile); metrics about them are read from it at scrape time.
+	Ruleset func() *filter.Ruleset
 	// Pprof serves net/http/pprof under /debug/pprof/.
 	Pprof bool
 	// NoRuntime leaves out the Go runtime and process collectors (tests).
@@ -176,6 +179,9 @@ func New(o Options) (*Metrics, error) {
 	}
 	if o.FlowLog != nil {
 		cs = append(cs, newTotalsCollector("flowlog_records_total", "Flow log records by result (written, lost: buffer full, rate_limited).", o.FlowLog))
+	}
+	if o.Ruleset != nil {
+		cs = append(cs, newDomainNamesCollector(o.Ruleset))
 	}
 	if o.Capture != nil {
 		cs = append(cs, newTotalsCollector("capture_packets_total", "Captured packets by result (written, lost: buffer full).", o.Capture))

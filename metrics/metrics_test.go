@@ -335,7 +335,7 @@ func TestClusterPolicyRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	accept := testcluster.Flow("10.0.1.3", "10.0.1.2", 4000, 8080, filter.ProtoTCP) // y/c -> x/b: Accept
-	pass := testcluster.Flow("10.0.1.3", "10.0.1.2", 4000, 80, filter.ProtoTCP)    // y/c -> x/b: Pass, then x/allow-a denies
+	pass := testcluster.Flow("10.0.1.3", "10.0.1.2", 4000, 80, filter.ProtoTCP)     // y/c -> x/b: Pass, then x/allow-a denies
 	deny := testcluster.Flow("10.0.1.2", "203.0.113.9", 4000, 443, filter.ProtoTCP) // x/b -> network: Deny
 	for _, f := range []filter.Flow{accept, accept, pass, deny} {
 		m.OnVerdict(f, rs.Decide(f), nil, time.Now(), time.Microsecond)
@@ -348,5 +348,36 @@ func TestClusterPolicyRules(t *testing.T) {
 	v := rs.Decide(pass)
 	if n := testing.AllocsPerRun(1000, func() { m.OnVerdict(pass, v, nil, time.Now(), time.Microsecond) }); n != 0 {
 		t.Errorf("OnVerdict of a ClusterNetworkPolicy verdict allocates %v per call", n)
+	}
+}
+
+// TestDomainNameRules exports, at scrape time, the ClusterNetworkPolicy
+// rules with domainNames peers (not enforced), by policy, tier and action;
+// nothing before the first compile.
+func TestDomainNameRules(t *testing.T) {
+	var rs *filter.Ruleset
+	m, err := New(Options{QueueStatsPath: "-", NoRuntime: true, Ruleset: func() *filter.Ruleset { return rs }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := "nfqpolicy_cluster_policy_domain_name_rules"
+	if _, ok := value(t, m, name, nil); ok {
+		t.Fatal("domainNames metric exported before any compile")
+	}
+	rs = testcluster.CompileCNP(t, `apiVersion: policy.networking.k8s.io/v1beta1
+kind: ClusterNetworkPolicy
+metadata: {name: fqdn}
+spec:
+  tier: Admin
+  priority: 3
+  subject: {namespaces: {}}
+  egress:
+  - {name: a, action: Accept, to: [{domainNames: [example.com]}]}
+  - {name: b, action: Accept, to: [{domainNames: ["*.example.org"]}, {networks: [10.0.0.0/8]}]}
+  - {name: c, action: Deny, to: [{networks: [0.0.0.0/0]}]}
+`)
+	mustValue(t, m, name, map[string]string{"policy": "ClusterNetworkPolicy/fqdn", "tier": "Admin", "action": "Accept", "staged": "false"}, 2)
+	if _, ok := value(t, m, name, map[string]string{"action": "Deny"}); ok {
+		t.Error("a rule without domainNames is counted")
 	}
 }

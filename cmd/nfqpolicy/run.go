@@ -246,6 +246,11 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return nil
 		}
 		return errors.New("not enforcing yet")
+	}, Ruleset: func() *filter.Ruleset {
+		if a == nil || a.Engine() == nil {
+			return nil
+		}
+		return a.Engine().Ruleset()
 	}}
 	obs.metricsOptions(&mo)
 	m, err := metrics.New(mo)
