@@ -185,7 +185,8 @@ func TestIntegrationRBAC(t *testing.T) {
 	}
 	want := map[string][]string{
 		"/pods": {"get", "list", "watch"}, "/namespaces": {"get", "list", "watch"}, "/nodes": {"get", "list", "watch"},
-		"networking.k8s.io/networkpolicies": {"get", "list", "watch"},
+		"networking.k8s.io/networkpolicies":               {"get", "list", "watch"},
+		"policy.networking.k8s.io/clusternetworkpolicies": {"get", "list", "watch"},
 	}
 	if len(granted) != len(want) {
 		t.Fatalf("ClusterRole grants %v, want exactly %v", granted, want)
