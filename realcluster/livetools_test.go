@@ -10,7 +10,10 @@ import (
 	"time"
 
 	"github.com/nfqpolicy/nfqpolicy/agents"
+	"github.com/nfqpolicy/nfqpolicy/cluster"
 	"github.com/nfqpolicy/nfqpolicy/filter"
+	"github.com/nfqpolicy/nfqpolicy/k8swatch"
+	"github.com/nfqpolicy/nfqpolicy/whatif"
 )
 
 // TestRealClusterTraceAndExplainLive reaches both nodes' agents from
@@ -18,7 +21,9 @@ import (
 // `nfqpolicy trace --kubeconfig` and `explain --live` use): the trace of a
 // pod-to-pod flow from node-1 to node-2 shows both nodes' decisions,
 // labelled and in time order, and the destination node's agent explains
-// the flow against its live state.
+// the flow against its live state. Then a default deny cuts the flow, the
+// agents log it, and whatif, replaying the agents' own flow logs against
+// the live cluster, says deleting that policy would let it through again.
 func TestRealClusterTraceAndExplainLive(t *testing.T) {
 	c, _ := agentCluster(t)
 	ns := testNamespace(t, c)
@@ -102,5 +107,60 @@ func TestRealClusterTraceAndExplainLive(t *testing.T) {
 	err = ac.Run(ctx, as[1], []string{"explain", "--agent", ac.Socket(), "--from", ns + "/client", "--to", ns + "/nope", "--port", "8080/TCP", "-o", "json"}, &buf)
 	if err == nil || !strings.Contains(err.Error(), "nope") {
 		t.Errorf("explaining an unknown pod: %v", err)
+	}
+
+	// whatif on the flow logs the agents wrote (denied flows, the
+	// default selection) on the nodes' hostPath.
+	if err := c.Apply(ctx, fmt.Sprintf(defaultDenyIngress, ns)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, c, ns, "client", addr, false)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		rd := whatif.NewReader()
+		files, err := whatif.ExpandFiles([]string{evidenceFile("node-1", "flows.jsonl"), evidenceFile("node-2", "flows.jsonl")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range files {
+			if err := rd.ReadFile(f, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		current, err := k8swatch.List(ctx, c.Config)
+		if err != nil {
+			t.Fatal(err)
+		}
+		del := []cluster.Ref{{Kind: "NetworkPolicy", Namespace: ns, Name: "default-deny-ingress"}}
+		proposed, err := cluster.Overlay(current, nil, del)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before, err := whatif.NewState(current)
+		if err != nil {
+			t.Fatal(err)
+		}
+		after, err := whatif.NewState(proposed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := whatif.Replay(rd.Log(), before, after, whatif.ChangedNames(nil, del))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ch := range res.Changes {
+			if ch.SrcPod == ns+"/client" && ch.DstPod == ns+"/server" && ch.Port == 8080 {
+				if ch.Before != "deny" || ch.After != "allow" || len(ch.Policies) != 1 || ch.Policies[0] != ns+"/default-deny-ingress" {
+					t.Errorf("replayed change %+v", ch)
+				}
+				t.Logf("whatif on the agents' logs (%d records, %d flows): %s -> %s %d/TCP %s -> %s by %v (%d records on %v)",
+					rd.Log().Records, len(rd.Log().Flows), ch.SrcPod, ch.DstPod, ch.Port, ch.Before, ch.After, ch.Policies, ch.Count, ch.Nodes)
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the agents' flow logs (%v) hold no denied client -> server flow whose verdict deleting the policy flips: %d changes", files, len(res.Changes))
+		}
+		time.Sleep(time.Second)
 	}
 }
