@@ -17,6 +17,7 @@
 #   cni                 folder with the CNI plugins ptp host-local portmap loopback bridge (v1.10.0)
 #   pause-image         OCI tarball registry.k8s.io/pause:3.10.2 (our static pause)
 #   agnhost-image       OCI tarball registry.k8s.io/e2e-test-images/agnhost:2.66.1
+#   cnp-conformance     network-policy-api v0.3.0 conformance suite (test binary)
 # runc and etcd come from Debian (apt packages runc, etcd-server).
 #
 # Every build appends "TARGET WALL-s CPU-s DATE" to $cache/build-times.log;
@@ -28,6 +29,7 @@ containerd=v2.4.2
 cni=v1.10.0
 pause_tag=3.10.2
 agnhost_tag=2.66.1
+npapi=v0.3.0
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -162,6 +164,32 @@ pauseimage() {
 	image pause-image "$idir/pause-$pause_tag.tar" pause -tag "registry.k8s.io/pause:$pause_tag"
 }
 
+# cnpconformance: network-policy-api's conformance suite as a test binary
+# (tools/cnpconformance; its base manifests patched by patch.sh for this
+# cluster). Keyed by the API version and a hash of our sources, so an edit
+# to them rebuilds.
+cnpconformance() {
+	src=$repo/tools/cnpconformance
+	key=$(cat "$src/go.mod" "$src/go.sum" "$src/patch.sh" "$src"/*.go | sha256sum | cut -c1-12)
+	out=$cache/network-policy-api-$npapi/cnp-conformance-$key.test
+	if [ ! -x "$out" ]; then
+		lock cnp-conformance
+		if [ ! -x "$out" ]; then
+			mkdir -p "$(dirname "$out")"
+			tmp=$out.tmp.$$
+			work=$(mktemp -d)
+			cp "$src/go.mod" "$src/go.sum" "$src"/*.go "$work/"
+			mdir=$(cd "$src" && go list -m -f '{{.Dir}}' sigs.k8s.io/network-policy-api)
+			sh "$src/patch.sh" "$mdir/conformance" "$work/base"
+			(cd "$work" && timed cnp-conformance go test -c -vet=off -trimpath -o "$tmp" .)
+			rm -rf "$work"
+			mv "$tmp" "$out"
+		fi
+		unlock
+	fi
+	echo "cnp-conformance=$out"
+}
+
 agnhostimage() {
 	agnhost=$(kube agnhost k8s.io/kubernetes/test/images/agnhost | sed 's/^agnhost=//')
 	image agnhost-image "$idir/agnhost-$agnhost_tag-$k8s.tar" agnhost -tag "registry.k8s.io/e2e-test-images/agnhost:$agnhost_tag" -binary "$agnhost"
@@ -179,8 +207,9 @@ one() {
 	cni) cniplugins ;;
 	pause-image) pauseimage ;;
 	agnhost-image) agnhostimage ;;
+	cnp-conformance) cnpconformance ;;
 	*)
-		echo "unknown target $1 (want kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl agnhost e2e-netpol ginkgo containerd cni pause-image agnhost-image, or none for all)" >&2
+		echo "unknown target $1 (want kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl agnhost e2e-netpol ginkgo containerd cni pause-image agnhost-image cnp-conformance, or none for all)" >&2
 		exit 2
 		;;
 	esac
@@ -189,6 +218,6 @@ one() {
 if [ $# -eq 0 ]; then
 	# Cheap runtime pieces first so a caller can start on them early.
 	set -- containerd cni pause-image kube-apiserver kubelet kube-proxy kubectl \
-		kube-controller-manager kube-scheduler agnhost agnhost-image e2e-netpol ginkgo
+		kube-controller-manager kube-scheduler agnhost agnhost-image e2e-netpol ginkgo cnp-conformance
 fi
 for t in "$@"; do one "$t"; done

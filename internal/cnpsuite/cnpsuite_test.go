@@ -1,0 +1,58 @@
+package cnpsuite
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// A transcript in the shape `go test -v` prints the suite's run in.
+const transcript = `=== RUN   TestConformance
+    conformance_test.go:87: Test Setup: Applying base manifests
+=== RUN   TestConformance/CNPAdminTierEgressSCTP
+    suite.go:160: Skipping CNPAdminTierEgressSCTP
+=== RUN   TestConformance/CNPAdminTierGress
+=== RUN   TestConformance/CNPAdminTierGress/Should_support_an_'allow-gress'_policy_across_different_protocols
+    helper.go:96: FAILED to execute command [/agnhost connect 10.244.1.5:9003 --timeout=1s --protocol=sctp] on pod x/y: command terminated with exit code 1
+    admin-network-policy-standard-gress-rules.go:55: expected connection to succeed
+=== RUN   TestConformance/CNPAdminTierGress/Should_support_a_'deny-gress'_policy_across_different_protocols
+=== RUN   TestConformance/CNPAdminTierEgressNodePeers
+    suite.go:132: Skipping CNPAdminTierEgressNodePeers: suite does not support ClusterNetworkPolicyEgressNodePeers
+=== RUN   TestConformance/CNPAdminTierPriority
+--- FAIL: TestConformance (100.00s)
+    --- PASS: TestConformance/CNPAdminTierEgressSCTP (0.00s)
+    --- FAIL: TestConformance/CNPAdminTierGress (12.50s)
+        --- FAIL: TestConformance/CNPAdminTierGress/Should_support_an_'allow-gress'_policy_across_different_protocols (6.00s)
+        --- PASS: TestConformance/CNPAdminTierGress/Should_support_a_'deny-gress'_policy_across_different_protocols (6.00s)
+    --- SKIP: TestConformance/CNPAdminTierEgressNodePeers (0.00s)
+    --- PASS: TestConformance/CNPAdminTierPriority (3.25s)
+FAIL
+`
+
+func TestParse(t *testing.T) {
+	var out strings.Builder
+	got := parse(strings.NewReader(transcript), SCTPTests, SCTPReason, &out)
+	want := []Test{
+		{Name: "CNPAdminTierEgressSCTP", Status: Skipped, Reason: SCTPReason},
+		{Name: "CNPAdminTierGress", Status: Failed, Duration: 12500 * time.Millisecond,
+			Reason: "Should support an 'allow-gress' policy across different protocols: FAILED to execute command [/agnhost connect 10.244.1.5:9003 --timeout=1s --protocol=sctp] on pod x/y: command terminated with exit code 1"},
+		{Name: "CNPAdminTierEgressNodePeers", Status: Skipped, Reason: "Skipping CNPAdminTierEgressNodePeers: suite does not support ClusterNetworkPolicyEgressNodePeers"},
+		{Name: "CNPAdminTierPriority", Status: Passed, Duration: 3250 * time.Millisecond},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %d tests %+v, want %d", len(got), got, len(want))
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("test %d:\n got %+v\nwant %+v", i, got[i], want[i])
+		}
+	}
+	r := Result{Tests: got}
+	if s := r.Summary(); s != "1 passed, 1 failed, 2 skipped" {
+		t.Errorf("Summary() = %q", s)
+	}
+	if !strings.Contains(out.String(), "FAIL CNPAdminTierGress (12.5s): Should support") ||
+		!strings.Contains(out.String(), "PASS CNPAdminTierPriority (3.2s)") {
+		t.Errorf("printed lines:\n%s", out.String())
+	}
+}
