@@ -55,7 +55,25 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		usage(stderr, cmds)
 		return 2
 	}
-	return c.run(ctx, args[1:], stdout, stderr)
+	code := c.run(ctx, args[1:], stdout, stderr)
+	if code == 2 && helpAsked(args[1:]) {
+		return 0 // the usage was asked for, as kubectl's --help exits 0
+	}
+	return code
+}
+
+// helpAsked reports whether a command's arguments ask for its usage (the
+// flag parser stops there and the command prints it).
+func helpAsked(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "-h", "-help", "--help":
+			return true
+		}
+	}
+	return false
 }
 
 func usage(w io.Writer, cmds map[string]command) {
