@@ -32,8 +32,8 @@ var targets = []target{
 	{"BenchmarkCompile/50k-pods", "ns/op", 2e9, "compile 50k pods / 5k policies"},
 	{"BenchmarkCompile/50k-pods", "heap-MiB", 300, "heap of the compiled 50k-pod state"},
 	{"BenchmarkDecide/50k-pods/miss", "cpu-ns/op", 1000, "decision, cache miss, 50k pods"},
-	{"BenchmarkDecide/knp-workload+cnp/miss", "cpu-ns/op", 200, "decision, cache miss, knp + 20 Admin/20 Baseline CNPs"},
-	{"BenchmarkDecide/knp-workload+cnp/miss", "allocs/op", 0, "allocations per decision, cache miss, with CNPs"},
+	{"BenchmarkDecide/knp-workload+cnp/miss", "cpu-ns/op", 200, "decision, cache miss, knp + 40 CNPs"},
+	{"BenchmarkDecide/knp-workload+cnp/miss", "allocs/op", 0, "allocations per decision, miss, with CNPs"},
 	{"BenchmarkCompile/50k-pods+cnp", "ns/op", 2e9, "compile 50k pods / 5k policies / 200 CNPs"},
 }
 
