@@ -77,8 +77,8 @@ func TestRealClusterCorpus(t *testing.T) {
 			}
 			ran++
 			tally := runCorpusScenario(t, c, s)
-			t.Logf("%s: %d passed, %d failed, %d skipped (%s) in %v", s.Name, tally.passed, tally.failed, tally.skipped,
-				"SCTP or IPv6", tally.took.Round(time.Second))
+			t.Logf("%s: %d passed, %d failed, %d skipped (SCTP or IPv6) in %v", s.Name, tally.passed, tally.failed, tally.skipped,
+				tally.took.Round(time.Second))
 			total.add(tally)
 		}
 	}
@@ -477,4 +477,39 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// TestCorpusDefaultFits keeps the default selection runnable: a corpus
+// change that makes one of them unfit (or removes it) would silently
+// shrink what TestRealClusterCorpus checks.
+func TestCorpusDefaultFits(t *testing.T) {
+	root, err := RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fit := 0
+	for _, f := range corpusDefault {
+		ss, err := scenario.Load(filepath.Join(root, "testdata", "conformance", "public", f))
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		for _, s := range ss {
+			if why := corpusUnfit(s); why != "" {
+				t.Errorf("%s does not fit the real cluster: %s", s.Name, why)
+			} else {
+				fit++
+			}
+		}
+	}
+	if fit != len(corpusDefault) {
+		t.Errorf("%d of %d default scenarios fit", fit, len(corpusDefault))
+	}
+	// The filter must reject what the real cluster cannot run.
+	ss, err := scenario.Load(filepath.Join(root, "testdata", "conformance", "public", "seed-6-hostnetwork-and-node-traffic.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if why := corpusUnfit(ss[0]); !strings.Contains(why, "hostNetwork") {
+		t.Errorf("seed-6: unfit reason %q, want a hostNetwork pod", why)
+	}
 }
