@@ -2,8 +2,12 @@
 // cluster's NetworkPolicies and pods: policies that cannot have the effect
 // they seem to have (they select nothing, or only hostNetwork pods, or name
 // a port no destination declares), pods that policies cannot protect or
-// that lose DNS, and ipBlocks used for pod traffic. Findings are warnings:
-// the objects are valid, and the enforcer applies them as written.
+// that lose DNS, and ipBlocks used for pod traffic; and in
+// ClusterNetworkPolicies, subjects that select nothing or only hostNetwork
+// pods, rules shadowed by an earlier rule or a higher-priority policy,
+// same-priority policies that may disagree, domainNames peers (not
+// enforced), and Admin Deny rules that cut DNS. Findings are warnings: the
+// objects are valid, and the enforcer applies them as written.
 package lint
 
 import (
@@ -46,14 +50,15 @@ func (f Finding) String() string {
 // maxListed bounds how many pods a message names.
 const maxListed = 3
 
-// Lint returns the findings about c, policies first (in c's order), then
-// pods.
+// Lint returns the findings about c, NetworkPolicies first (in c's order),
+// then ClusterNetworkPolicies (in the order they are enforced), then pods.
 func Lint(c *cluster.Cluster) []Finding {
 	l := newLinter(c)
 	var out []Finding
 	for _, p := range c.Policies {
 		out = append(out, l.policy(p)...)
 	}
+	out = append(out, l.clusterPolicies()...)
 	for _, p := range c.Pods {
 		out = append(out, l.pod(p)...)
 	}
