@@ -44,7 +44,10 @@ func TestRealClusterCNPConformance(t *testing.T) {
 	if out, err := c.Kubectl(ctx, "wait", "--for=condition=Established", "--timeout=60s", "crd/clusternetworkpolicies.policy.networking.k8s.io"); err != nil {
 		t.Fatalf("CRD not established: %v: %s", err, out)
 	}
-	dir := t.TempDir()
+	dir := os.Getenv("NFQPOLICY_CNP_DIR") // keeps the suite's log and report
+	if dir == "" {
+		dir = t.TempDir()
+	}
 	var lines strings.Builder
 	start := time.Now()
 	res, err := cnpsuite.Run(ctx, cnpsuite.Options{

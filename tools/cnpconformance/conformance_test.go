@@ -55,7 +55,7 @@ func TestConformance(t *testing.T) {
 		orDefault(*flags.ImplementationURL, "https://github.com/nfqpolicy/nfqpolicy"),
 		orDefault(*flags.ImplementationVersion, "dev"),
 		orDefault(*flags.ImplementationContact, "nfqpolicy maintainers"),
-		*flags.ImplementationAdditionalInformation,
+		orDefault(*flags.ImplementationAdditionalInformation, "go test -run TestRealClusterCNPConformance ./realcluster/ (two-node test cluster, nfqpolicy DaemonSet)"),
 	)
 	if err != nil {
 		t.Fatalf("parsing implementation: %v", err)
