@@ -537,10 +537,14 @@ func testFaultKill9(t *testing.T, bin string, failOpen bool) {
 	}
 	var unpoliced, unpolicedDenied, whileDown int
 	for _, a := range all {
-		// Decided by nobody: connected although it started after the kill
-		// and (fail-closed) ended before the new agent started, or
-		// (fail-open) started before the new agent was seen deciding.
-		noAgent := a.o.allowed && a.end.After(killStart) && (a.end.Before(up) || failOpen && a.start.Before(back))
+		// Fail-closed, a connection needs a decision: one started after
+		// the old agent was gone that completed before the new one was
+		// started had none. Fail-open, a denied connection that completed
+		// after the kill signal passed unpoliced.
+		noAgent := a.o.allowed && a.start.After(killed) && a.end.Before(up)
+		if failOpen {
+			noAgent = a.o.allowed && a.end.After(killStart) && a.start.Before(back)
+		}
 		if noAgent {
 			unpoliced++
 			if a.deny {
