@@ -17,6 +17,9 @@ type lintReport struct {
 	Findings []lint.Finding `json:"findings"`
 	// Errors are the objects that failed validation and were not linted.
 	Errors []string `json:"errors,omitempty"`
+	// Skipped are the objects of kinds nfqpolicy does not read (Services,
+	// Deployments...), which a snapshot may hold: not linted either.
+	Skipped []string `json:"skipped,omitempty"`
 }
 
 // cmdLint warns about what the NetworkPolicy and hostNetwork documentation
@@ -51,6 +54,11 @@ func cmdLint(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			report.Errors = append(report.Errors, e.Error())
 		}
 	}
+	if c != nil {
+		for _, e := range c.Skipped {
+			report.Skipped = append(report.Skipped, e.Error())
+		}
+	}
 	if *output == "json" {
 		if report.Findings == nil {
 			report.Findings = []lint.Finding{}
@@ -62,6 +70,9 @@ func cmdLint(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 	} else {
+		for _, s := range report.Skipped {
+			fmt.Fprintf(stderr, "note: %s\n", s)
+		}
 		for _, f := range findings {
 			fmt.Fprintln(stdout, f)
 		}

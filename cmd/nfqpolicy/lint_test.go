@@ -56,6 +56,11 @@ func TestCmdLint(t *testing.T) {
 			"warning: NetworkPolicy app/none: spec.podSelector: selects no pod in namespace app: this policy has no effect\n" +
 				"1 warning about 1 object (1 policies, 1 pods)\n",
 			"error: " + bad + ":2: spec.ingress[0].ports[0].port: invalid value 0: must be between 1 and 65535, inclusive (NetworkPolicy app/bad)\n", -1},
+		{"skipped kinds are noted", []string{"--snapshot", write("svc.yaml", lintNS+"---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: app}\n")}, 0,
+			"no findings (0 policies, 1 pods)\n", "note: " + filepath.Join(dir, "svc.yaml") + ":2: kind Service (v1) is not read by nfqpolicy", -1},
+		{"cluster policy findings", []string{"--snapshot", write("cnp.yaml", lintNS+"---\napiVersion: policy.networking.k8s.io/v1beta1\nkind: ClusterNetworkPolicy\nmetadata: {name: fqdn}\nspec: {tier: Admin, priority: 1, subject: {namespaces: {}}, egress: [{action: Accept, to: [{domainNames: [example.com]}]}]}\n")}, 1,
+			"warning: ClusterNetworkPolicy fqdn: spec.egress[0]: domainNames peers (example.com) are not enforced by nfqpolicy: they match no traffic, so this Accept rule lets nothing through by name and those flows fall to the rules and tiers after it (typically a Deny); use networks peers with the addresses instead\n" +
+				"1 warning about 1 object (0 policies, 1 pods)\n", "", -1},
 		{"json", []string{"--snapshot", findings, "-o", "json"}, 1, "", "", 2},
 		{"json clean", []string{"--snapshot", clean, "-o", "json"}, 0, "", "", 0},
 		{"missing file", []string{"--snapshot", filepath.Join(dir, "nope.yaml")}, 2, "", "no such file or directory", -1},
