@@ -61,8 +61,11 @@ func checkSave(c Config, f Family, save string) []string {
 	var missing []string
 	s := parseSave(save)
 	for _, j := range jumps {
-		if !s.hasJump(j.from, j.to) {
+		switch {
+		case !s.hasJump(j.from, j.to):
 			missing = append(missing, fmt.Sprintf("%s jump %s -> %s missing", f, j.from, j.to))
+		case !s.jumpFirst(j.from, j.to):
+			missing = append(missing, fmt.Sprintf("%s jump %s -> %s is not the first rule of %s", f, j.from, j.to, j.from))
 		}
 	}
 	want := map[string]int{}

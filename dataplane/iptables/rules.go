@@ -345,8 +345,8 @@ var ourChains = [...]string{ChainForward, ChainInput, ChainAllow, ChainDeny}
 // RenderInstall returns the iptables-restore --noflush input that installs
 // our chains for family f, given the current iptables-save -t filter output
 // of that family. Declaring a chain flushes it, so the chain contents are
-// replaced atomically; jumps are inserted (at the top of the built-in
-// chain) only where save shows none.
+// replaced atomically; a jump is inserted at the top of its built-in chain
+// where save shows none, and moved there where it is not the first rule.
 func RenderInstall(c Config, f Family, save string) string {
 	var b strings.Builder
 	b.WriteString("*filter\n")
@@ -359,9 +359,21 @@ func RenderInstall(c Config, f Family, save string) string {
 	}
 	existing := parseSave(save)
 	for _, j := range jumps {
-		if !existing.hasJump(j.from, j.to) {
-			fmt.Fprintf(&b, "-I %s 1 -m comment --comment %s -j %s\n", j.from, JumpComment, j.to)
+		if existing.jumpFirst(j.from, j.to) {
+			continue
 		}
+		// Our jump must be the chain's first rule: a rule above it (e.g.
+		// kube-proxy's KUBE-FORWARD, prepended when kube-proxy starts after
+		// us) accepts masquerade-marked and related packets before we
+		// decide them. So a jump that is there but not first moves up.
+		for _, r := range existing.jumpRules {
+			if fields := strings.Fields(r); fields[1] == j.from && target(fields) == j.to {
+				b.WriteString("-D")
+				b.WriteString(strings.TrimPrefix(r, "-A"))
+				b.WriteByte('\n')
+			}
+		}
+		fmt.Fprintf(&b, "-I %s 1 -m comment --comment %s -j %s\n", j.from, JumpComment, j.to)
 	}
 	b.WriteString("COMMIT\n")
 	return b.String()
@@ -396,8 +408,9 @@ func RenderCleanup(save string) string {
 
 // saved is what we need to know about iptables-save -t filter output.
 type saved struct {
-	ours      []string // our chains, in save order
-	jumpRules []string // "-A CHAIN ... -j NFQPOLICY-x" rules in chains not ours
+	ours      []string          // our chains, in save order
+	jumpRules []string          // "-A CHAIN ... -j NFQPOLICY-x" rules in chains not ours
+	first     map[string]string // the first rule of each chain not ours
 }
 
 func parseSave(save string) saved {
@@ -412,6 +425,12 @@ func parseSave(save string) saved {
 			fields := strings.Fields(line)
 			if len(fields) < 2 || strings.HasPrefix(fields[1], Prefix) {
 				continue
+			}
+			if _, ok := s.first[fields[1]]; !ok {
+				if s.first == nil {
+					s.first = map[string]string{}
+				}
+				s.first[fields[1]] = line
 			}
 			if t := target(fields); strings.HasPrefix(t, Prefix) {
 				s.jumpRules = append(s.jumpRules, line)
@@ -439,4 +458,11 @@ func (s saved) hasJump(from, to string) bool {
 		}
 	}
 	return false
+}
+
+// jumpFirst reports whether the first rule of chain from jumps to our
+// chain to.
+func (s saved) jumpFirst(from, to string) bool {
+	r, ok := s.first[from]
+	return ok && target(strings.Fields(r)) == to
 }

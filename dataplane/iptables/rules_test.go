@@ -166,8 +166,9 @@ COMMIT
 		},
 		{
 			// Re-install over our own rules plus someone else's: chains are
-			// redeclared (flushed and refilled), jumps already present are
-			// not inserted again, and a jump missing from INPUT is.
+			// redeclared (flushed and refilled), a jump missing from INPUT
+			// is inserted, and our FORWARD jump, which kube-proxy's
+			// KUBE-FORWARD jump now precedes, moves back to the top.
 			name: "ipv4 reject reinstall keeps existing jump",
 			c:    Config{Marks: Marks{Allow: 0x1000000, Deny: 0x2000000, Mask: 0x3000000}, QueueBase: 100, Queues: 1, Deny: Reject},
 			f:    IPv4,
@@ -206,6 +207,8 @@ COMMIT
 -A NFQPOLICY-ALLOW -j ACCEPT
 -A NFQPOLICY-DENY -p tcp -j REJECT --reject-with tcp-reset
 -A NFQPOLICY-DENY -j REJECT --reject-with icmp-port-unreachable
+-D FORWARD -m comment --comment nfqpolicy -j NFQPOLICY-FORWARD
+-I FORWARD 1 -m comment --comment nfqpolicy -j NFQPOLICY-FORWARD
 -I INPUT 1 -m comment --comment nfqpolicy -j NFQPOLICY-INPUT
 COMMIT
 `,
