@@ -295,8 +295,11 @@ func TestRecheckKernel100k(t *testing.T) {
 	if st.Cut != wantCut || st.Malformed != 0 {
 		t.Errorf("stats %+v, want %d cut", st, wantCut)
 	}
-	if st.Duration > 5*time.Second {
-		t.Errorf("recheck of %d entries took %v, over 5s", st.Checked, st.Duration)
+	// Speed is measured by BenchmarkRecheck100k; this bound only catches
+	// a recheck that hangs or goes quadratic (a 5 s bound failed at 6.1 s
+	// on a machine at load average 50).
+	if st.Duration > 60*time.Second {
+		t.Errorf("recheck of %d entries took %v, over 60s", st.Checked, st.Duration)
 	}
 	c := r.Counters()
 	if c.Rechecks != 1 || c.Cuts != uint64(wantCut) || c.Errors != 0 || c.LastChecked != uint64(st.Checked) {
