@@ -42,6 +42,8 @@ func TestCheckSave(t *testing.T) {
 			want       []string
 		}{
 			{"intact", intact, nil},
+			{"rule inserted above our jump", strings.Replace(intact, "-A FORWARD ", "-A FORWARD -j KUBE-FORWARD\n-A FORWARD ", 1),
+				[]string{f.String() + " jump FORWARD -> NFQPOLICY-FORWARD is not the first rule of FORWARD"}},
 			{"jump deleted", drop("-A FORWARD "), []string{f.String() + " jump FORWARD -> NFQPOLICY-FORWARD missing"}},
 			{"table flushed", drop("-A "), []string{
 				f.String() + " jump FORWARD -> NFQPOLICY-FORWARD missing",

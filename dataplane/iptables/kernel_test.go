@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -76,6 +77,24 @@ func TestInstallCleanupInNamespace(t *testing.T) {
 			if !strings.Contains(first6, "-A INPUT -m comment --comment nfqpolicy -j NFQPOLICY-INPUT\n-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT\n") {
 				t.Errorf("IPv6 INPUT is not [our jump, their rule]:\n%s", first6)
 			}
+			// kube-proxy starting after us prepends its jump: the check
+			// notices, and an install moves ours back to the top without
+			// touching theirs.
+			ns.Run(ipt, "-I", "FORWARD", "1", "-j", "KUBE-FORWARD")
+			missing, err := tb.Check(ctx, c, []netip.Addr{netip.MustParseAddr("10.1.0.2"), netip.MustParseAddr("fd00:1::2")}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Contains(missing, "ipv4 jump FORWARD -> NFQPOLICY-FORWARD is not the first rule of FORWARD") {
+				t.Errorf("check after a rule was inserted above our jump: %q", missing)
+			}
+			if err := tb.Install(ctx, c); err != nil {
+				t.Fatalf("install over a preceding rule: %v", err)
+			}
+			if got := rulesOnly(ns.Run(ipt+"-save", "-t", "filter")); !strings.Contains(got, "-A FORWARD -m comment --comment nfqpolicy -j NFQPOLICY-FORWARD\n-A FORWARD -j KUBE-FORWARD\n-A FORWARD -j KUBE-FORWARD\n") {
+				t.Errorf("our jump did not move back above both of theirs:\n%s", got)
+			}
+			ns.Run(ipt, "-D", "FORWARD", "-j", "KUBE-FORWARD")
 			if got := ns.Run("ipset", "list", "NFQPOLICY-LOCAL4"); !strings.Contains(got, "10.1.0.2") {
 				t.Errorf("set NFQPOLICY-LOCAL4 lacks 10.1.0.2:\n%s", got)
 			}
