@@ -118,18 +118,17 @@ func (r faultResult) print(t *testing.T) {
 // for restarts.
 type faultRig struct {
 	*observeCluster
-	t                  *testing.T
-	bin                string
-	args               []string
-	from, allow, deny  endpoint
-	flows, pcap        string
-	restarts           int
-	estPort            atomic.Uint32
-	echoLn             net.Listener
-	echoWG             sync.WaitGroup
-	echoMu             sync.Mutex
-	echoConns          []net.Conn
-	gotNS, gotAllowDst *NS
+	t                 *testing.T
+	bin               string
+	args              []string
+	from, allow, deny endpoint
+	flows, pcap       string
+	restarts          int
+	estPort           atomic.Uint32
+	echoLn            net.Listener
+	echoWG            sync.WaitGroup
+	echoMu            sync.Mutex
+	echoConns         []net.Conn
 }
 
 // startFaultRig builds the cluster and starts the agent with the flow
@@ -625,9 +624,6 @@ func testFaultKill9(t *testing.T, bin string, failOpen bool) {
 		t.Errorf("decisions resumed only %d ms after the restart", res.recoveredMS)
 	}
 }
-
-// metric scrapes one sample from the agent's /metrics (0 if absent).
-func (r *faultRig) metric(name string) float64 { return r.metrics()[name] }
 
 // testFaultQueueOverflow: a burst of raw SYNs far larger than the queue
 // (--queue-len 4): the agent survives, the kernel's drops are in the
