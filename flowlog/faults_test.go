@@ -161,3 +161,24 @@ func TestRunEndsAreMarked(t *testing.T) {
 		t.Errorf("closing lines %q, want %q", closed, want)
 	}
 }
+
+// TestLastEntryOfFIFO: a flow log that is a FIFO (a reader process on the
+// other end) has no last entry, and looking for one must not block: an
+// open for reading waits for a writer, and at start that writer is the
+// agent itself.
+func TestLastEntryOfFIFO(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "flows.fifo")
+	if err := syscall.Mkfifo(path, 0o600); err != nil {
+		t.Skipf("mkfifo: %v", err)
+	}
+	done := make(chan *Entry, 1)
+	go func() { done <- LastEntry(path) }()
+	select {
+	case e := <-done:
+		if e != nil {
+			t.Errorf("LastEntry of a FIFO = %+v, want nil", e)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("LastEntry blocked on a FIFO")
+	}
+}

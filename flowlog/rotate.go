@@ -128,6 +128,12 @@ func (r *RotatingFile) rotate() error {
 // last. nil when there is none or it is not a flow-log line.
 func LastEntry(path string) *Entry {
 	for _, p := range []string{path, path + ".1"} {
+		// Only a regular file has a last line: opening a FIFO (a log
+		// reader on the other end) for reading would block until someone
+		// writes to it, which at start is only ourselves.
+		if st, err := os.Stat(p); err != nil || !st.Mode().IsRegular() || st.Size() == 0 {
+			continue
+		}
 		f, err := os.Open(p)
 		if err != nil {
 			continue
