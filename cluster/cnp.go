@@ -86,15 +86,7 @@ func ValidateClusterPolicy(p *cnpv1beta1.ClusterNetworkPolicy) []FieldError {
 		for j := range r.From {
 			peer := &r.From[j]
 			pp := path.Child("from").Index(j)
-			n := 0
-			if peer.Namespaces != nil {
-				n++
-				v.selector(peer.Namespaces, pp.Child("namespaces"))
-			}
-			if peer.Pods != nil {
-				n++
-				v.pods(peer.Pods, pp.Child("pods"))
-			}
+			n := v.podPeers(peer.Namespaces, peer.Pods, pp)
 			v.exactlyOne(n, pp, "namespaces, pods")
 		}
 		v.protocols(r.Protocols, path.Child("protocols"))
@@ -111,15 +103,7 @@ func ValidateClusterPolicy(p *cnpv1beta1.ClusterNetworkPolicy) []FieldError {
 		for j := range r.To {
 			peer := &r.To[j]
 			pp := path.Child("to").Index(j)
-			n := 0
-			if peer.Namespaces != nil {
-				n++
-				v.selector(peer.Namespaces, pp.Child("namespaces"))
-			}
-			if peer.Pods != nil {
-				n++
-				v.pods(peer.Pods, pp.Child("pods"))
-			}
+			n := v.podPeers(peer.Namespaces, peer.Pods, pp)
 			if peer.Nodes != nil {
 				n++
 				notPods = true
@@ -379,4 +363,19 @@ func cnpRequired(obj string, raw []byte) []FieldError {
 		}
 	}
 	return errs
+}
+
+// podPeers validates the namespaces and pods peer kinds both directions
+// share and returns how many of the two are set.
+func (v *cnpValidator) podPeers(ns *metav1.LabelSelector, pods *cnpv1beta1.NamespacedPod, pp *field.Path) int {
+	n := 0
+	if ns != nil {
+		n++
+		v.selector(ns, pp.Child("namespaces"))
+	}
+	if pods != nil {
+		n++
+		v.pods(pods, pp.Child("pods"))
+	}
+	return n
 }
