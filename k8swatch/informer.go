@@ -96,6 +96,9 @@ type InformerSource struct {
 	cnp *cnpWatch
 	// cnpChecked is validated for ClusterNetworkPolicies, by name.
 	cnpChecked map[string]cnpCheck
+	// cnpPublished is the version (string) of the ClusterNetworkPolicies
+	// the last published state holds, complete; "" for none.
+	cnpPublished atomic.Value
 }
 
 var _ Source = (*InformerSource)(nil)
@@ -178,7 +181,7 @@ func newInformerSource(s *InformerSource, client kubernetes.Interface, dyn dynam
 		s.cnpChecked = map[string]cnpCheck{}
 		s.cnp = &cnpWatch{
 			dyn: dyn, disco: client.Discovery(), every: s.opts.CRDCheck, resync: s.opts.Resync,
-			log: s.log, onChange: s.markDirty, setup: s.watch,
+			log: s.log, onChange: s.markDirty, setup: s.watch, poke: make(chan struct{}, 1),
 		}
 	}
 	return s, nil
@@ -411,11 +414,14 @@ type InformerStatus struct {
 	Rebuilds  uint64 `json:"rebuilds"`
 	Events    uint64 `json:"events"`
 	Relevant  uint64 `json:"relevant_events"`
+	// ClusterPolicies is ClusterPolicyVersion: the ClusterNetworkPolicy
+	// version enforced, "" when the CRD is not served.
+	ClusterPolicies string `json:"cluster_network_policies"`
 }
 
 // Status returns the source's health in one value.
 func (s *InformerSource) Status() InformerStatus {
-	st := InformerStatus{Connected: s.Connected(), Rebuilds: s.Rebuilds()}
+	st := InformerStatus{Connected: s.Connected(), Rebuilds: s.Rebuilds(), ClusterPolicies: s.ClusterPolicyVersion()}
 	st.Events, st.Relevant = s.Events()
 	_, st.Synced = s.Current()
 	if err := s.LastError(); err != nil {

@@ -2,7 +2,9 @@ package k8swatch
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
 	"time"
@@ -27,8 +29,26 @@ import (
 // which version is served, runs a dynamic informer for it, and restarts it
 // when the answer changes; the objects are converted to v1beta1 by the
 // informer's transform, so the cache holds what the compiler reads.
+//
+// Discovery is asked when the CRD object changes (a watch on that one
+// CustomResourceDefinition, so installing it is followed within about a
+// second) and every CRDCheck besides, which is all there is when RBAC
+// does not allow watching CRDs.
 
 const cnpResource = "clusternetworkpolicies"
+
+// cnpCRDName is the ClusterNetworkPolicy CRD's object name.
+const cnpCRDName = cnpResource + "." + cluster.CNPGroup
+
+var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+
+// After the CRD changes, discovery may lag behind it (the API server
+// publishes a new group version asynchronously): it is asked again every
+// crdSettle, crdSettleChecks times, until its answer changes.
+const (
+	crdSettle       = 500 * time.Millisecond
+	crdSettleChecks = 20
+)
 
 // cnpEntry is what the ClusterNetworkPolicy cache holds: the policy as
 // v1beta1, and what the conversion from the served object could not read
@@ -49,6 +69,9 @@ type cnpWatch struct {
 	// setup registers the source's event handlers and watch error
 	// handler on a new informer.
 	setup func(cache.SharedIndexInformer) error
+
+	// poke wakes run to ask discovery now: the CRD object changed.
+	poke chan struct{}
 
 	mu         sync.Mutex
 	asked      bool   // discovery has answered once
@@ -75,11 +98,20 @@ func (w *cnpWatch) current() (cache.SharedIndexInformer, string) {
 	return w.inf, w.version
 }
 
-// run checks discovery now and every w.every (every second until it has
-// answered once) until ctx ends, then stops the informer.
+// run checks discovery now, whenever the CRD object changes, and every
+// w.every (every second until it has answered once) until ctx ends, then
+// stops the informer.
 func (w *cnpWatch) run(ctx context.Context) {
+	crdDone := make(chan struct{})
+	go func() {
+		defer close(crdDone)
+		w.watchCRD(ctx)
+	}()
+	defer func() { <-crdDone }()
 	defer w.switchTo(ctx, "")
+	settle := 0 // discovery checks left at crdSettle after a CRD change
 	for {
+		_, before := w.current()
 		v, err := w.served(ctx)
 		if err != nil {
 			// Unreachable API server or a discovery error: keep what
@@ -87,17 +119,76 @@ func (w *cnpWatch) run(ctx context.Context) {
 			w.log.Debug().Err(err).Msg("ClusterNetworkPolicy discovery failed; retrying")
 		} else {
 			w.switchTo(ctx, v)
+			if v != before {
+				settle = 0
+			}
 		}
 		next := w.every
-		if err != nil && !w.hasAsked() {
+		switch {
+		case err != nil && !w.hasAsked():
 			next = time.Second
+		case settle > 0:
+			settle--
+			next = crdSettle
 		}
 		select {
 		case <-ctx.Done():
 			return
+		case <-w.poke:
+			settle = crdSettleChecks
 		case <-time.After(next):
 		}
 	}
+}
+
+// watchCRD pokes run whenever the ClusterNetworkPolicy CRD object is
+// created, changed (its Established condition included) or deleted. It
+// watches that one object by name and keeps only its metadata. Without
+// RBAC to watch CRDs it says so once and stops: the periodic check is left.
+func (w *cnpWatch) watchCRD(ctx context.Context) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	inf := dynamicinformer.NewFilteredDynamicInformer(w.dyn, crdGVR, "", 0, cache.Indexers{}, func(o *metav1.ListOptions) {
+		o.FieldSelector = "metadata.name=" + cnpCRDName
+	}).Informer()
+	poke := func(any) {
+		select {
+		case w.poke <- struct{}{}:
+		default:
+		}
+	}
+	err := inf.SetTransform(func(obj any) (any, error) {
+		u, ok := obj.(*unstructured.Unstructured)
+		if !ok {
+			return obj, nil // a tombstone
+		}
+		// The CRD holds the whole OpenAPI schema (about 100 KiB); only
+		// the fact that it changed matters here.
+		return &metav1.PartialObjectMetadata{TypeMeta: metav1.TypeMeta{APIVersion: u.GetAPIVersion(), Kind: u.GetKind()},
+			ObjectMeta: metav1.ObjectMeta{Name: u.GetName(), UID: u.GetUID(), ResourceVersion: u.GetResourceVersion()}}, nil
+	})
+	if err == nil {
+		_, err = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc: poke, UpdateFunc: func(_, n any) { poke(n) }, DeleteFunc: poke,
+		})
+	}
+	if err == nil {
+		err = inf.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
+			switch {
+			case apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err):
+				w.log.Warn().Err(err).Dur("every", w.every).Msg("cannot watch the ClusterNetworkPolicy CRD (RBAC: get/list/watch customresourcedefinitions, deploy/clusterrole.yaml): its installation is noticed by the periodic discovery check only")
+				cancel()
+			case err == nil, errors.Is(err, io.EOF), apierrors.IsResourceExpired(err), apierrors.IsGone(err):
+			default:
+				w.log.Debug().Err(err).Msg("ClusterNetworkPolicy CRD watch failed; client-go retries with backoff")
+			}
+		})
+	}
+	if err != nil {
+		w.log.Error().Err(err).Msg("ClusterNetworkPolicy CRD watch")
+		return
+	}
+	inf.RunWithContext(ctx)
 }
 
 func (w *cnpWatch) hasAsked() bool {
@@ -242,6 +333,7 @@ func (s *InformerSource) clusterPolicies(prev *cluster.Cluster) []*cnpv1beta1.Cl
 	inf, version := s.cnp.current()
 	if inf == nil {
 		clear(s.cnpChecked)
+		s.cnpPublished.Store("")
 		return nil
 	}
 	if !inf.HasSynced() {
@@ -249,6 +341,11 @@ func (s *InformerSource) clusterPolicies(prev *cluster.Cluster) []*cnpv1beta1.Cl
 			return prev.ClusterPolicies
 		}
 		return nil
+	}
+	if s.cnpPublished.Swap(version) != version {
+		// What a user (or a test) waits for before relying on them.
+		s.log.Info().Str("version", cluster.CNPGroup+"/"+version).Int("clusterPolicies", len(inf.GetStore().ListKeys())).
+			Msg("ClusterNetworkPolicies synced: enforced from now on")
 	}
 	all := listAs[*cnpEntry](inf)
 	out := make([]*cnpv1beta1.ClusterNetworkPolicy, 0, len(all))
@@ -324,4 +421,16 @@ func domainNameRules(p *cnpv1beta1.ClusterNetworkPolicy) string {
 		rules = append(rules, fmt.Sprintf("%s (%s): %s", id, r.Action, strings.Join(names, ",")))
 	}
 	return strings.Join(rules, "; ")
+}
+
+// ClusterPolicyVersion is the version (e.g. "policy.networking.k8s.io/v1beta1")
+// of the ClusterNetworkPolicies in the last published state: their
+// informer had synced, so the state holds all of them. It is "" while the
+// CRD is not served (or not yet synced after it was installed), when the
+// state holds none, and without a dynamic client.
+func (s *InformerSource) ClusterPolicyVersion() string {
+	if v, _ := s.cnpPublished.Load().(string); v != "" {
+		return cluster.CNPGroup + "/" + v
+	}
+	return ""
 }

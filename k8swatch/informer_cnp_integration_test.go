@@ -105,7 +105,9 @@ func TestInformerIntegrationClusterNetworkPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	src := startSource(t, srv.Config, k8swatch.InformerOptions{Quiet: 20 * time.Millisecond, MaxDelay: 200 * time.Millisecond, CRDCheck: 200 * time.Millisecond})
+	// The default CRDCheck (30 s): the CRD's installation must be followed
+	// through the watch on the CRD object, not the periodic check.
+	src := startSource(t, srv.Config, k8swatch.InformerOptions{Quiet: 20 * time.Millisecond, MaxDelay: 200 * time.Millisecond})
 	eventually(t, src, "first sync without the CRD", func(*cluster.Cluster) bool { return true })
 	agent := runAgentLoop(t, src)
 
@@ -127,14 +129,22 @@ func TestInformerIntegrationClusterNetworkPolicy(t *testing.T) {
 
 	// The CRD installed while the agent runs (standard channel, as the
 	// docs say), then a policy: enforced without a restart.
+	crdStart := time.Now()
 	installCRD(t, dyn, upstreamCRD(t, "standard"))
+	for src.ClusterPolicyVersion() != "policy.networking.k8s.io/v1beta1" {
+		if time.Since(crdStart) > 10*time.Second {
+			t.Fatalf("ClusterPolicyVersion() = %q 10s after the CRD was installed (want v1beta1 within seconds; the periodic check is 30s away)", src.ClusterPolicyVersion())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("CRD installed: its ClusterNetworkPolicies watched and synced %v later", time.Since(crdStart).Round(time.Millisecond))
 	res := dyn.Resource(cnpRes)
 	start := time.Now()
 	if _, err := res.Create(ctx, cnpFromYAML(t, strings.ReplaceAll(cnpDenyShop, "%ACTION%", "Deny")), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	agent.expect(t, webToDB, false, "Admin Deny created after the CRD was installed")
-	t.Logf("CRD installed later: create followed in %v (discovery checked every 200ms)", time.Since(start).Round(time.Millisecond))
+	t.Logf("CRD installed later: create followed in %v", time.Since(start).Round(time.Millisecond))
 
 	// Update and delete, each followed within a second.
 	within := func(what string, allow bool, change func()) {

@@ -78,6 +78,7 @@ func TestInformerClusterPolicies(t *testing.T) {
 	client := fake.NewClientset(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns"}})
 	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
 		cnpGVR("v1beta1"): "ClusterNetworkPolicyList", cnpGVR("v1alpha2"): "ClusterNetworkPolicyList",
+		crdGVR: "CustomResourceDefinitionList",
 	})
 	var logs informerLogBuffer
 	src, err := NewInformerSourceForClient(client, dyn, InformerOptions{Quiet: 10 * time.Millisecond, CRDCheck: 20 * time.Millisecond}, zerolog.New(&logs))
@@ -170,6 +171,74 @@ func TestInformerClusterPolicies(t *testing.T) {
 	waitFor(t, src, 5*time.Second, func(c *cluster.Cluster) bool { return len(c.ClusterPolicies) == 0 })
 	if n := strings.Count(logs.String(), "ClusterNetworkPolicy CRD removed"); n != 1 {
 		t.Errorf("CRD removal logged %d times, want once", n)
+	}
+}
+
+// TestInformerClusterPoliciesFollowCRD: with the periodic check an hour
+// away, installing the CRD is still followed within seconds, because the
+// CRD object's events trigger discovery, and again when discovery answers
+// some time after the CRD object appears (as the API server's does).
+// Removing the CRD is followed the same way.
+func TestInformerClusterPoliciesFollowCRD(t *testing.T) {
+	client := fake.NewClientset(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns"}})
+	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
+		cnpGVR("v1beta1"): "ClusterNetworkPolicyList", cnpGVR("v1alpha2"): "ClusterNetworkPolicyList",
+		crdGVR: "CustomResourceDefinitionList",
+	})
+	var logs informerLogBuffer
+	src, err := NewInformerSourceForClient(client, dyn, InformerOptions{Quiet: 10 * time.Millisecond, CRDCheck: time.Hour}, zerolog.New(&logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	disco := &servedVersions{}
+	src.cnp.disco = disco
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	waitFor(t, src, 5*time.Second, func(c *cluster.Cluster) bool { return len(c.Namespaces) == 1 })
+	if v := src.ClusterPolicyVersion(); v != "" {
+		t.Fatalf("ClusterPolicyVersion() = %q without the CRD", v)
+	}
+	if _, err := dyn.Resource(cnpGVR("v1beta1")).Create(ctx, cnpObject("v1beta1", "guard", 5), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	crd := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+		"metadata": map[string]any{"name": cnpCRDName},
+	}}
+	start := time.Now()
+	if _, err := dyn.Resource(crdGVR).Create(ctx, crd, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * crdSettle / 2) // discovery lags the CRD object
+	disco.set("v1beta1")
+	waitFor(t, src, 5*time.Second, func(c *cluster.Cluster) bool { return len(c.ClusterPolicies) == 1 })
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("CRD installed: followed in %v, want a few seconds (periodic check: 1h)", d)
+	}
+	if v := src.ClusterPolicyVersion(); v != "policy.networking.k8s.io/v1beta1" {
+		t.Errorf("ClusterPolicyVersion() = %q once synced", v)
+	}
+	if st := src.Status(); st.ClusterPolicies != "policy.networking.k8s.io/v1beta1" {
+		t.Errorf("Status().ClusterPolicies = %q", st.ClusterPolicies)
+	}
+	if !strings.Contains(logs.String(), "ClusterNetworkPolicies synced: enforced from now on") {
+		t.Errorf("no log says the ClusterNetworkPolicies are enforced:\n%s", logs.String())
+	}
+
+	disco.set()
+	if err := dyn.Resource(crdGVR).Delete(ctx, cnpCRDName, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, src, 5*time.Second, func(c *cluster.Cluster) bool { return len(c.ClusterPolicies) == 0 })
+	if v := src.ClusterPolicyVersion(); v != "" {
+		t.Errorf("ClusterPolicyVersion() = %q after the CRD was removed", v)
 	}
 }
 

@@ -325,6 +325,14 @@ func registerAPIServerMetrics(reg prometheus.Registerer, is *k8swatch.InformerSo
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "nfqpolicy_watch_events_relevant_total",
 			Help: "Watch events that changed something the compiler reads; minus the rebuilds, what coalescing saved."},
 			func() float64 { _, rel := is.Events(); return float64(rel) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "nfqpolicy_cluster_network_policies_watched",
+			Help: "1 when the ClusterNetworkPolicy CRD is served and all its objects are in the state the agent enforces; 0 while the CRD is not installed (or its informer has not synced yet)."},
+			func() float64 {
+				if is.ClusterPolicyVersion() != "" {
+					return 1
+				}
+				return 0
+			}),
 	)
 }
 

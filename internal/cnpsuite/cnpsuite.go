@@ -14,6 +14,7 @@ package cnpsuite
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -24,6 +25,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Features are the experimental features nfqpolicy enforces: named ports
@@ -34,11 +37,31 @@ var Features = []string{"ClusterNetworkPolicyNamedPorts", "ClusterNetworkPolicyE
 // SCTPTests are the tests that probe only SCTP. They are skipped: SCTP
 // probes need SCTP sockets, which this kernel lacks (socket(AF_INET,
 // SOCK_STREAM, IPPROTO_SCTP) fails). Tests mixing SCTP with TCP and UDP
-// probes still run, and fail on their SCTP probes that expect a connection.
+// probes run with their SCTP probes skipped (see SkipSCTPProbesEnv): every
+// TCP and UDP probe of theirs runs.
 var SCTPTests = []string{"CNPAdminTierEgressSCTP", "CNPAdminTierIngressSCTP", "CNPBaselineTierEgressSCTP", "CNPBaselineTierIngressSCTP"}
 
 // SCTPReason says why SCTPTests are skipped.
 const SCTPReason = "needs SCTP sockets, which this kernel lacks"
+
+// SkipSCTPProbesEnv, set to a reason, makes the suite's PokeServer (as
+// tools/cnpconformance/sctpprobes.sh patches it) log an SCTP probe as not
+// run instead of running it; Run counts those per test.
+const SkipSCTPProbesEnv = "NFQPOLICY_CNP_SKIP_SCTP_PROBES"
+
+// sctpNotRun is how the patched PokeServer logs a probe it did not run.
+const sctpNotRun = "SCTP probe not run: "
+
+// SCTPSockets returns nil when this kernel makes SCTP sockets, else why
+// not. The nodes of the test cluster share the kernel.
+func SCTPSockets() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_SCTP)
+	if err != nil {
+		return fmt.Errorf("socket(AF_INET, SOCK_STREAM, IPPROTO_SCTP): %w", err)
+	}
+	unix.Close(fd)
+	return nil
+}
 
 // Binary builds (or finds in the cache) the suite's test binary with
 // tools/kubernetes/build.sh under repoRoot and returns its path.
@@ -76,12 +99,17 @@ func CRDFile(ctx context.Context, repoRoot string) (string, error) {
 
 // Options configure Run.
 type Options struct {
-	Binary     string    // from Binary
-	Kubeconfig string    // admin kubeconfig of the cluster
-	Dir        string    // report.yaml and suite.log land here
-	Skip       []string  // tests (ShortName) not to run; nil means SCTPTests
-	SkipReason string    // printed with each skipped test; default SCTPReason
-	Out        io.Writer // one line per test, then the summary; nil discards
+	Binary     string   // from Binary
+	Kubeconfig string   // admin kubeconfig of the cluster
+	Dir        string   // report.yaml and suite.log land here
+	Skip       []string // tests (ShortName) not to run; nil means SCTPTests
+	SkipReason string   // printed with each skipped test; default SCTPReason
+	Run        string   // if set, only the tests (ShortName regexp) it matches run
+	// SkipSCTPProbes, when not empty, is why SCTP probes inside tests
+	// that mix protocols are not run (SkipSCTPProbesEnv); each is
+	// reported in its test's SCTPNotRun.
+	SkipSCTPProbes string
+	Out            io.Writer // one line per test, then the summary; nil discards
 }
 
 // Status of one test.
@@ -99,6 +127,10 @@ type Test struct {
 	Status   Status
 	Duration time.Duration
 	Reason   string // skip reason, or the failed subtests and first failure line
+	// SCTPNotRun lists the SCTP probes not run (Options.SkipSCTPProbes):
+	// "NS/POD -> HOST:PORT (expected to connect: BOOL)". A test that
+	// passed with some is a pass of its TCP and UDP probes only.
+	SCTPNotRun []string
 }
 
 // Result of a run.
@@ -123,10 +155,22 @@ func (r *Result) Counts() (passed, failed, skipped int) {
 	return
 }
 
-// Summary is "N passed, M failed, K skipped".
+// Summary is "N passed, M failed, K skipped", followed by how many SCTP
+// probes of how many tests were not run, if any.
 func (r *Result) Summary() string {
 	p, f, s := r.Counts()
-	return fmt.Sprintf("%d passed, %d failed, %d skipped", p, f, s)
+	sum := fmt.Sprintf("%d passed, %d failed, %d skipped", p, f, s)
+	probes, tests := 0, 0
+	for _, t := range r.Tests {
+		if len(t.SCTPNotRun) > 0 {
+			probes += len(t.SCTPNotRun)
+			tests++
+		}
+	}
+	if probes > 0 {
+		sum += fmt.Sprintf("; %d SCTP probes not run in %d of the tests", probes, tests)
+	}
+	return sum
 }
 
 // Run runs the suite against opts.Kubeconfig. Failing tests are not an
@@ -152,14 +196,21 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		return nil, err
 	}
 	defer logf.Close()
+	run := "^TestConformance$"
+	if opts.Run != "" {
+		run += "/" + opts.Run
+	}
 	cmd := exec.CommandContext(ctx, opts.Binary,
-		"-test.v", "-test.timeout=90m", "-test.run=^TestConformance$",
+		"-test.v", "-test.timeout=90m", "-test.run="+run,
 		"-supported-features="+strings.Join(Features, ","),
 		"-skip-tests="+strings.Join(skip, ","),
 		"-report-output="+res.Report,
 		"-version=dev",
 	)
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+opts.Kubeconfig)
+	if opts.SkipSCTPProbes != "" {
+		cmd.Env = append(cmd.Env, SkipSCTPProbesEnv+"="+opts.SkipSCTPProbes)
+	}
 	cmd.Dir = opts.Dir
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
@@ -167,7 +218,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		return nil, fmt.Errorf("starting %s: %w", opts.Binary, err)
 	}
 	done := make(chan []Test)
-	go func() { done <- parse(io.TeeReader(pr, logf), skip, reason, out) }()
+	go func() { done <- parse(io.TeeReader(pr, &stampWriter{w: logf}), skip, reason, out) }()
 	runErr := cmd.Wait()
 	pw.Close()
 	res.Tests = <-done
@@ -198,7 +249,8 @@ func parse(r io.Reader, skip []string, skipReason string, out io.Writer) []Test 
 	}
 	var tests []Test
 	failedSubs := map[string][]string{}
-	lastMsg := map[string]string{} // top-level test -> first error-looking message
+	lastMsg := map[string]string{}  // top-level test -> first error-looking message
+	notRun := map[string][]string{} // top-level test -> SCTP probes not run
 	var current string
 	var pending *Test
 	// flush completes the last top-level result (now that its subtests'
@@ -209,6 +261,7 @@ func parse(r io.Reader, skip []string, skipReason string, out io.Writer) []Test 
 		}
 		t := *pending
 		pending = nil
+		t.SCTPNotRun = notRun[t.Name]
 		switch {
 		case skipped[t.Name]:
 			t.Status, t.Reason = Skipped, skipReason
@@ -227,6 +280,9 @@ func parse(r io.Reader, skip []string, skipReason string, out io.Writer) []Test 
 		line := fmt.Sprintf("%s %s (%.1fs)", t.Status, t.Name, t.Duration.Seconds())
 		if t.Reason != "" {
 			line += ": " + t.Reason
+		}
+		if n := len(t.SCTPNotRun); n > 0 {
+			line += fmt.Sprintf(" [%d SCTP probes not run]", n)
 		}
 		fmt.Fprintln(out, line)
 	}
@@ -253,6 +309,11 @@ func parse(r io.Reader, skip []string, skipReason string, out io.Writer) []Test 
 			pending = &Test{Name: top, Status: Status(m[1]), Duration: secs}
 			continue
 		}
+		if m := msgRE.FindStringSubmatch(line); current != "" && m != nil && strings.HasPrefix(m[1], sctpNotRun) {
+			probe, _, _ := strings.Cut(strings.TrimPrefix(m[1], sctpNotRun), "): ")
+			notRun[current] = append(notRun[current], probe+")")
+			continue
+		}
 		if current != "" && lastMsg[current] == "" {
 			if m := msgRE.FindStringSubmatch(line); m != nil && isProblem(m[1]) {
 				lastMsg[current] = m[1]
@@ -272,4 +333,34 @@ func isProblem(msg string) bool {
 		}
 	}
 	return false
+}
+
+// stampWriter prefixes every line with the wall-clock time, so that the
+// suite's log can be read against the agents' logs and flow logs.
+type stampWriter struct {
+	w         io.Writer
+	midLine   bool
+	stampNext []byte
+}
+
+func (s *stampWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		if !s.midLine {
+			s.stampNext = time.Now().UTC().AppendFormat(s.stampNext[:0], "15:04:05.000 ")
+			if _, err := s.w.Write(s.stampNext); err != nil {
+				return 0, err
+			}
+			s.midLine = true
+		}
+		line := p
+		if i := bytes.IndexByte(p, '\n'); i >= 0 {
+			line, s.midLine = p[:i+1], false
+		}
+		if _, err := s.w.Write(line); err != nil {
+			return 0, err
+		}
+		p = p[len(line):]
+	}
+	return n, nil
 }

@@ -166,11 +166,11 @@ pauseimage() {
 
 # cnpconformance: network-policy-api's conformance suite as a test binary
 # (tools/cnpconformance; its base manifests patched by patch.sh for this
-# cluster). Keyed by the API version and a hash of our sources, so an edit
-# to them rebuilds.
+# cluster, its SCTP probes made skippable by sctpprobes.sh). Keyed by the
+# API version and a hash of our sources, so an edit to them rebuilds.
 cnpconformance() {
 	src=$repo/tools/cnpconformance
-	key=$(cat "$src/go.mod" "$src/go.sum" "$src/patch.sh" "$src"/*.go | sha256sum | cut -c1-12)
+	key=$(cat "$src/go.mod" "$src/go.sum" "$src"/*.sh "$src"/*.go | sha256sum | cut -c1-12)
 	out=$cache/network-policy-api-$npapi/cnp-conformance-$key.test
 	if [ ! -x "$out" ]; then
 		lock cnp-conformance
@@ -181,6 +181,8 @@ cnpconformance() {
 			cp "$src/go.mod" "$src/go.sum" "$src"/*.go "$work/"
 			mdir=$(cd "$src" && go list -m -f '{{.Dir}}' sigs.k8s.io/network-policy-api)
 			sh "$src/patch.sh" "$mdir/conformance" "$work/base"
+			sh "$src/sctpprobes.sh" "$mdir" "$work/npapi"
+			(cd "$work" && go mod edit -replace sigs.k8s.io/network-policy-api=./npapi)
 			(cd "$work" && timed cnp-conformance go test -c -vet=off -trimpath -o "$tmp" .)
 			rm -rf "$work"
 			mv "$tmp" "$out"
