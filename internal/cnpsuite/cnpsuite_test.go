@@ -69,3 +69,26 @@ func TestParse(t *testing.T) {
 		t.Errorf("printed lines:\n%s", out.String())
 	}
 }
+
+// TestStampWriter: every line of the suite's log gets one time stamp, also
+// when lines arrive split across writes or several in one write.
+func TestStampWriter(t *testing.T) {
+	var b strings.Builder
+	w := &stampWriter{w: &b}
+	for _, p := range []string{"one\ntw", "o\n", "three\nfour\n"} {
+		if n, err := w.Write([]byte(p)); n != len(p) || err != nil {
+			t.Fatalf("Write(%q) = %d, %v", p, n, err)
+		}
+	}
+	lines := strings.Split(strings.TrimSuffix(b.String(), "\n"), "\n")
+	want := []string{"one", "two", "three", "four"}
+	if len(lines) != len(want) {
+		t.Fatalf("got %q", b.String())
+	}
+	for i, l := range lines {
+		stamp, rest, ok := strings.Cut(l, " ")
+		if _, err := time.Parse("15:04:05.000", stamp); !ok || err != nil || rest != want[i] {
+			t.Errorf("line %d = %q, want a time stamp then %q", i, l, want[i])
+		}
+	}
+}
