@@ -1169,11 +1169,19 @@ func testFaultDiskFull(t *testing.T, bin string) {
 
 // testFaultMalformedFlood: malformed, truncated and fragmented first
 // packets from raw sockets in y/c, mixed with good connections: no crash,
-// the good ones decided as usual, nothing reaches the denied pod's
-// listener, the agent's memory stays bounded.
+// the good ones decided as usual, no bad packet reaches the denied pod,
+// the agent's memory stays bounded, and every bad packet is accounted
+// for: dropped and counted by our INVALID rule
+// (nfqpolicy_invalid_dropped_total), queued and decided by the agent (a
+// flow-log record: the row logs every flow), or dropped by the kernel
+// before any filter rule sees it (IP header errors, and fragments held for
+// a reassembly that never completes), counted by the node's own IP
+// statistics.
 func testFaultMalformedFlood(t *testing.T, bin string) {
 	const rounds = 400
-	r := startFaultRig(t, bin, "mf", nil)
+	r := startFaultRig(t, bin, "mf", func(string) []string {
+		return []string{"--flow-log-select", "all", "--rules-check", "200ms"}
+	})
 	est := r.openEstablished(10)
 	rss := func() int {
 		data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", r.agents.agents[0].cmd.Process.Pid))
@@ -1185,7 +1193,11 @@ func testFaultMalformedFlood(t *testing.T, bin string) {
 		}
 		return 0
 	}
-	before, rss0 := r.counters(), rss()
+	const invalidMetric = "nfqpolicy_invalid_dropped_total"
+	before, rss0, m0, ip0 := r.counters(), rss(), r.metrics(), r.nodeIPStats()
+	if _, ok := m0[invalidMetric]; !ok {
+		t.Fatalf("/metrics has no %s", invalidMetric)
+	}
 	synAcks := r.countSynAcks()
 	arrived := r.countArrivals(r.deny)
 	tr := r.startTraffic(8, 10*time.Millisecond)
@@ -1202,13 +1214,20 @@ func testFaultMalformedFlood(t *testing.T, bin string) {
 	all := tr.halt()
 	fromDenied, _ := synAcks()
 	atDenied := arrived()
-	after, rss1 := r.counters(), rss()
+	// The INVALID counter is read at each rules check (200ms here): wait
+	// for two after the flood.
+	for checks, deadline := r.counter("rule_checks"), time.Now().Add(10*time.Second); r.counter("rule_checks") < checks+2 && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+	}
+	after, rss1, m1, ip1 := r.counters(), rss(), r.metrics(), r.nodeIPStats()
 	total := func(m map[string]any, k string) float64 {
 		v, _ := m["total"].(map[string]any)[k].(float64)
 		return v
 	}
 	res := faultResult{name: "malformed-flood", cut: est.check(), recoveredMS: recoveredMS(all, started)}
-	res.letThrough = fromDenied[0]
+	// A bad packet that reached the denied pod got through as much as a
+	// connection would have.
+	res.letThrough = fromDenied[0] + atDenied
 	for _, a := range all {
 		switch {
 		case a.deny && a.o.allowed:
@@ -1218,32 +1237,48 @@ func testFaultMalformedFlood(t *testing.T, bin string) {
 		}
 	}
 	decidedDeny := int(total(after, "denied") - total(before, "denied"))
-	good := 0
-	for _, a := range all {
-		if a.deny && a.o.detail == "refused" {
-			good++
-		}
-	}
-	// Every denied decision, good or bad packet, is a flow-log record.
+	decided := decidedDeny + int(total(after, "allowed")-total(before, "allowed"))
+	// Every decision, good or bad packet, is a flow-log record (the row
+	// logs every flow, unlimited); the bad ones come from y/c's raw
+	// socket, source ports below the good connections' (30000 and up) or
+	// no port at all.
 	var tl flowLogTally
+	var bad badRecords
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		tl = r.tallyFlowLog()
-		if tl.denied+tl.reported >= decidedDeny || time.Now().After(deadline) {
+		bad = r.badRecords()
+		if bad.all+tl.reported >= decided || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	res.lostUnrep = max(0, decidedDeny-tl.denied-tl.reported)
+	invalid := int(m1[invalidMetric] - m0[invalidMetric])
+	hdrErrors, fragments := ip1["InHdrErrors"]-ip0["InHdrErrors"], ip1["ReasmReqds"]-ip0["ReasmReqds"]
 	var names []string
 	for _, k := range kinds {
 		names = append(names, k.name)
 	}
-	t.Logf("sent %d bad packets (%s) in %d rounds with %d good connections (%d denied); the agent counted %v malformed and %v denied in all (%d records of denied flows in the log); %d bad packets reached the denied pod's namespace (its stack discards them: none was answered); RSS %d -> %d KiB",
-		sent, strings.Join(names, ", "), rounds, len(all), good, total(after, "malformed")-total(before, "malformed"), decidedDeny, tl.denied, atDenied, rss0, rss1)
+	t.Logf("sent %d bad packets (%s) in %d rounds with %d good connections; the agent decided %d flows in all (%d denied, %v malformed), %d of them bad packets (%d denied); our INVALID rule dropped %d; the kernel dropped %d with IP header errors and holds %d fragments; %d bad packets reached the denied pod's namespace; %d records of denied flows in the log, %d reported lost; RSS %d -> %d KiB",
+		sent, strings.Join(names, ", "), rounds, len(all), decided, decidedDeny, total(after, "malformed")-total(before, "malformed"),
+		bad.all, bad.denied, invalid, hdrErrors, fragments, atDenied, tl.denied, tl.reported, rss0, rss1)
 	res.print(t)
-	fmt.Printf("fault malformed-flood: bad_sent=%d bad_decided_by_agent=%d agent_malformed=%v bad_reaching_denied_pod=%d rss_kib_before=%d rss_kib_after=%d\n",
-		sent, decidedDeny-good, total(after, "malformed")-total(before, "malformed"), atDenied, rss0, rss1)
+	fmt.Printf("fault malformed-flood: bad_sent=%d invalid_dropped_counted=%d bad_decided_by_agent=%d kernel_ip_header_errors=%d kernel_fragments_held=%d bad_unaccounted=%d bad_reaching_denied_pod=%d rss_kib_before=%d rss_kib_after=%d\n",
+		sent, invalid, bad.all, hdrErrors, fragments, sent-invalid-bad.all-hdrErrors-fragments, atDenied, rss0, rss1)
+	if atDenied != 0 {
+		t.Errorf("%d bad packets reached the denied pod's namespace", atDenied)
+	}
+	if invalid == 0 {
+		t.Errorf("%s did not grow: no INVALID packet dropped", invalidMetric)
+	}
+	if got := invalid + bad.all + hdrErrors + fragments; got != sent || tl.reported != 0 {
+		t.Errorf("bad packets: %d dropped as INVALID + %d decided + %d IP header errors + %d fragments held = %d, want every one sent (%d), with no flow-log record lost (%d)",
+			invalid, bad.all, hdrErrors, fragments, got, sent, tl.reported)
+	}
+	if log := readFileString(r.agents.agents[0].logPath); !strings.Contains(log, "conntrack marks INVALID") {
+		t.Errorf("the agent's log does not report the INVALID drops")
+	}
 	if err := r.agents.alive(); err != nil {
 		t.Error(err)
 	}
@@ -1253,6 +1288,61 @@ func testFaultMalformedFlood(t *testing.T, bin string) {
 	if res.refused != 0 {
 		t.Errorf("%d good allowed connections failed during the flood", res.refused)
 	}
+}
+
+// badRecords counts the flow-log records of the raw sockets' packets from
+// y/c (source port below 30000: the raw packets use 20000-29999, the good
+// connections 30000 and up; or no port, a protocol without ports or a
+// header that did not decode).
+type badRecords struct{ all, denied int }
+
+func (r *faultRig) badRecords() badRecords {
+	r.t.Helper()
+	var n badRecords
+	data := readFileString(r.flows)
+	for line := range strings.Lines(data) {
+		var e flowlog.Entry
+		if json.Unmarshal([]byte(line), &e) != nil || e.IsSummary() || e.Src != r.from.addr.String() || e.SrcPort >= estFirstPort {
+			continue
+		}
+		n.all++
+		if e.Verdict == "deny" {
+			n.denied++
+		}
+	}
+	return n
+}
+
+// nodeIPStats reads the node namespace's IP statistics (/proc/net/snmp,
+// "Ip:" lines): packets the kernel drops before any filter rule.
+func (r *faultRig) nodeIPStats() map[string]int {
+	r.t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", r.agents.agents[0].ns.Name, "cat", "/proc/net/snmp").Output()
+	if err != nil {
+		r.t.Fatalf("node IP statistics: %v", err)
+	}
+	var names []string
+	stats := map[string]int{}
+	for line := range strings.Lines(string(out)) {
+		rest, ok := strings.CutPrefix(strings.TrimSpace(line), "Ip: ")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(rest)
+		if names == nil {
+			names = f
+			continue
+		}
+		for i, v := range f {
+			if i < len(names) {
+				stats[names[i]], _ = strconv.Atoi(v)
+			}
+		}
+	}
+	if len(stats) == 0 {
+		r.t.Fatalf("no Ip: statistics in the node's /proc/net/snmp")
+	}
+	return stats
 }
 
 // countArrivals counts the bad packets (source ports 20000-29999, or

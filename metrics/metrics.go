@@ -52,6 +52,10 @@ type Options struct {
 	// FlowLog and Capture return their components' totals.
 	FlowLog func() Totals
 	Capture func() Totals
+	// InvalidDropped returns the packets to or from local pods dropped
+	// because conntrack marked them INVALID (the agent's rules check reads
+	// the kernel's counter).
+	InvalidDropped func() uint64
 	// Ready says whether the agent is ready (nil error) or why not.
 	Ready func() error
 	// Ruleset returns the policies enforced now (nil before the first
@@ -179,6 +183,12 @@ func New(o Options) (*Metrics, error) {
 	}
 	if o.FlowLog != nil {
 		cs = append(cs, newTotalsCollector("flowlog_records_total", "Flow log records by result (written, lost: buffer full, rate_limited).", o.FlowLog))
+	}
+	if o.InvalidDropped != nil {
+		cs = append(cs, prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: namespace, Name: "invalid_dropped_total",
+			Help: "Packets to or from local pods dropped because conntrack marked them INVALID (malformed, or outside any known connection); never queued, so in no verdict count. Read from the kernel's rule counter at each rules check, so it survives agent restarts.",
+		}, func() float64 { return float64(o.InvalidDropped()) }))
 	}
 	if o.Ruleset != nil {
 		cs = append(cs, newDomainNamesCollector(o.Ruleset))

@@ -229,8 +229,9 @@ func TestOnVerdictAllocatesNothing(t *testing.T) {
 
 func TestComponentsAndCompile(t *testing.T) {
 	m, err := New(Options{QueueStatsPath: "-", NoRuntime: true,
-		FlowLog: func() Totals { return Totals{Written: 10, Lost: 2, RateLimited: 3} },
-		Capture: func() Totals { return Totals{Written: 5, Lost: 1} },
+		FlowLog:        func() Totals { return Totals{Written: 10, Lost: 2, RateLimited: 3} },
+		Capture:        func() Totals { return Totals{Written: 5, Lost: 1} },
+		InvalidDropped: func() uint64 { return 7 },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -250,6 +251,7 @@ func TestComponentsAndCompile(t *testing.T) {
 		{"nfqpolicy_flowlog_records_total", map[string]string{"result": "rate_limited"}, 3},
 		{"nfqpolicy_capture_packets_total", map[string]string{"result": "written"}, 5},
 		{"nfqpolicy_capture_packets_total", map[string]string{"result": "lost"}, 1},
+		{"nfqpolicy_invalid_dropped_total", nil, 7},
 		{"nfqpolicy_compiles_total", map[string]string{"result": "ok"}, 2},
 		{"nfqpolicy_compiles_total", map[string]string{"result": "error"}, 1},
 		{"nfqpolicy_compile_duration_seconds", nil, 3},

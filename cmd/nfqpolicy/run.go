@@ -42,6 +42,7 @@ type runFlags struct {
 	queueLen    uint
 	failOpen    bool
 	denyAction  string
+	invalid     string
 	markBits    string
 	established string
 	mode        string
@@ -70,6 +71,7 @@ func newRunFlags(stderr io.Writer) (*flag.FlagSet, *runFlags) {
 	fs.UintVar(&f.queueNum, "queue-num", 100, "first NFQUEUE queue number")
 	fs.UintVar(&f.queueLen, "queue-len", dataplane.DefaultMaxQueueLen, "kernel-side length of each queue")
 	fs.BoolVar(&f.failOpen, "fail-open", false, "let new flows through while no agent listens or a queue is full (default: they are dropped)")
+	fs.StringVar(&f.invalid, "invalid", "", "packets to or from local pods that conntrack marks INVALID (malformed, outside any known connection): drop (counted in nfqpolicy_invalid_dropped_total), or pass (asymmetric routing); default drop, pass with --mode audit")
 	fs.StringVar(&f.denyAction, "deny-action", "drop", "what a denied flow gets: drop, or reject (TCP reset / ICMP port unreachable)")
 	fs.StringVar(&f.markBits, "mark-bits", iptables.DefaultMarks.String(), "packet/connmark bits we own, ALLOW,DENY/MASK (must avoid kube-proxy's 0x4000 and 0x8000)")
 	fs.StringVar(&f.established, "established", "keep", "on policy change, established flows: keep, or recheck (re-decide and cut the now-denied)")
@@ -125,17 +127,30 @@ func (f *runFlags) config(log zerolog.Logger) (agent.Config, error) {
 	if f.mode != "enforce" && f.mode != "audit" {
 		errs = append(errs, fmt.Errorf("--mode %q: want enforce or audit", f.mode))
 	}
+	// Audit mode promises not to touch traffic: it passes INVALID packets
+	// too unless told otherwise.
+	passInvalid := f.mode == "audit"
+	switch f.invalid {
+	case "":
+	case "drop":
+		passInvalid = false
+	case "pass":
+		passInvalid = true
+	default:
+		errs = append(errs, fmt.Errorf("--invalid %q: want drop or pass", f.invalid))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return agent.Config{}, err
 	}
 	return agent.Config{
 		NodeName: f.nodeName,
 		Rules: iptables.Config{
-			Marks:     marks,
-			QueueBase: uint16(f.queueNum),
-			Queues:    uint16(f.queues),
-			FailOpen:  f.failOpen,
-			Deny:      deny,
+			Marks:       marks,
+			QueueBase:   uint16(f.queueNum),
+			Queues:      uint16(f.queues),
+			FailOpen:    f.failOpen,
+			Deny:        deny,
+			PassInvalid: passInvalid,
 		},
 		Backend:        backend,
 		Families:       fams,
@@ -246,6 +261,12 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return nil
 		}
 		return errors.New("not enforcing yet")
+	}, InvalidDropped: func() uint64 {
+		if a == nil {
+			return 0
+		}
+		n, _ := a.InvalidDropped()
+		return n
 	}, Ruleset: func() *filter.Ruleset {
 		if a == nil || a.Engine() == nil {
 			return nil

@@ -469,6 +469,12 @@ type Status struct {
 	RuleCheckErrors uint64 `json:"rule_check_errors"`
 	RulesRestored   uint64 `json:"rules_restored"`
 	LastRestoreMS   int64  `json:"last_restore_ms"`
+	// InvalidDropped counts the packets to or from local pods dropped
+	// because conntrack marked them INVALID, as of the last rules check
+	// (the kernel's counter: it survives agent restarts);
+	// InvalidCounterResets how often that counter was found reset.
+	InvalidDropped       uint64 `json:"invalid_dropped"`
+	InvalidCounterResets uint64 `json:"invalid_counter_resets"`
 }
 
 // Status snapshots the agent's counters.
@@ -487,6 +493,7 @@ func (a *Agent) Status() Status {
 		RulesRestored:   a.checks.restored.Load(),
 		LastRestoreMS:   a.checks.lastRestoreMS.Load(),
 	}
+	s.InvalidDropped, s.InvalidCounterResets = a.tables.InvalidDropped()
 	if !s.Ready {
 		if p := a.notReady.Load(); p != nil {
 			s.NotReady = *p
@@ -509,6 +516,11 @@ func (a *Agent) Status() Status {
 	s.Kernel = k
 	return s
 }
+
+// InvalidDropped returns the packets to or from local pods dropped because
+// conntrack marked them INVALID, as of the last rules check, and how often
+// that kernel counter was found reset.
+func (a *Agent) InvalidDropped() (dropped, resets uint64) { return a.tables.InvalidDropped() }
 
 // Engine returns the verdict engine the readers share; nil until the first
 // state has compiled.

@@ -393,6 +393,7 @@ func TestRunRefusesBadFlags(t *testing.T) {
 	}{
 		{[]string{"--node-name", "n", "--mark-bits", "0x4000,0x8000/0xc000"}, "overlaps kube-proxy"},
 		{[]string{"--node-name", "n", "--deny-action", "accept"}, "want drop or reject"},
+		{[]string{"--node-name", "n", "--invalid", "accept"}, "want drop or pass"},
 		{[]string{"--node-name", "n", "--established", "forget"}, "want keep or recheck"},
 		{[]string{"--node-name", "n", "--queues", "0"}, "--queues 0"},
 		{[]string{"--node-name", "n", "--queue-num", "65535", "--queues", "2"}, "end at 65535"},

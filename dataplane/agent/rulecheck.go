@@ -12,6 +12,9 @@ import (
 type ruleChecks struct {
 	checks, errors, restored atomic.Uint64
 	lastRestoreMS            atomic.Int64
+	// The INVALID drop total and counter resets as last logged (only the
+	// agent's loop touches them).
+	invalidLogged, resetsLogged uint64
 }
 
 // checkRules looks for our jumps, chains and sets and restores them when
@@ -34,6 +37,7 @@ func (a *Agent) checkRules(ctx context.Context) {
 		a.log.Warn().Err(err).Msg("checking our rules and sets failed")
 		return
 	}
+	a.logInvalidDrops()
 	if len(missing) == 0 {
 		return
 	}
@@ -47,6 +51,27 @@ func (a *Agent) checkRules(ctx context.Context) {
 	a.checks.restored.Add(1)
 	a.checks.lastRestoreMS.Store(took.Milliseconds())
 	a.log.Warn().Int64("took_ms", took.Milliseconds()).Msg("rules and sets restored")
+}
+
+// logInvalidDrops logs the packets NFQPOLICY-INVALID dropped since the
+// last check: packets to or from local pods that conntrack marks INVALID
+// (malformed headers, bad checksums or flags, TCP segments outside the
+// window, ICMP errors about no known connection). They are never queued,
+// so no verdict, flow-log record or capture covers them; this line and
+// nfqpolicy_invalid_dropped_total do.
+func (a *Agent) logInvalidDrops() {
+	total, resets := a.tables.InvalidDropped()
+	c := &a.checks
+	if total == c.invalidLogged && resets == c.resetsLogged {
+		return
+	}
+	e := a.log.Warn().Uint64("dropped", total-c.invalidLogged).Uint64("invalid_dropped_total", total)
+	if resets != c.resetsLogged {
+		e = e.Uint64("counter_resets", resets-c.resetsLogged).
+			Str("note", "the drop counter was reset (iptables -Z or -F, a firewall reload): drops since the previous check before the reset are not counted")
+	}
+	e.Msg("dropped packets to or from local pods that conntrack marks INVALID (malformed, or outside any known connection)")
+	c.invalidLogged, c.resetsLogged = total, resets
 }
 
 // queueDrops remembers the kernel's drop counters of our queues, so that

@@ -16,7 +16,9 @@ import (
 // Nothing missing is an empty list. It reads the filter table once per
 // family and the set headers once (`ipset list -t`), so it is cheap enough
 // to run every second; a rule someone edited but left in place is not
-// noticed (the periodic resync replaces it).
+// noticed (the periodic resync replaces it). The same reads carry the
+// packet counter of NFQPOLICY-INVALID's drop rule, which InvalidDropped
+// totals.
 func (t *Tables) Check(ctx context.Context, c Config, addrs []netip.Addr, nets []netip.Prefix) ([]string, error) {
 	// The backend the last Install wrote to: ours are there (Auto moves
 	// them at an Install, never here).
@@ -26,10 +28,12 @@ func (t *Tables) Check(ctx context.Context, c Config, addrs []netip.Addr, nets [
 	}
 	var missing []string
 	for _, f := range t.families {
-		save, err := t.save(ctx, bk, f)
+		out, err := t.run.Run(ctx, "", bk.binary(f, "save"), "-c", "-t", "filter")
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("read %s filter table: %w", f, err)
 		}
+		save, dropped := splitCounters(out)
+		t.countInvalid(f, dropped)
 		missing = append(missing, checkSave(c, f, save)...)
 	}
 	list, err := t.run.Run(ctx, "", "ipset", "list", "-t")
@@ -82,7 +86,7 @@ func checkSave(c Config, f Family, save string) []string {
 	for _, ch := range s.ours {
 		declared[ch] = true
 	}
-	for _, ch := range ourChains {
+	for _, ch := range append(ourChains[:], ChainInvalid) {
 		switch {
 		case !declared[ch]:
 			missing = append(missing, fmt.Sprintf("%s chain %s missing", f, ch))
@@ -111,4 +115,62 @@ func setEntries(list string) map[string]int {
 		}
 	}
 	return out
+}
+
+// splitCounters takes iptables-save -c output apart: the rules without
+// their "[packets:bytes]" prefixes (what parseSave and checkSave read),
+// and the packet counter of NFQPOLICY-INVALID's drop rule (0 when the rule
+// is not there).
+func splitCounters(save string) (rules string, invalidDropped uint64) {
+	var b strings.Builder
+	b.Grow(len(save))
+	for line := range strings.Lines(save) {
+		rest := strings.TrimLeft(line, " \t")
+		if strings.HasPrefix(rest, "[") {
+			if counters, rule, ok := strings.Cut(rest, "] "); ok {
+				rest = rule
+				if strings.TrimRight(rule, "\r\n") == invalidRules[0] {
+					pkts, _, _ := strings.Cut(counters[1:], ":")
+					if n, err := strconv.ParseUint(pkts, 10, 64); err == nil {
+						invalidDropped += n
+					}
+				}
+				line = rest
+			}
+		}
+		b.WriteString(line)
+	}
+	return b.String(), invalidDropped
+}
+
+// countInvalid adds what family f's INVALID drop counter counted since the
+// last check. The counter lives in the kernel and goes back to zero when
+// the rule is recreated (iptables -F or -Z, a firewall reload, our chain
+// rewritten because someone edited it): the packets it counted between the
+// last check and that reset are then unknown, and counted as a reset.
+func (t *Tables) countInvalid(f Family, n uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.invalidLast == nil {
+		t.invalidLast = map[Family]uint64{}
+	}
+	last := t.invalidLast[f]
+	switch {
+	case n >= last:
+		t.invalidTotal += n - last
+	default:
+		t.invalidTotal += n
+		t.invalidResets++
+	}
+	t.invalidLast[f] = n
+}
+
+// InvalidDropped returns the packets NFQPOLICY-INVALID dropped (both
+// families) as of the last Check, and how many times its counter was found
+// reset since the previous check (each reset loses the count of at most
+// one check interval).
+func (t *Tables) InvalidDropped() (dropped, resets uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.invalidTotal, t.invalidResets
 }

@@ -11,7 +11,7 @@ import (
 func savedInstall(c Config, f Family) string {
 	var b strings.Builder
 	b.WriteString("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n")
-	for _, ch := range ourChains {
+	for _, ch := range append(ourChains[:], ChainInvalid) {
 		fmt.Fprintf(&b, ":%s - [0:0]\n", ch)
 	}
 	for _, j := range jumps {
@@ -52,6 +52,7 @@ func TestCheckSave(t *testing.T) {
 				f.String() + " chain NFQPOLICY-INPUT has 0 rules, want " + fmt.Sprint(strings.Count(intact, "-A NFQPOLICY-INPUT ")),
 				f.String() + " chain NFQPOLICY-ALLOW has 0 rules, want 3",
 				f.String() + " chain NFQPOLICY-DENY has 0 rules, want 1",
+				f.String() + " chain NFQPOLICY-INVALID has 0 rules, want 1",
 			}},
 			{"chains deleted", drop("NFQPOLICY-"), []string{
 				f.String() + " jump FORWARD -> NFQPOLICY-FORWARD missing",
@@ -60,6 +61,7 @@ func TestCheckSave(t *testing.T) {
 				f.String() + " chain NFQPOLICY-INPUT missing",
 				f.String() + " chain NFQPOLICY-ALLOW missing",
 				f.String() + " chain NFQPOLICY-DENY missing",
+				f.String() + " chain NFQPOLICY-INVALID missing",
 			}},
 			{"empty save", "", []string{
 				f.String() + " jump FORWARD -> NFQPOLICY-FORWARD missing",
@@ -68,6 +70,7 @@ func TestCheckSave(t *testing.T) {
 				f.String() + " chain NFQPOLICY-INPUT missing",
 				f.String() + " chain NFQPOLICY-ALLOW missing",
 				f.String() + " chain NFQPOLICY-DENY missing",
+				f.String() + " chain NFQPOLICY-INVALID missing",
 			}},
 		}
 		for _, tc := range tests {
@@ -98,5 +101,72 @@ Number of entries: x
 	got := setEntries(list)
 	if len(got) != 2 || got["NFQPOLICY-LOCAL4"] != 3 || got["OTHER"] != 0 {
 		t.Errorf("setEntries = %v, want LOCAL4 3 and OTHER 0", got)
+	}
+}
+
+func TestSplitCounters(t *testing.T) {
+	c := Config{Marks: DefaultMarks, QueueBase: 100, Queues: 1}
+	plain := savedInstall(c, IPv4)
+	var counted strings.Builder
+	for line := range strings.Lines(plain) {
+		switch {
+		case strings.HasPrefix(line, "-A NFQPOLICY-INVALID "):
+			counted.WriteString("[1234:70000] " + line)
+		case strings.HasPrefix(line, "-A "):
+			counted.WriteString("[5:300] " + line)
+		default:
+			counted.WriteString(line)
+		}
+	}
+	rules, n := splitCounters(counted.String())
+	if rules != plain {
+		t.Errorf("rules without counters:\n%s\nwant\n%s", rules, plain)
+	}
+	if n != 1234 {
+		t.Errorf("INVALID drops = %d, want 1234", n)
+	}
+	if got := checkSave(c, IPv4, rules); got != nil {
+		t.Errorf("checkSave of the counted save: %q", got)
+	}
+	for _, tc := range []struct {
+		name, save string
+		want       uint64
+	}{
+		{"no counters", plain, 0},
+		{"rule missing", "[9:9] -A FORWARD -j DROP\n", 0},
+		{"bad counter", "[x:1] -A NFQPOLICY-INVALID -j DROP\n", 0},
+		{"unterminated", "[12:1 -A NFQPOLICY-INVALID -j DROP\n", 0},
+		{"other rule of the chain", "[7:1] -A NFQPOLICY-INVALID -j ACCEPT\n", 0},
+	} {
+		if _, n := splitCounters(tc.save); n != tc.want {
+			t.Errorf("%s: INVALID drops = %d, want %d", tc.name, n, tc.want)
+		}
+	}
+}
+
+// TestCountInvalid: the total follows the kernel's counters of both
+// families, across agent restarts (the first read counts what the kernel
+// counted before), and a counter that went back (reset) adds what it
+// counted since and is reported.
+func TestCountInvalid(t *testing.T) {
+	tb := New(Exec{}, NFT)
+	steps := []struct {
+		f            Family
+		n            uint64
+		total, reset uint64
+	}{
+		{IPv4, 10, 10, 0},
+		{IPv6, 3, 13, 0},
+		{IPv4, 10, 13, 0},
+		{IPv4, 25, 28, 0},
+		{IPv4, 4, 32, 1}, // reset: 4 since, the rest of 25.. unknown
+		{IPv6, 0, 32, 2}, // rule gone
+		{IPv6, 2, 34, 2},
+	}
+	for i, s := range steps {
+		tb.countInvalid(s.f, s.n)
+		if total, resets := tb.InvalidDropped(); total != s.total || resets != s.reset {
+			t.Errorf("step %d (%s reads %d): total %d resets %d, want %d %d", i, s.f, s.n, total, resets, s.total, s.reset)
+		}
 	}
 }

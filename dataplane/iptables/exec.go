@@ -119,6 +119,12 @@ type Tables struct {
 	current Backend // Auto: the backend of the last Install
 	why     string  // Auto: Detect's reason for it
 	decided bool    // Auto: by the KUBE-* chains; no more detection
+
+	// NFQPOLICY-INVALID's drop counter as Check last read it, per family,
+	// and the running total (see countInvalid).
+	invalidLast   map[Family]uint64
+	invalidTotal  uint64
+	invalidResets uint64
 }
 
 // New returns Tables running commands with r and the binaries of b, for

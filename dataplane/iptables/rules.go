@@ -70,6 +70,11 @@ const (
 	ChainInput   = Prefix + "INPUT"
 	ChainAllow   = Prefix + "ALLOW"
 	ChainDeny    = Prefix + "DENY"
+	// ChainInvalid drops packets conntrack marks INVALID to or from local
+	// pods. Its one rule's packet counter is the count the agent exports
+	// (nfqpolicy_invalid_dropped_total), so an install leaves the chain as
+	// it is when it is intact instead of flushing (and zeroing) it.
+	ChainInvalid = Prefix + "INVALID"
 	// JumpComment tags our jumps from the built-in chains, so that they are
 	// recognisable in iptables-save output by a human as well.
 	JumpComment = "nfqpolicy"
@@ -219,6 +224,11 @@ type Config struct {
 	// Without it they are dropped by the kernel; never silently allowed.
 	FailOpen bool
 	Deny     DenyAction
+	// PassInvalid leaves packets conntrack marks INVALID to the rest of
+	// the filter table instead of dropping them (--invalid pass): for
+	// nodes with asymmetric routing, where conntrack sees one direction of
+	// a connection only and marks legitimate packets INVALID.
+	PassInvalid bool
 }
 
 // Validate checks the parts of c the rules cannot be rendered without.
@@ -277,7 +287,22 @@ var ndTypes = [...]int{133, 134, 135, 136, 137}
 //     verdict cheap. It also means a policy change that allows the flow
 //     needs no connmark to be cleared.
 //  4. (IPv6) ICMPv6 neighbour discovery: RETURN, never queued.
-//  5. NEW flows touching a local pod address (ipset LOCAL), then NEW flows
+//  5. Packets conntrack marks INVALID touching a local pod or the local
+//     pod CIDRs: NFQPOLICY-INVALID, which drops and counts them (unless
+//     PassInvalid). They are never NEW, so rule 6 would not queue them and
+//     nothing of ours would decide them: a malformed first packet (bad
+//     TCP header, flags or checksum, UDP length) would reach the pod
+//     unpoliced. Legitimate INVALID packets exist: TCP segments outside
+//     conntrack's window (retransmissions after a long stall; with
+//     net.netfilter.nf_conntrack_tcp_be_liberal=1 the kernel stops
+//     marking those), and ICMP errors about no known connection. Dropping
+//     them costs a retransmission, never a connection, and kube-proxy
+//     (KUBE-FORWARD) drops the same packets unless tcp_be_liberal is set.
+//     A TCP segment of a connection whose conntrack entry expired is not
+//     INVALID (nf_conntrack_tcp_loose picks it up as NEW, so it is
+//     queued and decided). An untracked packet (ND, notrack) is not
+//     INVALID either.
+//  6. NEW flows touching a local pod address (ipset LOCAL), then NEW flows
 //     touching the local node's pod CIDRs (ipset PODNET): NFQUEUE. The
 //     second pair catches pods created since the agent's last compile,
 //     which the engine denies as unknown pods until they are synced; on a
@@ -307,6 +332,13 @@ func ChainRules(c Config, f Family) []string {
 		}
 		for _, set := range sets {
 			for _, d := range dirs {
+				if !c.PassInvalid {
+					r = append(r, fmt.Sprintf("-A %s -m conntrack --ctstate INVALID -m set --match-set %s %s -j %s", chain, set, d, ChainInvalid))
+				}
+			}
+		}
+		for _, set := range sets {
+			for _, d := range dirs {
 				r = append(r, fmt.Sprintf("-A %s -m conntrack --ctstate NEW -m set --match-set %s %s %s", chain, set, d, c.queueTarget()))
 			}
 		}
@@ -323,6 +355,7 @@ func ChainRules(c Config, f Family) []string {
 		fmt.Sprintf("-A %s -j MARK --set-xmark %s", ChainAllow, mark(0, m.Mask)),
 		fmt.Sprintf("-A %s -j ACCEPT", ChainAllow),
 	)
+	r = append(r, invalidRules...)
 	switch c.Deny {
 	case Reject:
 		unreach := "icmp-port-unreachable"
@@ -342,22 +375,35 @@ func ChainRules(c Config, f Family) []string {
 // ourChains are declared (and therefore flushed) on every install.
 var ourChains = [...]string{ChainForward, ChainInput, ChainAllow, ChainDeny}
 
+// invalidRules are ChainInvalid's rules, with or without PassInvalid (the
+// chain is then not jumped to).
+var invalidRules = []string{"-A " + ChainInvalid + " -j DROP"}
+
 // RenderInstall returns the iptables-restore --noflush input that installs
 // our chains for family f, given the current iptables-save -t filter output
 // of that family. Declaring a chain flushes it, so the chain contents are
-// replaced atomically; a jump is inserted at the top of its built-in chain
+// replaced atomically; NFQPOLICY-INVALID is declared and filled only when
+// save does not show it intact, so that its drop counter keeps counting
+// across installs; a jump is inserted at the top of its built-in chain
 // where save shows none, and moved there where it is not the first rule.
 func RenderInstall(c Config, f Family, save string) string {
 	var b strings.Builder
 	b.WriteString("*filter\n")
+	existing := parseSave(save)
+	keepInvalid := slices.Equal(existing.rules[ChainInvalid], invalidRules)
 	for _, ch := range ourChains {
 		fmt.Fprintf(&b, ":%s - [0:0]\n", ch)
 	}
+	if !keepInvalid {
+		fmt.Fprintf(&b, ":%s - [0:0]\n", ChainInvalid)
+	}
 	for _, r := range ChainRules(c, f) {
+		if keepInvalid && strings.HasPrefix(r, "-A "+ChainInvalid+" ") {
+			continue
+		}
 		b.WriteString(r)
 		b.WriteByte('\n')
 	}
-	existing := parseSave(save)
 	for _, j := range jumps {
 		if existing.jumpFirst(j.from, j.to) {
 			continue
@@ -408,9 +454,10 @@ func RenderCleanup(save string) string {
 
 // saved is what we need to know about iptables-save -t filter output.
 type saved struct {
-	ours      []string          // our chains, in save order
-	jumpRules []string          // "-A CHAIN ... -j NFQPOLICY-x" rules in chains not ours
-	first     map[string]string // the first rule of each chain not ours
+	ours      []string            // our chains, in save order
+	rules     map[string][]string // the rules of our chains, as saved
+	jumpRules []string            // "-A CHAIN ... -j NFQPOLICY-x" rules in chains not ours
+	first     map[string]string   // the first rule of each chain not ours
 }
 
 func parseSave(save string) saved {
@@ -423,7 +470,14 @@ func parseSave(save string) saved {
 			s.ours = append(s.ours, name)
 		case strings.HasPrefix(line, "-A "):
 			fields := strings.Fields(line)
-			if len(fields) < 2 || strings.HasPrefix(fields[1], Prefix) {
+			if len(fields) < 2 {
+				continue
+			}
+			if strings.HasPrefix(fields[1], Prefix) {
+				if s.rules == nil {
+					s.rules = map[string][]string{}
+				}
+				s.rules[fields[1]] = append(s.rules[fields[1]], line)
 				continue
 			}
 			if _, ok := s.first[fields[1]]; !ok {

@@ -101,9 +101,14 @@ func TestRenderInstall(t *testing.T) {
 :NFQPOLICY-INPUT - [0:0]
 :NFQPOLICY-ALLOW - [0:0]
 :NFQPOLICY-DENY - [0:0]
+:NFQPOLICY-INVALID - [0:0]
 -A NFQPOLICY-FORWARD -m connmark --mark 0x10000/0x30000 -j ACCEPT
 -A NFQPOLICY-FORWARD -m mark --mark 0x10000/0x30000 -j NFQPOLICY-ALLOW
 -A NFQPOLICY-FORWARD -m mark --mark 0x20000/0x30000 -j NFQPOLICY-DENY
+-A NFQPOLICY-FORWARD -m conntrack --ctstate INVALID -m set --match-set NFQPOLICY-LOCAL4 dst -j NFQPOLICY-INVALID
+-A NFQPOLICY-FORWARD -m conntrack --ctstate INVALID -m set --match-set NFQPOLICY-LOCAL4 src -j NFQPOLICY-INVALID
+-A NFQPOLICY-FORWARD -m conntrack --ctstate INVALID -m set --match-set NFQPOLICY-PODNET4 dst -j NFQPOLICY-INVALID
+-A NFQPOLICY-FORWARD -m conntrack --ctstate INVALID -m set --match-set NFQPOLICY-PODNET4 src -j NFQPOLICY-INVALID
 -A NFQPOLICY-FORWARD -m conntrack --ctstate NEW -m set --match-set NFQPOLICY-LOCAL4 dst -j NFQUEUE --queue-balance 100:101
 -A NFQPOLICY-FORWARD -m conntrack --ctstate NEW -m set --match-set NFQPOLICY-LOCAL4 src -j NFQUEUE --queue-balance 100:101
 -A NFQPOLICY-FORWARD -m conntrack --ctstate NEW -m set --match-set NFQPOLICY-PODNET4 dst -j NFQUEUE --queue-balance 100:101
@@ -111,11 +116,14 @@ func TestRenderInstall(t *testing.T) {
 -A NFQPOLICY-INPUT -m connmark --mark 0x10000/0x30000 -j ACCEPT
 -A NFQPOLICY-INPUT -m mark --mark 0x10000/0x30000 -j NFQPOLICY-ALLOW
 -A NFQPOLICY-INPUT -m mark --mark 0x20000/0x30000 -j NFQPOLICY-DENY
+-A NFQPOLICY-INPUT -m conntrack --ctstate INVALID -m set --match-set NFQPOLICY-LOCAL4 src -j NFQPOLICY-INVALID
+-A NFQPOLICY-INPUT -m conntrack --ctstate INVALID -m set --match-set NFQPOLICY-PODNET4 src -j NFQPOLICY-INVALID
 -A NFQPOLICY-INPUT -m conntrack --ctstate NEW -m set --match-set NFQPOLICY-LOCAL4 src -j NFQUEUE --queue-balance 100:101
 -A NFQPOLICY-INPUT -m conntrack --ctstate NEW -m set --match-set NFQPOLICY-PODNET4 src -j NFQUEUE --queue-balance 100:101
 -A NFQPOLICY-ALLOW -j CONNMARK --set-xmark 0x10000/0x30000
 -A NFQPOLICY-ALLOW -j MARK --set-xmark 0x0/0x30000
 -A NFQPOLICY-ALLOW -j ACCEPT
+-A NFQPOLICY-INVALID -j DROP
 -A NFQPOLICY-DENY -j DROP
 -I FORWARD 1 -m comment --comment nfqpolicy -j NFQPOLICY-FORWARD
 -I INPUT 1 -m comment --comment nfqpolicy -j NFQPOLICY-INPUT
@@ -123,8 +131,8 @@ COMMIT
 `,
 		},
 		{
-			name: "ipv6 reject single queue fail-open",
-			c:    Config{Marks: DefaultMarks, QueueBase: 7, Queues: 1, FailOpen: true, Deny: Reject},
+			name: "ipv6 reject single queue fail-open pass-invalid",
+			c:    Config{Marks: DefaultMarks, QueueBase: 7, Queues: 1, FailOpen: true, Deny: Reject, PassInvalid: true},
 			f:    IPv6,
 			save: emptySave,
 			want: `*filter
@@ -132,6 +140,7 @@ COMMIT
 :NFQPOLICY-INPUT - [0:0]
 :NFQPOLICY-ALLOW - [0:0]
 :NFQPOLICY-DENY - [0:0]
+:NFQPOLICY-INVALID - [0:0]
 -A NFQPOLICY-FORWARD -m connmark --mark 0x10000/0x30000 -j ACCEPT
 -A NFQPOLICY-FORWARD -m mark --mark 0x10000/0x30000 -j NFQPOLICY-ALLOW
 -A NFQPOLICY-FORWARD -m mark --mark 0x20000/0x30000 -j NFQPOLICY-DENY
@@ -157,6 +166,7 @@ COMMIT
 -A NFQPOLICY-ALLOW -j CONNMARK --set-xmark 0x10000/0x30000
 -A NFQPOLICY-ALLOW -j MARK --set-xmark 0x0/0x30000
 -A NFQPOLICY-ALLOW -j ACCEPT
+-A NFQPOLICY-INVALID -j DROP
 -A NFQPOLICY-DENY -p tcp -j REJECT --reject-with tcp-reset
 -A NFQPOLICY-DENY -j REJECT --reject-with icmp6-port-unreachable
 -I FORWARD 1 -m comment --comment nfqpolicy -j NFQPOLICY-FORWARD
@@ -179,10 +189,12 @@ COMMIT
 :KUBE-FORWARD - [0:0]
 :NFQPOLICY-ALLOW - [0:0]
 :NFQPOLICY-FORWARD - [0:0]
+:NFQPOLICY-INVALID - [0:0]
 -A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD
 -A FORWARD -m comment --comment nfqpolicy -j NFQPOLICY-FORWARD
 -A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP
 -A NFQPOLICY-FORWARD -j ACCEPT
+-A NFQPOLICY-INVALID -j DROP
 COMMIT
 `,
 			want: `*filter
@@ -193,6 +205,10 @@ COMMIT
 -A NFQPOLICY-FORWARD -m connmark --mark 0x1000000/0x3000000 -j ACCEPT
 -A NFQPOLICY-FORWARD -m mark --mark 0x1000000/0x3000000 -j NFQPOLICY-ALLOW
 -A NFQPOLICY-FORWARD -m mark --mark 0x2000000/0x3000000 -j NFQPOLICY-DENY
+-A NFQPOLICY-FORWARD -m conntrack --ctstate INVALID -m set --match-set NFQPOLICY-LOCAL4 dst -j NFQPOLICY-INVALID
+-A NFQPOLICY-FORWARD -m conntrack --ctstate INVALID -m set --match-set NFQPOLICY-LOCAL4 src -j NFQPOLICY-INVALID
+-A NFQPOLICY-FORWARD -m conntrack --ctstate INVALID -m set --match-set NFQPOLICY-PODNET4 dst -j NFQPOLICY-INVALID
+-A NFQPOLICY-FORWARD -m conntrack --ctstate INVALID -m set --match-set NFQPOLICY-PODNET4 src -j NFQPOLICY-INVALID
 -A NFQPOLICY-FORWARD -m conntrack --ctstate NEW -m set --match-set NFQPOLICY-LOCAL4 dst -j NFQUEUE --queue-num 100
 -A NFQPOLICY-FORWARD -m conntrack --ctstate NEW -m set --match-set NFQPOLICY-LOCAL4 src -j NFQUEUE --queue-num 100
 -A NFQPOLICY-FORWARD -m conntrack --ctstate NEW -m set --match-set NFQPOLICY-PODNET4 dst -j NFQUEUE --queue-num 100
@@ -200,6 +216,8 @@ COMMIT
 -A NFQPOLICY-INPUT -m connmark --mark 0x1000000/0x3000000 -j ACCEPT
 -A NFQPOLICY-INPUT -m mark --mark 0x1000000/0x3000000 -j NFQPOLICY-ALLOW
 -A NFQPOLICY-INPUT -m mark --mark 0x2000000/0x3000000 -j NFQPOLICY-DENY
+-A NFQPOLICY-INPUT -m conntrack --ctstate INVALID -m set --match-set NFQPOLICY-LOCAL4 src -j NFQPOLICY-INVALID
+-A NFQPOLICY-INPUT -m conntrack --ctstate INVALID -m set --match-set NFQPOLICY-PODNET4 src -j NFQPOLICY-INVALID
 -A NFQPOLICY-INPUT -m conntrack --ctstate NEW -m set --match-set NFQPOLICY-LOCAL4 src -j NFQUEUE --queue-num 100
 -A NFQPOLICY-INPUT -m conntrack --ctstate NEW -m set --match-set NFQPOLICY-PODNET4 src -j NFQUEUE --queue-num 100
 -A NFQPOLICY-ALLOW -j CONNMARK --set-xmark 0x1000000/0x3000000
