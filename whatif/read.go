@@ -6,18 +6,20 @@ package whatif
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nfqpolicy/nfqpolicy/filter"
+	"github.com/nfqpolicy/nfqpolicy/flowlog"
 )
 
 // Key identifies a flow for replay: what a verdict depends on (policies
@@ -136,18 +138,49 @@ func rotated(p string) []string {
 	return out
 }
 
-// Reader aggregates flow-log lines into distinct flows.
+// Reader aggregates flow-log lines into distinct flows. Reading a line
+// allocates nothing in the common case: flowlog.Parser reads the agent's
+// lines without reflection, addresses, pod and node names are interned,
+// and a flow is found by a compact key of interned address numbers.
 type Reader struct {
-	log   Log
-	flows map[Key]*Flow
-	nodes map[string]bool
-	// nodeSet per flow, kept apart so that Flow.Nodes is built once.
-	flowNodes map[*Flow]map[string]bool
+	log    Log
+	parser flowlog.Parser
+	fields flowlog.Fields
+	flows  map[flowKey]int32 // index into aggs
+	aggs   []agg
+	// addrIDs numbers address texts; two texts of one address (an IPv6
+	// address written two ways) get one number, through addrOf.
+	addrIDs map[string]uint32
+	addrOf  map[netip.Addr]uint32
+	addrs   []netip.Addr
+	names   map[string]string
+	nodeIDs map[string]uint32
+	nodes   []string
+}
+
+// flowKey is Key with interned addresses: 12 bytes to hash, not 56.
+type flowKey struct {
+	src, dst uint32
+	port     uint16
+	proto    uint8
+}
+
+// agg is what the lines of one flow add up to.
+type agg struct {
+	key            Key
+	count          int
+	first, last    time.Time
+	srcPod, dstPod string
+	logged         string
+	nodes          []uint32 // indexes into Reader.nodes, each once
 }
 
 // NewReader returns an empty Reader.
 func NewReader() *Reader {
-	return &Reader{flows: map[Key]*Flow{}, nodes: map[string]bool{}, flowNodes: map[*Flow]map[string]bool{}}
+	return &Reader{
+		flows: map[flowKey]int32{}, addrIDs: map[string]uint32{}, addrOf: map[netip.Addr]uint32{},
+		names: map[string]string{}, nodeIDs: map[string]uint32{},
+	}
 }
 
 // ReadFile reads one flow log ("-" for stdin).
@@ -168,16 +201,20 @@ func (r *Reader) ReadFile(name string, stdin io.Reader) error {
 // Read reads flow-log lines from in; name is used in messages.
 func (r *Reader) Read(name string, in io.Reader) error {
 	sc := bufio.NewScanner(in)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	// A large buffer for few reads; lines stay limited to 1 MiB.
+	sc.Buffer(make([]byte, 256<<10), 1<<20)
 	line := 0
 	for sc.Scan() {
 		line++
 		b := sc.Bytes()
-		if len(strings.TrimSpace(string(b))) == 0 {
+		if len(bytes.TrimSpace(b)) == 0 {
 			continue
 		}
 		if err := r.Line(b); err != nil {
-			r.malformed(fmt.Sprintf("%s:%d: %v", name, line, err))
+			r.log.Malformed++
+			if r.log.FirstMalformed == "" {
+				r.log.FirstMalformed = fmt.Sprintf("%s:%d: %v", name, line, err)
+			}
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -186,46 +223,64 @@ func (r *Reader) Read(name string, in io.Reader) error {
 	return nil
 }
 
-func (r *Reader) malformed(why string) {
-	r.log.Malformed++
-	if r.log.FirstMalformed == "" {
-		r.log.FirstMalformed = why
-	}
-}
-
 // Line adds one flow-log line.
 func (r *Reader) Line(b []byte) error {
-	var rec record
-	if err := json.Unmarshal(b, &rec); err != nil {
-		return err
+	rec := &r.fields
+	if !r.parser.Parse(b, rec) {
+		// Not in the agent's form: encoding/json decides, and words the
+		// error, as it always did.
+		var j record
+		if err := json.Unmarshal(b, &j); err != nil {
+			return err
+		}
+		*rec = flowlog.Fields{
+			Time: j.Time, Node: []byte(j.Node), Verdict: []byte(j.Verdict), Proto: []byte(j.Proto),
+			Src: []byte(j.Src), Dst: []byte(j.Dst), DstPort: j.DstPort, SrcPod: []byte(j.SrcPod), DstPod: []byte(j.DstPod),
+			Lost: j.Lost, RateLimited: j.RateLimited,
+		}
 	}
 	r.log.Lost += rec.Lost
 	r.log.RateLimited += rec.RateLimited
-	if rec.Verdict == "" {
+	if len(rec.Verdict) == 0 {
 		return nil // a loss summary
 	}
-	k, err := parseKey(&rec)
+	k, err := r.key(rec)
 	if err != nil {
 		return err
 	}
 	r.log.Records++
-	f := r.flows[k]
-	if f == nil {
-		f = &Flow{Key: k, First: rec.Time, Last: rec.Time}
-		r.flows[k] = f
-		r.flowNodes[f] = map[string]bool{}
+	i, ok := r.flows[k]
+	if !ok {
+		i = int32(len(r.aggs))
+		r.aggs = append(r.aggs, agg{
+			key:   Key{Src: r.addrs[k.src], Dst: r.addrs[k.dst], Port: k.port, Proto: k.proto},
+			first: rec.Time, last: rec.Time,
+		})
+		r.flows[k] = i
 	}
-	f.Count++
-	if rec.Time.Before(f.First) {
-		f.First = rec.Time
+	f := &r.aggs[i]
+	f.count++
+	if rec.Time.Before(f.first) {
+		f.first = rec.Time
 	}
-	if !rec.Time.Before(f.Last) {
-		f.Last = rec.Time
-		f.SrcPod, f.DstPod, f.Logged = rec.SrcPod, rec.DstPod, rec.Verdict
+	if !rec.Time.Before(f.last) {
+		f.last = rec.Time
+		f.srcPod, f.dstPod = r.name(rec.SrcPod), r.name(rec.DstPod)
+		f.logged = "deny"
+		if string(rec.Verdict) == "allow" {
+			f.logged = "allow"
+		}
 	}
-	if rec.Node != "" {
-		r.nodes[rec.Node] = true
-		r.flowNodes[f][rec.Node] = true
+	if len(rec.Node) > 0 {
+		n, ok := r.nodeIDs[string(rec.Node)]
+		if !ok {
+			n = uint32(len(r.nodes))
+			r.nodes = append(r.nodes, string(rec.Node))
+			r.nodeIDs[r.nodes[n]] = n
+		}
+		if !slices.Contains(f.nodes, n) {
+			f.nodes = append(f.nodes, n)
+		}
 	}
 	if !rec.Time.IsZero() {
 		if r.log.From.IsZero() || rec.Time.Before(r.log.From) {
@@ -238,26 +293,65 @@ func (r *Reader) Line(b []byte) error {
 	return nil
 }
 
-func parseKey(rec *record) (Key, error) {
-	if rec.Verdict != "allow" && rec.Verdict != "deny" {
-		return Key{}, fmt.Errorf("verdict %q is neither allow nor deny", rec.Verdict)
+// name interns a pod name.
+func (r *Reader) name(b []byte) string {
+	if len(b) == 0 {
+		return ""
 	}
-	src, err := netip.ParseAddr(rec.Src)
+	if s, ok := r.names[string(b)]; ok {
+		return s
+	}
+	s := string(b)
+	r.names[s] = s
+	return s
+}
+
+// addr returns the number of the address written as b.
+func (r *Reader) addr(b []byte) (uint32, error) {
+	if id, ok := r.addrIDs[string(b)]; ok {
+		return id, nil
+	}
+	a, err := netip.ParseAddr(string(b))
 	if err != nil {
-		return Key{}, fmt.Errorf("src: %w", err)
+		return 0, err
 	}
-	dst, err := netip.ParseAddr(rec.Dst)
+	id, ok := r.addrOf[a]
+	if !ok {
+		id = uint32(len(r.addrs))
+		r.addrs = append(r.addrs, a)
+		r.addrOf[a] = id
+	}
+	r.addrIDs[string(b)] = id
+	return id, nil
+}
+
+func (r *Reader) key(rec *flowlog.Fields) (flowKey, error) {
+	if v := string(rec.Verdict); v != "allow" && v != "deny" {
+		return flowKey{}, fmt.Errorf("verdict %q is neither allow nor deny", rec.Verdict)
+	}
+	src, err := r.addr(rec.Src)
 	if err != nil {
-		return Key{}, fmt.Errorf("dst: %w", err)
+		return flowKey{}, fmt.Errorf("src: %w", err)
 	}
-	if src.Is4() != dst.Is4() {
-		return Key{}, fmt.Errorf("src %s and dst %s are of different families", src, dst)
-	}
-	proto, err := parseProto(rec.Proto)
+	dst, err := r.addr(rec.Dst)
 	if err != nil {
-		return Key{}, err
+		return flowKey{}, fmt.Errorf("dst: %w", err)
 	}
-	return Key{Src: src, Dst: dst, Port: rec.DstPort, Proto: proto}, nil
+	if s, d := r.addrs[src], r.addrs[dst]; s.Is4() != d.Is4() {
+		return flowKey{}, fmt.Errorf("src %s and dst %s are of different families", s, d)
+	}
+	var proto uint8
+	switch string(rec.Proto) {
+	case "tcp":
+		proto = filter.ProtoTCP
+	case "udp":
+		proto = filter.ProtoUDP
+	default:
+		if proto, err = parseProto(string(rec.Proto)); err != nil {
+			return flowKey{}, err
+		}
+	}
+	return flowKey{src: src, dst: dst, port: rec.DstPort, proto: proto}, nil
 }
 
 // parseProto reads flowlog.ProtoName's names back.
@@ -284,14 +378,18 @@ func parseProto(s string) (uint8, error) {
 // Log returns what was read, flows sorted by first seen.
 func (r *Reader) Log() *Log {
 	l := r.log
-	l.Flows = make([]*Flow, 0, len(r.flows))
-	for f, ns := range r.flowNodes {
-		f.Nodes = make([]string, 0, len(ns))
-		for n := range ns {
-			f.Nodes = append(f.Nodes, n)
+	flows := make([]Flow, len(r.aggs))
+	l.Flows = make([]*Flow, len(r.aggs))
+	for i := range r.aggs {
+		a := &r.aggs[i]
+		f := &flows[i]
+		*f = Flow{Key: a.key, SrcPod: a.srcPod, DstPod: a.dstPod, Count: a.count, First: a.first, Last: a.last,
+			Nodes: make([]string, 0, len(a.nodes)), Logged: a.logged}
+		for _, n := range a.nodes {
+			f.Nodes = append(f.Nodes, r.nodes[n])
 		}
 		sort.Strings(f.Nodes)
-		l.Flows = append(l.Flows, f)
+		l.Flows[i] = f
 	}
 	sort.Slice(l.Flows, func(i, j int) bool {
 		a, b := l.Flows[i], l.Flows[j]
@@ -300,9 +398,7 @@ func (r *Reader) Log() *Log {
 		}
 		return keyLess(a.Key, b.Key)
 	})
-	for n := range r.nodes {
-		l.Nodes = append(l.Nodes, n)
-	}
+	l.Nodes = append([]string(nil), r.nodes...)
 	sort.Strings(l.Nodes)
 	return &l
 }

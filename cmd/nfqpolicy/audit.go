@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
@@ -143,34 +144,42 @@ func (rep *auditReport) readFile(name string, byPolicy map[string]*policyAudit, 
 func (rep *auditReport) read(name string, r io.Reader, byPolicy map[string]*policyAudit, nodes map[string]bool) error {
 	rep.Files = append(rep.Files, name)
 	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	sc.Buffer(make([]byte, 256<<10), 1<<20)
+	// The Parser reads the agent's lines without reflection; any other
+	// line is left to encoding/json, which reads it (or words why not) as
+	// before.
+	var p flowlog.Parser
+	var e flowlog.Fields
 	line := 0
 	for sc.Scan() {
 		line++
-		text := strings.TrimSpace(sc.Text())
-		if text == "" {
+		text := bytes.TrimSpace(sc.Bytes())
+		if len(text) == 0 {
 			continue
 		}
-		var e flowlog.Entry
-		if err := json.Unmarshal([]byte(text), &e); err != nil {
-			rep.malformed(fmt.Sprintf("%s:%d: %v", name, line, err))
-			continue
+		if !p.Parse(text, &e) {
+			var full flowlog.Entry
+			if err := json.Unmarshal(text, &full); err != nil {
+				rep.malformed(fmt.Sprintf("%s:%d: %v", name, line, err))
+				continue
+			}
+			e.SetEntry(&full)
 		}
 		rep.Lost += e.Lost
 		rep.RateLimited += e.RateLimited
-		if e.UncleanRun != "" {
+		if len(e.UncleanRun) != 0 {
 			rep.UncleanEnds++
 		}
-		if e.IsSummary() {
-			continue
+		if len(e.Verdict) == 0 {
+			continue // a summary
 		}
-		if e.Verdict != "allow" && e.Verdict != "deny" {
+		if v := string(e.Verdict); v != "allow" && v != "deny" {
 			rep.malformed(fmt.Sprintf("%s:%d: verdict %q is neither allow nor deny", name, line, e.Verdict))
 			continue
 		}
 		rep.Records++
-		if e.Node != "" {
-			nodes[e.Node] = true
+		if len(e.Node) != 0 && !nodes[string(e.Node)] {
+			nodes[string(e.Node)] = true
 		}
 		if !e.Time.IsZero() {
 			if rep.From.IsZero() || e.Time.Before(rep.From) {
@@ -195,18 +204,19 @@ func (rep *auditReport) malformed(why string) {
 	}
 }
 
-func (rep *auditReport) add(e *flowlog.Entry, byPolicy map[string]*policyAudit) {
-	cut := e.Verdict == "allow" && e.AuditVerdict == "would-deny"
-	opens := e.Verdict == "deny" && e.AuditVerdict == "would-allow"
+func (rep *auditReport) add(e *flowlog.Fields, byPolicy map[string]*policyAudit) {
+	cut := string(e.Verdict) == "allow" && string(e.AuditVerdict) == "would-deny"
+	opens := string(e.Verdict) == "deny" && string(e.AuditVerdict) == "would-allow"
 	if !cut && !opens {
 		return
 	}
 	if cut && len(e.StagedPolicies) == 0 {
 		rep.Unattributed++
 	}
-	for _, name := range e.StagedPolicies {
-		p := byPolicy[name]
+	for _, b := range e.StagedPolicies {
+		p := byPolicy[string(b)]
 		if p == nil {
+			name := string(b)
 			p = &policyAudit{Policy: name, src: map[string]int{}, dst: map[string]int{}, port: map[string]int{}}
 			byPolicy[name] = p
 		}
@@ -221,18 +231,18 @@ func (rep *auditReport) add(e *flowlog.Entry, byPolicy map[string]*policyAudit) 
 	}
 }
 
-func endpointName(pod, addr string) string {
-	if pod != "" {
-		return pod
+func endpointName(pod, addr []byte) string {
+	if len(pod) != 0 {
+		return string(pod)
 	}
-	return addr
+	return string(addr)
 }
 
-func portName(e *flowlog.Entry) string {
+func portName(e *flowlog.Fields) string {
 	if e.DstPort == 0 {
-		return e.Proto
+		return string(e.Proto)
 	}
-	return fmt.Sprintf("%d/%s", e.DstPort, strings.ToUpper(e.Proto))
+	return fmt.Sprintf("%d/%s", e.DstPort, strings.ToUpper(string(e.Proto)))
 }
 
 func topN(m map[string]int, n int) []countEntry {
