@@ -113,7 +113,7 @@ faults: deps build apiserver
 FUZZTIME ?= 30s
 FUZZ_TARGETS := filter:FuzzDecode cluster:FuzzDecode scenario:FuzzParse \
 	cmd/nfqpolicy:FuzzAuditReport debugapi:FuzzRequest dataplane/iptables:FuzzParseSave \
-	conntrack:FuzzParseEntry capture:FuzzScanFile capture:FuzzParseMatch
+	conntrack:FuzzParseEntry capture:FuzzScanFile capture:FuzzParseMatch flowlog:FuzzParse
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
 	  echo "--- fuzz ./$$pkg $$fn ($(FUZZTIME))"; \
