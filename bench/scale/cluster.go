@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/nfqpolicy/nfqpolicy/bench"
@@ -48,6 +49,7 @@ func nodeIP(k int) string {
 // existing objects without listing them.
 type world struct {
 	client kubernetes.Interface
+	dyn    dynamic.Interface // ClusterNetworkPolicies; nil: none
 	nodes  int
 
 	mu       sync.Mutex
@@ -58,6 +60,7 @@ type world struct {
 	policies map[string]bool   // "ns/name"
 	polKeys  []string
 	nss      []string
+	cnpNames []string
 	seq      int
 
 	apiErrors atomic.Int64
@@ -324,7 +327,7 @@ func (w *world) churnOp(ctx context.Context) string {
 			w.release(ref)
 		}
 		return "pod-delete"
-	case r < 70: // a pod is relabelled (a rollout's version label)
+	case r < 68 || (r < 70 && w.dyn == nil): // a pod is relabelled (a rollout's version label)
 		w.mu.Lock()
 		var key string
 		if len(w.podKeys) > 0 {
@@ -340,6 +343,8 @@ func (w *world) churnOp(ctx context.Context) string {
 		_, err := w.client.CoreV1().Pods(ns).Patch(ctx, name, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
 		w.noteErr(err)
 		return "pod-label"
+	case r < 70: // a ClusterNetworkPolicy is edited
+		return w.churnCNP(ctx)
 	case r < 80: // a policy is created
 		w.noteErr(w.createPolicy(ctx, churnPolicy(ns, fmt.Sprintf("churn-np-%d", seq), app, tier)))
 		return "policy-create"

@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -33,6 +34,7 @@ var (
 	flagWindow   = flag.Duration("window-max", 90*time.Second, "longest churn window (fewer samples are reported as such)")
 	flagProfile  = flag.String("profile", "", "directory for agent 0's CPU profiles, one per churn window")
 	flagAgentArg = flag.String("agent-args", "", "extra arguments for every agent, space-separated")
+	flagCNP      = flag.Int("cnp", 20, "ClusterNetworkPolicies per tier (Admin and Baseline) over the generated namespaces, 2% of the churn edits them; 0: none, no CRD")
 )
 
 // Probe pods on node 0 (host numbers in its pod CIDR, above the generated
@@ -90,14 +92,28 @@ func TestScaleLadder(t *testing.T) {
 	}
 	w := newWorld(client, *flagNodes, 1)
 	start := time.Now()
+	if *flagCNP > 0 {
+		if w.dyn, err = dynamic.NewForConfig(load); err != nil {
+			t.Fatal(err)
+		}
+		if err := installCNPCRD(ctx, w.dyn); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := w.createNodes(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if err := w.grow(ctx, steps[0].pods, steps[0].policies); err != nil {
 		t.Fatal(err)
 	}
+	if *flagCNP > 0 {
+		// Over the namespaces of the last step, which exist from then on.
+		if err := w.createCNPs(ctx, *flagCNP, *flagCNP, max(steps[len(steps)-1].pods/podsPerNS, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	pods, pols := w.counts()
-	t.Logf("created %d nodes, %d pods, %d policies in %v", *flagNodes, pods, pols, time.Since(start).Round(time.Millisecond))
+	t.Logf("created %d nodes, %d pods, %d policies, %d ClusterNetworkPolicies in %v", *flagNodes, pods, pols, 2**flagCNP, time.Since(start).Round(time.Millisecond))
 
 	dir := t.TempDir()
 	var extra []string
@@ -496,6 +512,7 @@ type window struct {
 	others       []string
 	wall         time.Duration
 	pods, pols   int
+	cnps         int
 	load         string
 }
 
@@ -614,6 +631,9 @@ func runWindow(ctx context.Context, t *testing.T, w *world, pr *probes, agents [
 	r.pod = Summarize(pod.d)
 	r.podOut = pod.timeouts
 	r.pods, r.pols = w.counts()
+	w.mu.Lock()
+	r.cnps = len(w.cnpNames)
+	w.mu.Unlock()
 	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
 		r.load = strings.Join(strings.Fields(string(b))[:3], " ")
 	}
@@ -626,8 +646,8 @@ func (r *window) print(t *testing.T) {
 		r.rssMax>>20, r.cores, r.events)
 	fmt.Printf("  samples: %d policy changes (%d failed), %d new pods (p50=%sms max=%sms, %d failed); API write p99 %sms\n",
 		r.enforce.N, r.enforceOut, r.pod.N, ms(r.pod.P50), ms(r.pod.Max), r.podOut, ms(r.enforceAPI.P99))
-	fmt.Printf("  churn: %.1f/s achieved over %v (%d ticks skipped, %d API errors) %v; cluster now %d pods, %d policies\n",
-		r.achieved, r.wall.Round(time.Second), r.skipped, r.apiErrors, r.kinds, r.pods, r.pols)
+	fmt.Printf("  churn: %.1f/s achieved over %v (%d ticks skipped, %d API errors) %v; cluster now %d pods, %d policies, %d ClusterNetworkPolicies\n",
+		r.achieved, r.wall.Round(time.Second), r.skipped, r.apiErrors, r.kinds, r.pods, r.pols, r.cnps)
 	if r.lastAPIErr != "" {
 		fmt.Printf("  last API error: %s\n", r.lastAPIErr)
 	}
