@@ -27,13 +27,14 @@ var (
 )
 
 // installCNPCRD creates network-policy-api's ClusterNetworkPolicy CRD
-// (standard channel, the module's own copy) and waits until it serves.
+// (experimental channel, the module's own copy: named ports and
+// domainNames, which bench.ClusterPolicies uses, are experimental) and waits until it serves.
 func installCNPCRD(ctx context.Context, dyn dynamic.Interface) error {
 	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/network-policy-api").Output()
 	if err != nil {
 		return fmt.Errorf("go list the network-policy-api module: %w", err)
 	}
-	b, err := os.ReadFile(filepath.Join(strings.TrimSpace(string(out)), "config", "crd", "standard", "policy.networking.k8s.io_clusternetworkpolicies.yaml"))
+	b, err := os.ReadFile(filepath.Join(strings.TrimSpace(string(out)), "config", "crd", "experimental", "policy.networking.k8s.io_clusternetworkpolicies.yaml"))
 	if err != nil {
 		return err
 	}
