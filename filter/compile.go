@@ -257,7 +257,18 @@ func Compile(c *cluster.Cluster) (*Ruleset, error) {
 	if c == nil {
 		return nil, errors.New("compile: no cluster state")
 	}
-	b := &builder{
+	b := newBuilder()
+	b.nodes(c.Nodes)
+	b.namespaces(c.Namespaces)
+	b.pods(c.Pods)
+	b.policies(c.Policies)
+	b.clusterPolicies(c.ClusterPolicies)
+	b.perPod()
+	return b.rs, nil
+}
+
+func newBuilder() *builder {
+	return &builder{
 		rs: &Ruleset{
 			addr4:      make(map[[4]byte]endpoint),
 			addr6:      make(map[[16]byte]endpoint),
@@ -269,13 +280,6 @@ func Compile(c *cluster.Cluster) (*Ruleset, error) {
 		nsLabels: make(map[string]labels.Set),
 		peerSets: make(map[string]*podSet),
 	}
-	b.nodes(c.Nodes)
-	b.namespaces(c.Namespaces)
-	b.pods(c.Pods)
-	b.policies(c.Policies)
-	b.clusterPolicies(c.ClusterPolicies)
-	b.perPod()
-	return b.rs, nil
 }
 
 type builder struct {
@@ -292,6 +296,15 @@ type builder struct {
 	nodeLabels []labels.Set
 	// cnpFast holds each ClusterNetworkPolicy rule's walk form, built once.
 	cnpFast map[int32]cnpRule
+
+	// The incremental Compiler's hooks and free slots (nil for Compile):
+	// newSet learns every pod peer set a NetworkPolicy peer makes, usePeer
+	// every rule peer that holds one; free slots are reused before the
+	// slices grow.
+	newSet    func(key, ns string, nsSel, podSel labels.Selector, members []int32, set *podSet)
+	usePeer   func(key string, rule int32, peer int)
+	freePols  []int32
+	freeRules []int32
 }
 
 type labelGroup struct {
@@ -548,14 +561,16 @@ func (b *builder) policies(pols []*networkingv1.NetworkPolicy) {
 	}
 }
 
-func (b *builder) policy(np *networkingv1.NetworkPolicy) {
+// policy compiles a NetworkPolicy into a policy slot and returns the slot
+// and its pod selector; -1 when it is skipped (and says why in Warnings).
+func (b *builder) policy(np *networkingv1.NetworkPolicy) (int32, labels.Selector) {
 	id := np.Namespace + "/" + np.Name
 	sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
 	if err != nil {
 		b.warn("NetworkPolicy %s: spec.podSelector: %v; policy skipped", id, err)
-		return
+		return -1, nil
 	}
-	pidx := int32(len(b.rs.policies))
+	pidx := b.policySlot()
 	pol := policy{ns: np.Namespace, name: np.Name}
 	pol.staged = np.Annotations[ModeAnnotation] == ModeAudit || b.nsAudit[np.Namespace]
 	if pol.staged {
@@ -587,7 +602,30 @@ func (b *builder) policy(np *networkingv1.NetworkPolicy) {
 			pol.rules[egress] = append(pol.rules[egress], b.rule(pidx, egress, i, np, r.To, r.Ports))
 		}
 	}
-	b.rs.policies = append(b.rs.policies, pol)
+	b.rs.policies[pidx] = pol
+	return pidx, sel
+}
+
+// policySlot reserves a policy index: a free one, or a new one at the end.
+func (b *builder) policySlot() int32 {
+	if n := len(b.freePols); n > 0 {
+		i := b.freePols[n-1]
+		b.freePols = b.freePols[:n-1]
+		return i
+	}
+	b.rs.policies = append(b.rs.policies, policy{})
+	return int32(len(b.rs.policies) - 1)
+}
+
+// ruleSlot reserves a rule index the same way.
+func (b *builder) ruleSlot() int32 {
+	if n := len(b.freeRules); n > 0 {
+		i := b.freeRules[n-1]
+		b.freeRules = b.freeRules[:n-1]
+		return i
+	}
+	b.rs.rules = append(b.rs.rules, rule{})
+	return int32(len(b.rs.rules) - 1)
 }
 
 // selectPods returns the pods of namespace ns whose labels match sel.
@@ -609,8 +647,16 @@ func (b *builder) rule(pidx int32, dir uint8, index int, np *networkingv1.Networ
 		peerField = "to"
 	}
 	r := rule{policy: pidx, dir: dir, index: int16(index), action: actAllow, anyPeer: len(peers) == 0, anyPort: len(ports) == 0}
+	type use struct {
+		key  string
+		peer int
+	}
+	var uses []use // the pod peers' sets, for usePeer
 	for i, pe := range peers {
-		p, err := b.peer(np.Namespace, pe)
+		p, key, err := b.peer(np.Namespace, pe)
+		if key != "" && b.usePeer != nil {
+			uses = append(uses, use{key, i})
+		}
 		if err != nil {
 			// An unusable peer matches nothing: failing closed for this
 			// peer is safer than dropping the rule's other peers.
@@ -632,56 +678,63 @@ func (b *builder) rule(pidx int32, dir uint8, index int, np *networkingv1.Networ
 		// everything.
 		r.ports = append(r.ports, portRange{proto: 0, lo: 1, hi: 0, name: -1})
 	}
-	idx := int32(len(b.rs.rules))
-	b.rs.rules = append(b.rs.rules, r)
+	idx := b.ruleSlot()
+	b.rs.rules[idx] = r
+	for _, u := range uses {
+		b.usePeer(u.key, idx, u.peer)
+	}
 	return idx
 }
 
-func (b *builder) peer(policyNS string, pe networkingv1.NetworkPolicyPeer) (peer, error) {
+// peer compiles one from/to element. key names a pod peer's set (shared
+// by every peer selecting the same), "" for other peers.
+func (b *builder) peer(policyNS string, pe networkingv1.NetworkPolicyPeer) (peer, string, error) {
 	if pe.IPBlock != nil {
 		cidr, err := netip.ParsePrefix(pe.IPBlock.CIDR)
 		if err != nil {
-			return peer{}, fmt.Errorf("ipBlock.cidr: %w", err)
+			return peer{}, "", fmt.Errorf("ipBlock.cidr: %w", err)
 		}
 		p := peer{kind: peerBlock, cidr: cidr.Masked(), text: "ipBlock " + pe.IPBlock.CIDR}
 		for _, e := range pe.IPBlock.Except {
 			ex, err := netip.ParsePrefix(e)
 			if err != nil {
-				return peer{}, fmt.Errorf("ipBlock.except: %w", err)
+				return peer{}, "", fmt.Errorf("ipBlock.except: %w", err)
 			}
 			p.except = append(p.except, ex.Masked())
 		}
 		if len(p.except) > 0 {
 			p.text += " except " + strings.Join(pe.IPBlock.Except, ",")
 		}
-		return p, nil
+		return p, "", nil
 	}
 	if pe.PodSelector == nil && pe.NamespaceSelector == nil {
-		return peer{}, errors.New("peer selects nothing: set podSelector, namespaceSelector or ipBlock")
+		return peer{}, "", errors.New("peer selects nothing: set podSelector, namespaceSelector or ipBlock")
 	}
 	podSel := labels.Everything()
 	podText := ""
 	if pe.PodSelector != nil {
 		s, err := metav1.LabelSelectorAsSelector(pe.PodSelector)
 		if err != nil {
-			return peer{}, fmt.Errorf("podSelector: %w", err)
+			return peer{}, "", fmt.Errorf("podSelector: %w", err)
 		}
 		podSel = s
 		podText = "podSelector{" + s.String() + "}"
 	}
 	var key, text string
 	var members []int32
+	var nsSel labels.Selector
 	if pe.NamespaceSelector == nil {
 		key = "ns=" + policyNS + "\x00" + podSel.String()
 		text = podText + " in namespace " + policyNS
 		if set, ok := b.peerSets[key]; ok {
-			return peer{kind: peerPods, pods: *set, text: text}, nil
+			return peer{kind: peerPods, pods: *set, text: text}, key, nil
 		}
 		members = b.selectPods(policyNS, podSel)
 	} else {
-		nsSel, err := metav1.LabelSelectorAsSelector(pe.NamespaceSelector)
+		var err error
+		nsSel, err = metav1.LabelSelectorAsSelector(pe.NamespaceSelector)
 		if err != nil {
-			return peer{}, fmt.Errorf("namespaceSelector: %w", err)
+			return peer{}, "", fmt.Errorf("namespaceSelector: %w", err)
 		}
 		key = "nsSel=" + nsSel.String() + "\x00" + podSel.String()
 		text = "namespaceSelector{" + nsSel.String() + "}"
@@ -689,7 +742,7 @@ func (b *builder) peer(policyNS string, pe networkingv1.NetworkPolicyPeer) (peer
 			text += " and " + podText
 		}
 		if set, ok := b.peerSets[key]; ok {
-			return peer{kind: peerPods, pods: *set, text: text}, nil
+			return peer{kind: peerPods, pods: *set, text: text}, key, nil
 		}
 		for _, ns := range b.nsOrder {
 			if nsSel.Matches(b.namespaceLabels(ns)) {
@@ -699,7 +752,14 @@ func (b *builder) peer(policyNS string, pe networkingv1.NetworkPolicyPeer) (peer
 	}
 	set := newPodSet(members)
 	b.peerSets[key] = set
-	return peer{kind: peerPods, pods: *set, text: text}, nil
+	if b.newSet != nil {
+		ns := ""
+		if nsSel == nil {
+			ns = policyNS
+		}
+		b.newSet(key, ns, nsSel, podSel, members, set)
+	}
+	return peer{kind: peerPods, pods: *set, text: text}, key, nil
 }
 
 func (b *builder) port(pp networkingv1.NetworkPolicyPort) (portRange, error) {

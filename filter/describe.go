@@ -151,9 +151,12 @@ func (rs *Ruleset) PolicyStaged(i int32) bool {
 	return i >= 0 && int(i) < len(rs.policies) && rs.policies[i].staged
 }
 
-// Counts returns the number of pods, nodes, policies and rules compiled.
+// Counts returns the number of pods, nodes, policies and rules compiled
+// (a Compiler's free slots not included).
 func (rs *Ruleset) Counts() (pods, nodes, policies, rules int) {
-	return len(rs.pods), len(rs.nodes), len(rs.policies), len(rs.rules)
+	return liveCount(rs.pods, func(p *pod) bool { return p.name == "" }), len(rs.nodes),
+		liveCount(rs.policies, func(p *policy) bool { return p.name == "" }),
+		liveCount(rs.rules, func(r *rule) bool { return r.policy < 0 })
 }
 
 // LocalPodAddrs returns the addresses of the pods scheduled on node that

@@ -105,9 +105,12 @@ type Agent struct {
 	tables *iptables.Tables
 	log    zerolog.Logger
 
-	engine  atomic.Pointer[filter.Engine]
-	mu      sync.Mutex // guards readers
-	readers []*dataplane.Reader
+	engine atomic.Pointer[filter.Engine]
+	// compiler keeps the last compile's state, so that a change costs
+	// what it touches; only the agent's loop uses it.
+	compiler *filter.Compiler
+	mu       sync.Mutex // guards readers
+	readers  []*dataplane.Reader
 
 	ready         atomic.Bool
 	notReady      atomic.Pointer[string] // why not ready
@@ -153,7 +156,7 @@ func New(cfg Config, src k8swatch.Source) (*Agent, error) {
 	if r == nil {
 		r = iptables.Exec{}
 	}
-	a := &Agent{cfg: cfg, src: src, tables: iptables.New(r, cfg.Backend, cfg.Families...), log: cfg.Log}
+	a := &Agent{cfg: cfg, src: src, tables: iptables.New(r, cfg.Backend, cfg.Families...), log: cfg.Log, compiler: filter.NewCompiler()}
 	a.setNotReady("waiting for the first cluster state")
 	return a, nil
 }
@@ -291,7 +294,7 @@ func (a *Agent) firstState(ctx context.Context, srcDone <-chan error) (*cluster.
 // compile compiles c, timing and counting it.
 func (a *Agent) compile(c *cluster.Cluster) (*filter.Ruleset, error) {
 	start := time.Now()
-	rs, err := filter.Compile(c)
+	rs, err := a.compiler.Compile(c)
 	if err != nil {
 		a.compileErrors.Add(1)
 	}
