@@ -438,6 +438,9 @@ func (b *builder) podsIn(nsSel, podSel labels.Selector) *podSet {
 	}
 	set := newPodSet(members)
 	b.peerSets[key] = set
+	if b.newSet != nil {
+		b.newSet(key, "", nsSel, podSel, members, set) // the Compiler keeps it current
+	}
 	return set
 }
 
