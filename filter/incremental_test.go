@@ -150,9 +150,7 @@ func (w *world) deletePod() {
 		w.forceful = true
 		return
 	}
-	for _, a := range cluster.PodAddrs(p) {
-		w.free = append(w.free, a)
-	}
+	w.free = append(w.free, cluster.PodAddrs(p)...)
 }
 
 // shared reports whether another pod has one of p's addresses.
