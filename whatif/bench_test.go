@@ -60,7 +60,8 @@ var benchLog = sync.OnceValue(func() []byte {
 // BenchmarkReplay1M replays 1,000,000 recorded flows (40,000 distinct)
 // through the current and a proposed ruleset (ns0's allow-low narrowed
 // to app=p0..p4): read, deduplicate, decide each distinct flow twice,
-// collect the changes. In the same run it times two ways of only parsing
+// collect the changes; and the same with one parsing worker (the serial
+// reader). In the same run it times two ways of only parsing
 // the same lines: encoding/json into flowlog.Entry (how every line was
 // read before flowlog.Parser; the baseline) and flowlog.Parser alone. It
 // reports seconds per 1M records of each and the baseline's time as a
@@ -84,7 +85,7 @@ func BenchmarkReplay1M(b *testing.B) {
 		b.Fatal(err)
 	}
 	changed := ChangedNames(narrowed, nil)
-	var jsonParse, fastParse, replay time.Duration
+	var jsonParse, fastParse, replay, serial time.Duration
 	b.ResetTimer()
 	for range b.N {
 		t := time.Now()
@@ -115,29 +116,39 @@ func BenchmarkReplay1M(b *testing.B) {
 			b.Fatalf("%d lines, the Parser took %d", n, taken)
 		}
 
-		t = time.Now()
-		r := NewReader()
-		if err := r.Read("bench", bytes.NewReader(data)); err != nil {
-			b.Fatal(err)
-		}
-		log := r.Log()
-		res, err := Replay(log, before, after, changed)
-		if err != nil {
-			b.Fatal(err)
-		}
-		replay += time.Since(t)
-		// ns0's 20 pods no longer receive from ns0's p5..p9: 5*20 flows
-		// were allowed and are cut, each by ns0/allow-low.
-		if log.Records != benchRecords || len(log.Flows) != 40000 || len(res.Changes) != 100 || res.Changes[0].Policies[0] != "ns0/allow-low" {
-			b.Fatalf("%d records, %d flows, %d changes", log.Records, len(log.Flows), len(res.Changes))
+		for _, workers := range []int{1, 0} {
+			t = time.Now()
+			r := NewReader()
+			if workers != 0 {
+				r.workers = workers
+			}
+			if err := r.Read("bench", bytes.NewReader(data)); err != nil {
+				b.Fatal(err)
+			}
+			log := r.Log()
+			res, err := Replay(log, before, after, changed)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if workers == 1 {
+				serial += time.Since(t)
+			} else {
+				replay += time.Since(t)
+			}
+			// ns0's 20 pods no longer receive from ns0's p5..p9: 5*20
+			// flows were allowed and are cut, each by ns0/allow-low.
+			if log.Records != benchRecords || len(log.Flows) != 40000 || len(res.Changes) != 100 || res.Changes[0].Policies[0] != "ns0/allow-low" {
+				b.Fatalf("%d records, %d flows, %d changes", log.Records, len(log.Flows), len(res.Changes))
+			}
 		}
 	}
 	per1M := func(d time.Duration) float64 { return d.Seconds() / float64(b.N*benchRecords) * 1e6 }
 	b.ReportMetric(per1M(replay), "replay-s/1M")
+	b.ReportMetric(per1M(serial), "replay-1-worker-s/1M")
 	b.ReportMetric(per1M(jsonParse), "json-parse-s/1M")
 	b.ReportMetric(per1M(fastParse), "parser-s/1M")
 	b.ReportMetric(jsonParse.Seconds()/replay.Seconds(), "json-parse/replay")
 	b.ReportMetric(jsonParse.Seconds()/fastParse.Seconds(), "json-parse/parser")
-	b.Logf("%d records: replay (read, dedupe, decide %d distinct flows twice) %v; parse only: encoding/json %v, flowlog.Parser %v",
-		b.N*benchRecords, 40000, replay, jsonParse, fastParse)
+	b.Logf("%d records: replay (read, dedupe, decide %d distinct flows twice) %v (%d parsing workers; with 1: %v); parse only: encoding/json %v, flowlog.Parser %v",
+		b.N*benchRecords, 40000, replay, NewReader().workers, serial, jsonParse, fastParse)
 }

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -156,6 +157,8 @@ type Reader struct {
 	names   map[string]string
 	nodeIDs map[string]uint32
 	nodes   []string
+	// workers parse lines in parallel when more than 1 (readParallel).
+	workers int
 }
 
 // flowKey is Key with interned addresses: 12 bytes to hash, not 56.
@@ -180,6 +183,7 @@ func NewReader() *Reader {
 	return &Reader{
 		flows: map[flowKey]int32{}, addrIDs: map[string]uint32{}, addrOf: map[netip.Addr]uint32{},
 		names: map[string]string{}, nodeIDs: map[string]uint32{},
+		workers: min(runtime.GOMAXPROCS(0), 4),
 	}
 }
 
@@ -200,9 +204,10 @@ func (r *Reader) ReadFile(name string, stdin io.Reader) error {
 
 // Read reads flow-log lines from in; name is used in messages.
 func (r *Reader) Read(name string, in io.Reader) error {
-	sc := bufio.NewScanner(in)
-	// A large buffer for few reads; lines stay limited to 1 MiB.
-	sc.Buffer(make([]byte, 256<<10), 1<<20)
+	if r.workers > 1 {
+		return r.readParallel(name, in)
+	}
+	sc := newScanner(in)
 	line := 0
 	for sc.Scan() {
 		line++
@@ -211,10 +216,7 @@ func (r *Reader) Read(name string, in io.Reader) error {
 			continue
 		}
 		if err := r.Line(b); err != nil {
-			r.log.Malformed++
-			if r.log.FirstMalformed == "" {
-				r.log.FirstMalformed = fmt.Sprintf("%s:%d: %v", name, line, err)
-			}
+			r.malformed(name, line, err)
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -223,22 +225,49 @@ func (r *Reader) Read(name string, in io.Reader) error {
 	return nil
 }
 
+func newScanner(in io.Reader) *bufio.Scanner {
+	sc := bufio.NewScanner(in)
+	// A large buffer for few reads; lines stay limited to 1 MiB.
+	sc.Buffer(make([]byte, 256<<10), 1<<20)
+	return sc
+}
+
+func (r *Reader) malformed(name string, line int, err error) {
+	r.log.Malformed++
+	if r.log.FirstMalformed == "" {
+		r.log.FirstMalformed = fmt.Sprintf("%s:%d: %v", name, line, err)
+	}
+}
+
 // Line adds one flow-log line.
 func (r *Reader) Line(b []byte) error {
-	rec := &r.fields
-	if !r.parser.Parse(b, rec) {
-		// Not in the agent's form: encoding/json decides, and words the
-		// error, as it always did.
-		var j record
-		if err := json.Unmarshal(b, &j); err != nil {
-			return err
-		}
-		*rec = flowlog.Fields{
-			Time: j.Time, Node: []byte(j.Node), Verdict: []byte(j.Verdict), Proto: []byte(j.Proto),
-			Src: []byte(j.Src), Dst: []byte(j.Dst), DstPort: j.DstPort, SrcPod: []byte(j.SrcPod), DstPod: []byte(j.DstPod),
-			Lost: j.Lost, RateLimited: j.RateLimited,
-		}
+	if err := parseLine(&r.parser, b, &r.fields); err != nil {
+		return err
 	}
+	return r.add(&r.fields)
+}
+
+// parseLine reads a line into rec with p, or with encoding/json when p
+// does not take it (a line not in the agent's form), which then decides,
+// and words the error, as it always did.
+func parseLine(p *flowlog.Parser, b []byte, rec *flowlog.Fields) error {
+	if p.Parse(b, rec) {
+		return nil
+	}
+	var j record
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	*rec = flowlog.Fields{
+		Time: j.Time, Node: []byte(j.Node), Verdict: []byte(j.Verdict), Proto: []byte(j.Proto),
+		Src: []byte(j.Src), Dst: []byte(j.Dst), DstPort: j.DstPort, SrcPod: []byte(j.SrcPod), DstPod: []byte(j.DstPod),
+		Lost: j.Lost, RateLimited: j.RateLimited,
+	}
+	return nil
+}
+
+// add counts one parsed line.
+func (r *Reader) add(rec *flowlog.Fields) error {
 	r.log.Lost += rec.Lost
 	r.log.RateLimited += rec.RateLimited
 	if len(rec.Verdict) == 0 {

@@ -212,22 +212,46 @@ func readerLines(t testing.TB) string {
 	return b.String()
 }
 
+// TestReaderMatchesJSON: serial and parallel, over several batches
+// whose lines tie in time, the Reader gives what the encoding/json reader
+// gives, down to the time zone of first and last seen and the first
+// malformed line.
 func TestReaderMatchesJSON(t *testing.T) {
-	data := readerLines(t)
+	data := strings.Repeat(readerLines(t), 20)
 	want := &jsonReader{flows: map[Key]*Flow{}, nodes: map[string]bool{}, flowNodes: map[*Flow]map[string]bool{}}
 	want.read("t", data)
-	r := NewReader()
-	if err := r.Read("t", strings.NewReader(data)); err != nil {
-		t.Fatal(err)
-	}
-	got, wl := r.Log(), want.result()
-	if wl.Malformed != 5 || len(wl.Flows) < 10 {
+	wl := want.result()
+	if wl.Malformed != 100 || len(wl.Flows) < 10 || strings.Count(data, "\n") < 2*batchLines {
 		t.Fatalf("the lines do not exercise the reader: %d malformed, %d flows", wl.Malformed, len(wl.Flows))
 	}
-	gj, _ := json.MarshalIndent(got, "", " ")
 	wj, _ := json.MarshalIndent(wl, "", " ")
-	if string(gj) != string(wj) {
-		t.Errorf("Reader\n%s\nencoding/json reader\n%s", gj, wj)
+	for _, workers := range []int{1, 2, 3} {
+		r := NewReader()
+		r.workers = workers
+		if err := r.Read("t", strings.NewReader(data)); err != nil {
+			t.Fatal(err)
+		}
+		gj, _ := json.MarshalIndent(r.Log(), "", " ")
+		if string(gj) != string(wj) {
+			t.Errorf("Reader with %d workers\n%s\nencoding/json reader\n%s", workers, gj, wj)
+		}
+	}
+}
+
+// TestReaderLineTooLong: a line of 1 MiB or more stops the read with
+// bufio.Scanner's error, serial or parallel, after the lines before it.
+func TestReaderLineTooLong(t *testing.T) {
+	data := strings.Repeat(readerLines(t), 8) + "{\"reason\":\"" + strings.Repeat("x", 1<<20) + "\"}\n" + readerLines(t)
+	for _, workers := range []int{1, 2} {
+		r := NewReader()
+		r.workers = workers
+		err := r.Read("t", strings.NewReader(data))
+		if err == nil || err.Error() != "read t: bufio.Scanner: token too long" {
+			t.Errorf("%d workers: error %v", workers, err)
+		}
+		if l := r.Log(); l.Malformed != 40 || l.Records != 8*303 {
+			t.Errorf("%d workers: %d records, %d malformed before the long line", workers, l.Records, l.Malformed)
+		}
 	}
 }
 
