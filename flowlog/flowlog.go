@@ -45,10 +45,12 @@
 // Close ends a run's log (Renderer.Run set) with a line whose message is
 // ClosedMessage and whose last_seq is the run's last sequence number. A run
 // that never wrote one was killed (SIGKILL, OOM) or crashed: the records of
-// its last few milliseconds of decisions, still in its buffer, are gone,
-// and nobody could count them. The next run says so (Options.Previous):
-// its first line names the run that ended uncleanly (unclean_run), so a
-// reader knows the log is incomplete there.
+// its last few milliseconds of decisions, still in its buffer, are gone.
+// The next run says so (Options.Previous): its first line names the run
+// that ended uncleanly (unclean_run) and, from the dead run's state file
+// (Options.StatePath, see runstate.go), counts what it lost ("lost",
+// "rate_limited"), or says that nobody can ("lost_unknown": no state
+// file).
 package flowlog
 
 import (
@@ -128,6 +130,10 @@ type Options struct {
 	// (LastEntry), nil if none: when it is not that run's closing line,
 	// New reports the unclean end first thing.
 	Previous *Entry
+	// StatePath, if set, is the run state file (StatePath(log path)):
+	// the counters that let the next run count what this one loses if it
+	// is killed. Needs Renderer.Run.
+	StatePath string
 }
 
 // ClosedMessage is the message of the line Close writes last.
@@ -152,13 +158,20 @@ type Logger struct {
 	interval time.Duration
 	poll     time.Duration
 
-	seq         atomic.Uint64
-	pendLost    atomic.Uint64
-	pendLimited atomic.Uint64
-	lost        atomic.Uint64
-	limited     atomic.Uint64
-	written     atomic.Uint64
-	closed      atomic.Bool
+	// seq and limited live in the run state file's mapping when there is
+	// one (state), so that they outlive a kill; own holds them otherwise.
+	seq, limited *atomic.Uint64
+	own          [2]atomic.Uint64
+	state        *runState
+	// What the lines written so far account for: sequence numbers (records
+	// written, losses reported) and rate-limited records reported. Only
+	// the writer touches them.
+	accounted, limitReported uint64
+	pendLost                 atomic.Uint64
+	pendLimited              atomic.Uint64
+	lost                     atomic.Uint64
+	written                  atomic.Uint64
+	closed                   atomic.Bool
 
 	done      chan struct{}
 	finished  chan struct{}
@@ -197,6 +210,18 @@ func New(o Options) (*Logger, error) {
 		done:     make(chan struct{}),
 		finished: make(chan struct{}),
 	}
+	l.seq, l.limited = &l.own[0], &l.own[1]
+	var prevState *PreviousRun
+	if o.StatePath != "" {
+		if o.Renderer.Run == "" {
+			return nil, errors.New("flowlog: a run state file needs a run id")
+		}
+		st, prev, err := openRunState(o.StatePath, o.Renderer.Run)
+		if err != nil {
+			return nil, err
+		}
+		l.state, prevState = st, prev
+	}
 	if o.RatePerSec > 0 {
 		burst := o.Burst
 		if burst <= 0 {
@@ -204,15 +229,46 @@ func New(o Options) (*Logger, error) {
 		}
 		l.lim = newLimiter(o.RatePerSec, burst, o.MaxSources)
 	}
-	if p := o.Previous; p != nil && p.Run != "" && p.Message != ClosedMessage {
-		l.uncleanEnd(p)
+	l.reportPrevious(o.Previous, prevState)
+	if l.state != nil {
+		// After the report: a run killed in between has reported the
+		// previous one, and began nothing of its own.
+		l.state.begin(o.Renderer.Run)
+		l.seq, l.limited = l.state.u64(offIssued), l.state.u64(offLimited)
 	}
 	go l.run()
 	return l, nil
 }
 
-// uncleanEnd reports that the run that wrote p never closed its log.
-func (l *Logger) uncleanEnd(p *Entry) {
+// reportPrevious writes the unclean-end line about the run before this
+// one, if it ended without closing its log: last is the log's last line,
+// prev what the state file says (nil: no state file).
+func (l *Logger) reportPrevious(last *Entry, prev *PreviousRun) {
+	if prev == nil {
+		if last != nil && last.Run != "" && last.Message != ClosedMessage {
+			l.uncleanEnd(last.Run, last.Seq, nil)
+		}
+		return
+	}
+	prev.settle(last)
+	switch {
+	case prev.Closed:
+	case last != nil && last.UncleanRun == prev.Run && last.Run != prev.Run:
+		// The state's run was reported by last's run, which died before
+		// it began numbering anything: it lost nothing.
+		l.uncleanEnd(last.Run, 0, &PreviousRun{Run: last.Run})
+	default:
+		seq := uint64(0)
+		if last != nil && last.Run == prev.Run {
+			seq = last.Seq
+		}
+		l.uncleanEnd(prev.Run, seq, prev)
+	}
+}
+
+// uncleanEnd reports that run never closed its log; lastSeq is its last
+// sequence number in the log; prev (nil: unknown) counts what it lost.
+func (l *Logger) uncleanEnd(run string, lastSeq uint64, prev *PreviousRun) {
 	e := l.zl.Log().Str("time", time.Now().UTC().Format(time.RFC3339Nano))
 	if l.rd.Node != "" {
 		e = e.Str("node", l.rd.Node)
@@ -220,8 +276,15 @@ func (l *Logger) uncleanEnd(p *Entry) {
 	if l.rd.Run != "" {
 		e = e.Str("run", l.rd.Run)
 	}
-	e.Str("unclean_run", p.Run).Uint64("last_seq", p.Seq).
-		Str("message", "the previous run ended without closing the flow log (killed or crashed): records of its last decisions, after last_seq, may be missing").Send()
+	e = e.Str("unclean_run", run).Uint64("last_seq", lastSeq)
+	if prev == nil {
+		e.Bool("lost_unknown", true).
+			Str("message", "the previous run ended without closing the flow log (killed or crashed): records of its last decisions, after last_seq, may be missing, and no state file counts them").Send()
+		return
+	}
+	lost, limited := prev.Lost()
+	e.Uint64("lost", lost).Uint64("rate_limited", limited).
+		Str("message", "the previous run ended without closing the flow log (killed or crashed): lost and rate_limited count what it decided that no line of the log holds or reports").Send()
 }
 
 func (l *Logger) selected(v *filter.Verdict) bool {
@@ -315,9 +378,13 @@ func (l *Logger) drain(r *Record) {
 }
 
 func (l *Logger) write(r *Record) {
+	acc, lim := l.accounted+1+r.Lost, l.limitReported+r.RateLimited
+	l.writing(r.Seq, r.Time, acc, lim)
 	before := l.out.errs.Load()
 	l.rd.Fields(l.zl.Log(), r).Send()
-	if l.out.errs.Load() == before {
+	ok := l.out.errs.Load() == before
+	l.wrote(ok, acc, lim)
+	if ok {
 		l.written.Add(1)
 		return
 	}
@@ -330,13 +397,32 @@ func (l *Logger) write(r *Record) {
 	}
 }
 
+// writing and wrote keep the accounting of what the written lines hold
+// (and the state file's copy of it) around one line; acc and lim are the
+// totals once it is written.
+func (l *Logger) writing(seq uint64, t int64, acc, lim uint64) {
+	if l.state != nil {
+		l.state.writing(seq, t, acc, lim)
+	}
+}
+
+func (l *Logger) wrote(ok bool, acc, lim uint64) {
+	if ok {
+		l.accounted, l.limitReported = acc, lim
+	}
+	if l.state != nil {
+		l.state.written(ok)
+	}
+}
+
 // summary writes the pending counts no record has carried yet.
 func (l *Logger) summary(msg string) {
 	lost, limited := l.pendLost.Swap(0), l.pendLimited.Swap(0)
 	if lost == 0 && limited == 0 {
 		return
 	}
-	e := l.zl.Log().Str("time", time.Now().UTC().Format(time.RFC3339Nano))
+	now := time.Now().UTC()
+	e := l.zl.Log().Str("time", now.Format(time.RFC3339Nano))
 	if l.rd.Node != "" {
 		e = e.Str("node", l.rd.Node)
 	}
@@ -349,9 +435,13 @@ func (l *Logger) summary(msg string) {
 	if limited > 0 {
 		e = e.Uint64("rate_limited", limited)
 	}
+	acc, lim := l.accounted+lost, l.limitReported+limited
+	l.writing(0, now.UnixNano(), acc, lim)
 	before := l.out.errs.Load()
 	e.Str("message", msg).Send()
-	if l.out.errs.Load() != before {
+	ok := l.out.errs.Load() == before
+	l.wrote(ok, acc, lim)
+	if !ok {
 		// Not written: report it with the next line instead.
 		l.pendLost.Add(lost)
 		l.pendLimited.Add(limited)
@@ -366,18 +456,30 @@ func (l *Logger) closing() {
 		l.summary(ClosedMessage)
 		return
 	}
-	e := l.zl.Log().Str("time", time.Now().UTC().Format(time.RFC3339Nano))
+	now := time.Now().UTC()
+	e := l.zl.Log().Str("time", now.Format(time.RFC3339Nano))
 	if l.rd.Node != "" {
 		e = e.Str("node", l.rd.Node)
 	}
 	e = e.Str("run", l.rd.Run)
-	if lost := l.pendLost.Swap(0); lost > 0 {
+	lost, limited := l.pendLost.Swap(0), l.pendLimited.Swap(0)
+	if lost > 0 {
 		e = e.Uint64("lost", lost)
 	}
-	if limited := l.pendLimited.Swap(0); limited > 0 {
+	if limited > 0 {
 		e = e.Uint64("rate_limited", limited)
 	}
+	acc, lim := l.accounted+lost, l.limitReported+limited
+	l.writing(0, now.UnixNano(), acc, lim)
+	before := l.out.errs.Load()
 	e.Uint64("last_seq", l.seq.Load()).Str("message", ClosedMessage).Send()
+	ok := l.out.errs.Load() == before
+	l.wrote(ok, acc, lim)
+	if l.state != nil && ok {
+		// Closed only if the closing line is there: otherwise the next
+		// run reports this one as unclean, with what it lost.
+		l.state.closed()
+	}
 }
 
 // Close writes every record already accepted, a final summary of what was

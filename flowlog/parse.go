@@ -19,6 +19,7 @@ type Fields struct {
 	StagedPolicies                       [][]byte
 	DstPort                              uint16
 	Lost, RateLimited                    uint64
+	LostUnknown                          bool
 }
 
 // SetEntry fills f from an Entry that encoding/json decoded: the line a
@@ -28,6 +29,7 @@ func (f *Fields) SetEntry(e *Entry) {
 		Time: e.Time, Node: []byte(e.Node), Verdict: []byte(e.Verdict), AuditVerdict: []byte(e.AuditVerdict),
 		Proto: []byte(e.Proto), Src: []byte(e.Src), Dst: []byte(e.Dst), SrcPod: []byte(e.SrcPod), DstPod: []byte(e.DstPod),
 		UncleanRun: []byte(e.UncleanRun), DstPort: e.DstPort, Lost: e.Lost, RateLimited: e.RateLimited,
+		LostUnknown: e.LostUnknown,
 	}
 	for _, s := range e.StagedPolicies {
 		f.StagedPolicies = append(f.StagedPolicies, []byte(s))
@@ -86,7 +88,7 @@ var (
 	entryKeys = []string{"time", "node", "run", "seq", "verdict", "mode", "audit_verdict", "audit_differs",
 		"staged_policies", "audit_reason", "proto", "family", "src", "src_port", "dst", "dst_port", "src_pod",
 		"src_namespace", "dst_pod", "dst_namespace", "src_labels", "dst_labels", "reason", "egress", "ingress",
-		"latency_us", "cached", "lost", "rate_limited", "message", "last_seq", "unclean_run"}
+		"latency_us", "cached", "lost", "rate_limited", "message", "last_seq", "unclean_run", "lost_unknown"}
 	sideKeys = []string{"decision", "tier", "policy", "action", "rule_name", "policy_index", "rule", "peer", "pass"}
 	passKeys = []string{"tier", "policy", "rule", "rule_name"}
 )
@@ -241,6 +243,10 @@ func (p *Parser) entryValue(key []byte, f *Fields) (bit uint64, ok bool) {
 		return 1 << 30, p.skipUint(64)
 	case "unclean_run":
 		return 1 << 31, p.keepString(&f.UncleanRun)
+	case "lost_unknown":
+		// null leaves the field false, as encoding/json does.
+		f.LostUnknown = p.peek() == 't'
+		return 1 << 32, p.skipBool()
 	}
 	if foldsToKnown(key, entryKeys) {
 		return 0, false

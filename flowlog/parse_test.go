@@ -79,9 +79,9 @@ func agrees(t testing.TB, p *Parser, line []byte) bool {
 }
 
 func fieldsText(f *Fields) string {
-	return fmt.Sprintf("time=%s node=%q verdict=%q audit=%q proto=%q src=%q dst=%q src_pod=%q dst_pod=%q unclean=%q staged=%q dst_port=%d lost=%d limited=%d",
+	return fmt.Sprintf("time=%s node=%q verdict=%q audit=%q proto=%q src=%q dst=%q src_pod=%q dst_pod=%q unclean=%q staged=%q dst_port=%d lost=%d limited=%d lost_unknown=%v",
 		f.Time.Format(time.RFC3339Nano)+"/"+f.Time.Location().String(), f.Node, f.Verdict, f.AuditVerdict, f.Proto, f.Src, f.Dst, f.SrcPod, f.DstPod,
-		f.UncleanRun, f.StagedPolicies, f.DstPort, f.Lost, f.RateLimited)
+		f.UncleanRun, f.StagedPolicies, f.DstPort, f.Lost, f.RateLimited, f.LostUnknown)
 }
 
 // TestParseTakesAgentLines: every kind of line the agent writes is read

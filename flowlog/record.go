@@ -281,9 +281,12 @@ type Entry struct {
 	Message        string            `json:"message,omitempty"`
 	// LastSeq (on a run's closing line, and on an unclean-end line) is
 	// the last sequence number of the run; UncleanRun names a run that
-	// ended without closing its log.
-	LastSeq    uint64 `json:"last_seq,omitempty"`
-	UncleanRun string `json:"unclean_run,omitempty"`
+	// ended without closing its log. Its Lost and RateLimited count what
+	// that run lost; LostUnknown says nobody could count it (no state
+	// file).
+	LastSeq     uint64 `json:"last_seq,omitempty"`
+	UncleanRun  string `json:"unclean_run,omitempty"`
+	LostUnknown bool   `json:"lost_unknown,omitempty"`
 }
 
 // SideEntry is the decision of one side as logged.

@@ -59,9 +59,12 @@ type auditReport struct {
 	Lost        uint64 `json:"lost"`
 	RateLimited uint64 `json:"rate_limited"`
 	// UncleanEnds counts agent runs that ended without closing their log
-	// (killed or crashed): their last records may be missing, uncounted.
-	UncleanEnds int  `json:"unclean_ends"`
-	Complete    bool `json:"complete"`
+	// (killed or crashed); what they lost is in Lost, except for those
+	// counted in UncountedEnds (no state file: their last records may be
+	// missing, uncounted).
+	UncleanEnds   int  `json:"unclean_ends"`
+	UncountedEnds int  `json:"unclean_ends_uncounted"`
+	Complete      bool `json:"complete"`
 	// Malformed lines were skipped; FirstMalformed says where and why.
 	Malformed      int    `json:"malformed_lines"`
 	FirstMalformed string `json:"first_malformed,omitempty"`
@@ -169,6 +172,9 @@ func (rep *auditReport) read(name string, r io.Reader, byPolicy map[string]*poli
 		rep.RateLimited += e.RateLimited
 		if len(e.UncleanRun) != 0 {
 			rep.UncleanEnds++
+			if e.LostUnknown {
+				rep.UncountedEnds++
+			}
 		}
 		if len(e.Verdict) == 0 {
 			continue // a summary
@@ -263,7 +269,7 @@ func topN(m map[string]int, n int) []countEntry {
 }
 
 func (rep *auditReport) finish(byPolicy map[string]*policyAudit, nodes map[string]bool, top int) {
-	rep.Complete = rep.Lost == 0 && rep.RateLimited == 0 && rep.UncleanEnds == 0
+	rep.Complete = rep.Lost == 0 && rep.RateLimited == 0 && rep.UncountedEnds == 0
 	rep.Nodes = make([]string, 0, len(nodes))
 	for n := range nodes {
 		rep.Nodes = append(rep.Nodes, n)
@@ -298,6 +304,9 @@ func (rep *auditReport) writeText(w io.Writer) {
 		unclean := ""
 		if rep.UncleanEnds > 0 {
 			unclean = fmt.Sprintf(", %d agent runs ended without closing it", rep.UncleanEnds)
+		}
+		if rep.UncountedEnds > 0 {
+			unclean += fmt.Sprintf(", %d of them with losses nobody could count", rep.UncountedEnds)
 		}
 		fmt.Fprintf(w, "WARNING: the log is incomplete (%d records lost, %d rate-limited%s): a policy listed as safe may still cut flows that were not logged.\n", rep.Lost, rep.RateLimited, unclean)
 	}

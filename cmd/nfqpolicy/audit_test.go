@@ -247,3 +247,31 @@ spec:
 		}
 	}
 }
+
+// TestAuditReportUncleanEnds: a run killed without closing its log makes
+// the log incomplete only when what it lost is unknown (no state file) or
+// not zero; an unclean end counted at 0 lost leaves it complete.
+func TestAuditReportUncleanEnds(t *testing.T) {
+	rec := `{"time":"2026-11-27T06:00:05Z","run":"a","seq":1,"verdict":"allow","mode":"enforce","proto":"tcp","family":4,"src":"10.0.1.1","src_port":1,"dst":"10.0.1.2","dst_port":80}` + "\n"
+	for _, tc := range []struct {
+		name, line string
+		complete   bool
+		lost       uint64
+		uncounted  int
+	}{
+		{"counted, nothing lost", `{"run":"b","unclean_run":"a","last_seq":1,"lost":0,"rate_limited":0}`, true, 0, 0},
+		{"counted, one lost", `{"run":"b","unclean_run":"a","last_seq":1,"lost":1,"rate_limited":0}`, false, 1, 0},
+		{"uncounted", `{"run":"b","unclean_run":"a","last_seq":1,"lost_unknown":true}`, false, 0, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var rep auditReport
+			if err := rep.read("flows.log", strings.NewReader(rec+tc.line+"\n"), map[string]*policyAudit{}, map[string]bool{}); err != nil {
+				t.Fatal(err)
+			}
+			rep.finish(map[string]*policyAudit{}, map[string]bool{}, 1)
+			if rep.Complete != tc.complete || rep.Lost != tc.lost || rep.UncleanEnds != 1 || rep.UncountedEnds != tc.uncounted {
+				t.Errorf("complete %v lost %d unclean %d uncounted %d; want %v %d 1 %d", rep.Complete, rep.Lost, rep.UncleanEnds, rep.UncountedEnds, tc.complete, tc.lost, tc.uncounted)
+			}
+		})
+	}
+}

@@ -74,15 +74,17 @@ func (o *observeFlags) start(node, mode string) (*observers, error) {
 			return nil, err
 		}
 		var prev *flowlog.Entry
+		state := ""
 		if o.flowLog != "-" {
 			prev = flowlog.LastEntry(o.flowLog)
+			state = flowlog.StatePath(o.flowLog)
 		}
 		sink, err := flowlog.OpenSink(o.flowLog, o.flowLogMaxBytes, o.flowLogKeep)
 		if err != nil {
 			return nil, err
 		}
 		l, err := flowlog.New(flowlog.Options{Out: sink, Select: sel, RatePerSec: o.flowLogRate, Burst: o.flowLogBurst,
-			Renderer: flowlog.Renderer{Node: node, Run: obs.run, Mode: flowMode(mode), Labels: o.flowLogLabels}, Previous: prev})
+			Renderer: flowlog.Renderer{Node: node, Run: obs.run, Mode: flowMode(mode), Labels: o.flowLogLabels}, Previous: prev, StatePath: state})
 		if err != nil {
 			sink.Close()
 			return nil, err
