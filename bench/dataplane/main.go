@@ -80,6 +80,9 @@ type options struct {
 	// environment, and the accept-all reader's verdict.
 	agentArgs, agentEnv multiFlag
 	acceptAllVerdict    string
+	// only, when set, runs one phase (conn, throughput or hold) and no
+	// summary: experiments.
+	only string
 }
 
 // multiFlag is a flag that may be given several times.
@@ -111,6 +114,7 @@ func cmdMain(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&o.debugPhase, "debug-phase", false, "also time the agent's own reader-side latency from a run at --log-level debug")
 	fs.Var(&o.agentArgs, "agent-arg", "extra flag for both agents (repeatable; experiments)")
 	fs.Var(&o.agentEnv, "agent-env", "extra KEY=VALUE environment for both agents (repeatable; experiments, e.g. GOMAXPROCS=1)")
+	fs.StringVar(&o.only, "only", "", "run only this phase: conn, throughput or hold, without the summary (experiments)")
 	fs.StringVar(&o.acceptAllVerdict, "acceptall-verdict", "accept", "the accept-all reader's verdict: accept, or repeat (NF_REPEAT with a mark that a rule above the queue rule accepts: the agent's second pass; experiments)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -149,6 +153,9 @@ func (o options) check(nargs int) error {
 	}
 	if o.acceptAllVerdict != "accept" && o.acceptAllVerdict != "repeat" {
 		errs = append(errs, fmt.Errorf("-acceptall-verdict %q: want accept or repeat", o.acceptAllVerdict))
+	}
+	if o.only != "" && o.only != "conn" && o.only != "throughput" && o.only != "hold" {
+		errs = append(errs, fmt.Errorf("-only %q: want conn, throughput or hold", o.only))
 	}
 	if o.workers < 1 || o.workers > 64 {
 		errs = append(errs, fmt.Errorf("-workers %d: want 1..64", o.workers))
@@ -422,14 +429,23 @@ func (b *bench) phases(ctx context.Context) (err error) {
 	}
 
 	var r result
-	if err := b.connRounds(ctx, connRoundsPer*o.rounds, round/connRoundsPer, &r); err != nil {
-		return err
+	if o.only == "" || o.only == "conn" {
+		if err := b.connRounds(ctx, connRoundsPer*o.rounds, round/connRoundsPer, &r); err != nil {
+			return err
+		}
 	}
-	if err := b.throughputRounds(ctx, max(round, minBulkRound), &r); err != nil {
-		return err
+	if o.only == "" || o.only == "throughput" {
+		if err := b.throughputRounds(ctx, max(round, minBulkRound), &r); err != nil {
+			return err
+		}
 	}
-	if err := b.holdRounds(ctx, &r); err != nil {
-		return err
+	if o.only == "" || o.only == "hold" {
+		if err := b.holdRounds(ctx, &r); err != nil {
+			return err
+		}
+	}
+	if o.only != "" {
+		return nil
 	}
 	if o.debugPhase {
 		if err := b.debugPhase(ctx); err != nil {
@@ -455,6 +471,7 @@ type modeFigures struct {
 	ok, failed int
 	connect    []time.Duration
 	firstErr   error
+	cost       procStat // of the lane's queue reader, over the mode's rounds
 }
 
 // connMode is one mode of the connection-rate rounds: a lane and the
@@ -502,7 +519,19 @@ func (b *bench) connRounds(ctx context.Context, rounds int, round time.Duration,
 					return fmt.Errorf("%s lane: %w", m.name, err)
 				}
 			}
+			var ps0 procStat
+			if m.lane.pid != 0 {
+				var err error
+				if ps0, err = readProcStat(m.lane.pid); err != nil {
+					return fmt.Errorf("connection rate (%s): %w", m.name, err)
+				}
+			}
 			rr, err := connRate(ctx, m.lane.topo.client, m.tg, &b.ports, b.o.workers, round, 0)
+			if m.lane.pid != 0 {
+				ps1, perr := readProcStat(m.lane.pid)
+				err = errors.Join(err, perr)
+				figs[i].cost = figs[i].cost.add(ps1.sub(ps0))
+			}
 			if err != nil {
 				return fmt.Errorf("connection rate (%s): %w", m.name, err)
 			}
@@ -543,6 +572,11 @@ func (b *bench) connRounds(ctx context.Context, rounds int, round time.Duration,
 			m.name, median(f.rates), formatFloats(f.rates, "%.0f"), f.ok, f.failed, us(s.p50), us(s.p99))
 		if f.failed > 0 {
 			b.printf("  %s: first failure: %v\n", m.name, f.firstErr)
+		}
+		if m.lane.pid != 0 && f.ok > 0 {
+			n := float64(f.ok)
+			b.printf("reader_cost %-14s per connection: cpu=%.1fus voluntary_switches=%.2f involuntary_switches=%.2f (the queue reader's process, all threads, during its connection-rate rounds)\n",
+				m.name, us(f.cost.cpu)/n, float64(f.cost.voluntary)/n, float64(f.cost.forced)/n)
 		}
 	}
 	b.printf("ratio per round conn_rate_enforced_vs_acceptall: %s\n", formatFloats(r.connRatios, "%.2f"))

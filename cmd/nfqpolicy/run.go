@@ -211,6 +211,10 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		log.Error().Err(err).Msg("cannot run on this host")
 		return 2
 	}
+	if procs, ok := readerProcs(runtime.GOMAXPROCS(0), int(cfg.Rules.Queues), os.Getenv("GOMAXPROCS")); ok {
+		runtime.GOMAXPROCS(procs)
+		log.Info().Int("gomaxprocs", procs).Int("queues", int(cfg.Rules.Queues)).Msg("one P per queue reader on top of the runtime's default")
+	}
 	var src k8swatch.Source
 	if len(f.snapshots) > 0 {
 		src = k8swatch.NewSnapshotSource(f.snapshots, f.poll, log)
@@ -369,4 +373,22 @@ func apiServerHealth(is *k8swatch.InformerSource) http.Handler {
 		}
 		http.Error(w, "API server unreachable: enforcing the last state read from it", http.StatusServiceUnavailable)
 	})
+}
+
+// readerProcs is the GOMAXPROCS the agent runs with: the runtime's default
+// (procs: the CPUs it may use) plus one per queue reader, unless the
+// operator set GOMAXPROCS (env). A reader blocks in read(2) and keeps its
+// P while it waits (the runtime's rule for a goroutine in a system call),
+// using no CPU. With one P per CPU, once every reader waits no P is idle,
+// and the runtime's monitor then takes each waiting reader's P away after
+// 20 µs and wakes a thread to use it: on two CPUs with two busy queues,
+// a third more CPU and context switches per new flow than with one queue
+// (docs/performance.md, suspect 4). The extra Ps are tokens for waiting,
+// not CPUs: a reader that runs has a packet to answer. Setting GOMAXPROCS
+// stops the runtime from following later changes of the CPU limit.
+func readerProcs(procs, queues int, env string) (int, bool) {
+	if env != "" || queues < 1 {
+		return 0, false
+	}
+	return procs + queues, true
 }
