@@ -31,6 +31,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -38,6 +39,7 @@ import (
 
 	"github.com/nfqpolicy/nfqpolicy/e2e"
 	"github.com/nfqpolicy/nfqpolicy/filter"
+	"github.com/nfqpolicy/nfqpolicy/internal/syntap"
 	"github.com/nfqpolicy/nfqpolicy/scenario"
 )
 
@@ -104,11 +106,11 @@ func cmdMain(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.workload, "workload", "testdata/bench/knp-workload.yaml", "scenario file with the cluster and the probe to reproduce")
 	fs.StringVar(&o.nfqpolicy, "nfqpolicy", "", "agent binary (default: go build ./cmd/nfqpolicy into a temporary directory)")
-	fs.DurationVar(&o.duration, "duration", 4500*time.Millisecond, "measured time per mode of the connection-rate comparison (split into 3 x -rounds rounds) and of the throughput comparison (split into -rounds rounds of at least 400ms)")
-	fs.IntVar(&o.rounds, "rounds", 30, "alternating rounds the -duration of each mode (and the -latency-conns of each SYN hold lane) is split into")
+	fs.DurationVar(&o.duration, "duration", 7500*time.Millisecond, "measured time per mode of the connection-rate comparison (split into 5 x -rounds rounds) and of the throughput comparison (split into -rounds rounds of at least 400ms)")
+	fs.IntVar(&o.rounds, "rounds", 30, "alternating rounds the -duration of each mode is split into (the -latency-conns of each SYN hold lane: twice as many)")
 	fs.IntVar(&o.workers, "workers", 4, "parallel clients of the connection-rate phases")
 	fs.IntVar(&o.queues, "queues", runtime.NumCPU(), "NFQUEUE queues of the agent and of the accept-all reader (the agent's default)")
-	fs.IntVar(&o.latencyConns, "latency-conns", 15000, "sequential connections of each SYN hold lane, over all rounds")
+	fs.IntVar(&o.latencyConns, "latency-conns", 30000, "sequential connections of each SYN hold lane, over all rounds")
 	fs.IntVar(&o.missClients, "miss-clients", 100, "client pods of the cache-miss connection-rate lane")
 	fs.IntVar(&o.missServers, "miss-servers", 400, "server pods of the cache-miss connection-rate lane")
 	fs.BoolVar(&o.debugPhase, "debug-phase", false, "also time the agent's own reader-side latency from a run at --log-level debug")
@@ -145,7 +147,7 @@ func (o options) check(nargs int) error {
 	}
 	if o.rounds < 1 || o.rounds > 100 || (o.rounds > 0 && o.duration/time.Duration(o.rounds) < 100*time.Millisecond) {
 		errs = append(errs, fmt.Errorf("-rounds %d: want 1..100 rounds of at least 100ms each", o.rounds))
-	} else if o.latencyConns/o.rounds < 20 {
+	} else if o.latencyConns/(holdRoundsPer*o.rounds) < 20 {
 		errs = append(errs, fmt.Errorf("-latency-conns %d: want at least 20 per round", o.latencyConns))
 	}
 	if o.missClients < 1 || o.missServers < 1 || o.missClients+o.missServers > 1000 {
@@ -354,9 +356,14 @@ func (b *bench) warmUp(ctx context.Context, l *lane, tg *targets) error {
 type result struct {
 	connRatios, missRatios, tputRatios   []float64 // per round
 	rateNoRules, rateEnforcedOverNoRules float64
-	// Per round, enforced over accept-all SYN hold, cache on and off.
-	holdP50, holdP99, holdP50NoCache, holdP99NoCache []float64
-	readerAcceptAll                                  summary
+	// Per round, enforced over accept-all SYN hold p50, cache on and
+	// off.
+	holdP50, holdP50NoCache []float64
+	// p99 ratios: of all the rounds' SYNs (pooled), and per block of
+	// holdBlock rounds for the spread.
+	holdP99, holdP99NoCache             float64
+	holdP99Blocks, holdP99NoCacheBlocks []float64
+	readerAcceptAll                     summary
 }
 
 func (b *bench) printf(format string, args ...any) { fmt.Fprintf(b.out, format, args...) }
@@ -384,7 +391,7 @@ func (b *bench) phases(ctx context.Context) (err error) {
 	b.printf("# cache-miss lane: %d distinct allowed pairs between %d clients and %d servers of node %s, cycled in order through the agent's flow cache of %d entries (LRU: every pair is evicted before it comes round again; the cache's key is the address pair and port, not the source port)\n",
 		len(b.many.conns), b.missClients, b.missServers, b.pair.node, enforcedCacheSize)
 	b.printf("# connection rate: %d rounds x %v per mode, %d workers, each connection = connect + 1 byte each way + close with SO_LINGER 0 (reset), a fresh source port each; throughput: %d rounds x %v per mode, one flow each (after %v warm-up); SYN hold: %d rounds of %d sequential connections per lane; accept-all verdict: %s\n",
-		connRoundsPer*o.rounds, round/connRoundsPer, o.workers, o.rounds, max(round, minBulkRound), bulkWarmup, o.rounds, o.latencyConns/o.rounds, o.acceptAllVerdict)
+		connRoundsPer*o.rounds, round/connRoundsPer, o.workers, o.rounds, max(round, minBulkRound), bulkWarmup, holdRoundsPer*o.rounds, o.latencyConns/(holdRoundsPer*o.rounds), o.acceptAllVerdict)
 
 	// The accept-all lane: our reader behind the simplest diversion
 	// rule. Reader first, as the agent does: a rule without a reader
@@ -485,8 +492,19 @@ type connMode struct {
 // connRoundsPer: the connection-rate comparison runs this many times
 // more, and this many times shorter, rounds than -rounds says: the load
 // on the machine drifts over hundreds of milliseconds, and the five
-// modes of a round should see the same load.
-const connRoundsPer = 3
+// modes of a round should see the same load. 150 rounds by default: a
+// round's ratio swings by a third either way on two loaded cores, and the
+// median of 90 still moved by 0.1 from run to run.
+const connRoundsPer = 5
+
+// holdRoundsPer: the SYN hold lanes run this many times more rounds than
+// -rounds says (60 of 500 connections by default).
+const holdRoundsPer = 2
+
+// holdBlock is how many consecutive SYN hold rounds make one block for the
+// p99 ratios' spread: a round's 500 SYNs put its p99 at the fifth slowest,
+// one scheduler stall on a loaded core; a block's 5,000 at the fiftieth.
+const holdBlock = 10
 
 // minBulkRound is the shortest measured window of a throughput round: a
 // bulk flow's rate over less swings with every burst of other work.
@@ -508,6 +526,14 @@ func (b *bench) connRounds(ctx context.Context, rounds int, round time.Duration,
 	}
 	figs := make([]modeFigures, len(modes))
 	var hitsOne, missesOne, hitsMany, missesMany, noBufs, drops uint64
+	// One unmeasured round first: the previous setup's work (agents
+	// compiling, conntrack tables filling, threads and caches cold) would
+	// otherwise land on whichever modes run first.
+	for _, m := range modes {
+		if _, err := connRate(ctx, m.lane.topo.client, m.tg, &b.ports, b.o.workers, round, 0); err != nil {
+			return fmt.Errorf("connection rate warm-up (%s): %w", m.name, err)
+		}
+	}
 	for k := range rounds {
 		rates := make([]float64, len(modes))
 		for _, i := range shuffled(len(modes), k) {
@@ -626,6 +652,7 @@ func (b *bench) throughputRounds(ctx context.Context, round time.Duration, r *re
 type holdFigures struct {
 	held, connect               []time.Duration // all rounds
 	p50, p99                    []time.Duration // per round
+	rounds                      [][]time.Duration
 	failed, unmatched, inverted int
 	firstErr                    error
 	cost                        procStat    // of the lane's queue reader, over its rounds
@@ -640,8 +667,9 @@ type holdFigures struct {
 func (b *bench) holdRounds(ctx context.Context, r *result) error {
 	lanes := []*lane{b.norules, b.acceptall, b.enforced, b.nocache}
 	figs := make([]holdFigures, len(lanes))
-	per := b.o.latencyConns / b.o.rounds
-	stopStamping, err := keepStamping()
+	rounds := holdRoundsPer * b.o.rounds
+	per := b.o.latencyConns / rounds
+	stopStamping, err := syntap.KeepStamping()
 	if err != nil {
 		return err
 	}
@@ -649,6 +677,14 @@ func (b *bench) holdRounds(ctx context.Context, r *result) error {
 	// The reader's own timing covers these rounds only.
 	if err := b.reader.reset(); err != nil {
 		return fmt.Errorf("accept-all lane: %w", err)
+	}
+	// An unmeasured round first, as in the connection rounds: the lanes
+	// that would otherwise run first after the throughput phase would pay
+	// for waking up alone.
+	for _, l := range lanes {
+		if _, err := connRate(ctx, l.topo.client, b.one, &b.ports, 1, 10*time.Second, per/5); err != nil {
+			return fmt.Errorf("SYN hold warm-up (%s): %w", l.name, err)
+		}
 	}
 	for i, l := range lanes {
 		if l.agent != nil {
@@ -659,11 +695,11 @@ func (b *bench) holdRounds(ctx context.Context, r *result) error {
 			figs[i].before = st
 		}
 	}
-	for k := range b.o.rounds {
+	for k := range rounds {
 		for _, i := range shuffled(len(lanes), k) {
 			l := lanes[i]
 			f := &figs[i]
-			tap, err := openSynTap(l.topo.node, "vc", "vs", synFilter{dst: b.dst})
+			tap, err := syntap.Open(l.topo.node, "vc", "vs", b.dst)
 			if err != nil {
 				return fmt.Errorf("SYN hold (%s): %w", l.name, err)
 			}
@@ -679,7 +715,7 @@ func (b *bench) holdRounds(ctx context.Context, r *result) error {
 				err = errors.Join(err, perr)
 				f.cost = f.cost.add(ps1.sub(ps0))
 			}
-			held, unmatched, inverted, terr := tap.close()
+			held, unmatched, inverted, terr := tap.Close()
 			if err = errors.Join(err, terr); err != nil {
 				return fmt.Errorf("SYN hold (%s): %w", l.name, err)
 			}
@@ -688,6 +724,7 @@ func (b *bench) holdRounds(ctx context.Context, r *result) error {
 				return fmt.Errorf("SYN hold (%s): the tap saw no SYN cross the node (%d connections, %d failed, first: %v; %d seen on one link only)", l.name, rr.ok, rr.failed, rr.firstErr, unmatched)
 			}
 			f.held = append(f.held, held...)
+			f.rounds = append(f.rounds, held)
 			f.connect = append(f.connect, rr.connect...)
 			f.p50 = append(f.p50, s.p50)
 			f.p99 = append(f.p99, s.p99)
@@ -702,11 +739,30 @@ func (b *bench) holdRounds(ctx context.Context, r *result) error {
 			return float64(p(&figs[i])[k]) / float64(p(&figs[j])[k])
 		}
 		p50 := func(f *holdFigures) []time.Duration { return f.p50 }
-		p99 := func(f *holdFigures) []time.Duration { return f.p99 }
 		r.holdP50 = append(r.holdP50, ratio(2, 1, p50))
-		r.holdP99 = append(r.holdP99, ratio(2, 1, p99))
 		r.holdP50NoCache = append(r.holdP50NoCache, ratio(3, 1, p50))
-		r.holdP99NoCache = append(r.holdP99NoCache, ratio(3, 1, p99))
+	}
+	// A round's p99 is one stall; the lanes' p99 over all their
+	// (interleaved) rounds is what the ratio compares, and blocks of
+	// rounds show how much it moves within the run.
+	var err99 error
+	p99Ratio := func(i, j int, from, to int) float64 {
+		x, err1 := percentile(slices.Concat(figs[i].rounds[from:to]...), 99)
+		y, err2 := percentile(slices.Concat(figs[j].rounds[from:to]...), 99)
+		if err := errors.Join(err1, err2); err != nil {
+			err99 = errors.Join(err99, err)
+			return 0
+		}
+		return float64(x) / float64(y)
+	}
+	r.holdP99, r.holdP99NoCache = p99Ratio(2, 1, 0, rounds), p99Ratio(3, 1, 0, rounds)
+	block := min(holdBlock, rounds)
+	for from := 0; from+block <= rounds; from += block {
+		r.holdP99Blocks = append(r.holdP99Blocks, p99Ratio(2, 1, from, from+block))
+		r.holdP99NoCacheBlocks = append(r.holdP99NoCacheBlocks, p99Ratio(3, 1, from, from+block))
+	}
+	if err99 != nil {
+		return fmt.Errorf("SYN hold p99: %w", err99)
 	}
 	for i, l := range lanes {
 		f := &figs[i]
@@ -744,9 +800,9 @@ func (b *bench) holdRounds(ctx context.Context, r *result) error {
 	b.printf("acceptall reader: queued_and_answered=%d (whole run) enobufs=%d verdict_errors=%d; during the SYN hold rounds %.1f allocations per packet (go-nfqueue's receive loop and SetVerdict) and %d garbage collections\n",
 		c.accepted, c.noBufs, c.errors, float64(c.mallocs)/float64(max(c.latency.n, 1)), c.gcs)
 	b.printf("ratio per round syn_hold_p50_enforced_vs_acceptall: %s\n", formatFloats(r.holdP50, "%.2f"))
-	b.printf("ratio per round syn_hold_p99_enforced_vs_acceptall: %s\n", formatFloats(r.holdP99, "%.2f"))
+	b.printf("ratio per block of %d rounds syn_hold_p99_enforced_vs_acceptall: %s\n", holdBlock, formatFloats(r.holdP99Blocks, "%.2f"))
 	b.printf("ratio per round syn_hold_p50_nocache_vs_acceptall: %s\n", formatFloats(r.holdP50NoCache, "%.2f"))
-	b.printf("ratio per round syn_hold_p99_nocache_vs_acceptall: %s\n", formatFloats(r.holdP99NoCache, "%.2f"))
+	b.printf("ratio per block of %d rounds syn_hold_p99_nocache_vs_acceptall: %s\n", holdBlock, formatFloats(r.holdP99NoCacheBlocks, "%.2f"))
 	return nil
 }
 
@@ -791,7 +847,7 @@ func (b *bench) debugPhase(ctx context.Context) error {
 }
 
 func (b *bench) summary(r result) error {
-	if len(r.connRatios) == 0 || len(r.tputRatios) == 0 || len(r.holdP50) == 0 {
+	if len(r.connRatios) == 0 || len(r.tputRatios) == 0 || len(r.holdP50) == 0 || len(r.holdP99Blocks) == 0 {
 		return errors.New("no rounds measured")
 	}
 	spread := func(name string, xs []float64) float64 {
@@ -803,9 +859,14 @@ func (b *bench) summary(r result) error {
 	miss := spread("conn_rate_enforced_miss_vs_acceptall_miss", r.missRatios)
 	tput := spread("throughput_enforced_vs_norules", r.tputRatios)
 	p50 := spread("syn_hold_p50_enforced_vs_acceptall", r.holdP50)
-	p99 := spread("syn_hold_p99_enforced_vs_acceptall", r.holdP99)
+	pooled := func(name string, all float64, blocks []float64) float64 {
+		q1, m, q3 := quartiles(blocks)
+		b.printf("ratio_spread %s all_rounds=%.2f blocks of %d rounds: median=%.2f iqr=%.2f..%.2f blocks=%d\n", name, all, holdBlock, m, q1, q3, len(blocks))
+		return all
+	}
+	p99 := pooled("syn_hold_p99_enforced_vs_acceptall", r.holdP99, r.holdP99Blocks)
 	p50n := spread("syn_hold_p50_nocache_vs_acceptall", r.holdP50NoCache)
-	p99n := spread("syn_hold_p99_nocache_vs_acceptall", r.holdP99NoCache)
+	p99n := pooled("syn_hold_p99_nocache_vs_acceptall", r.holdP99NoCache, r.holdP99NoCacheBlocks)
 	b.printf("ratio conn_rate_enforced_vs_norules=%.2f (medians of rounds; for reference, no target)\n", r.rateEnforcedOverNoRules)
 	met := func(ok bool) string {
 		if ok {

@@ -1,4 +1,9 @@
-package main
+// Package syntap times how long a node (a network namespace that routes)
+// holds a TCP SYN: packet sockets on the link a SYN arrives on and the link
+// it leaves by, kernel time stamps on both, paired by source port. The
+// dataplane benchmark (bench/dataplane) and the real-node measurement
+// (realcluster) use it.
+package syntap
 
 import (
 	"encoding/binary"
@@ -11,9 +16,11 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nfqpolicy/nfqpolicy/internal/netns"
 )
 
-// synTap watches the node forward connection openings: a packet socket on
+// Tap watches the node forward connection openings: a packet socket on
 // the client's link sees each SYN come in, one on the server's link sees
 // it go out, and the kernel stamps both. The difference is the time the
 // node held the SYN: routing and the filter hook, and with a queue rule
@@ -21,7 +28,7 @@ import (
 // reinjection. That is the queue-to-verdict latency measured on the wire,
 // whatever the reader reports about itself. Only the sequential phases
 // run it: a packet socket costs every packet of its link a look.
-type synTap struct {
+type Tap struct {
 	in, out *tapSide
 	wg      sync.WaitGroup
 	stop    atomic.Bool
@@ -42,10 +49,13 @@ type synFilter struct {
 	dst netip.AddrPort
 }
 
-// openSynTap opens the tap in ns on links inIf (where SYNs arrive) and
-// outIf (where they leave) and starts reading.
-func openSynTap(ns *netNS, inIf, outIf string, f synFilter) (*synTap, error) {
-	t := &synTap{}
+// Open opens a tap in ns on links inIf (where SYNs arrive) and outIf
+// (where they leave), timing the SYNs (without ACK) of IPv4 TCP
+// connections to dst, and starts reading. It waits until the kernel's
+// time stamps can be trusted (see KeepStamping).
+func Open(ns *netns.NS, inIf, outIf string, dst netip.AddrPort) (*Tap, error) {
+	f := synFilter{dst: dst}
+	t := &Tap{}
 	var err error
 	if err = ns.Do(func() error {
 		if t.in, err = openTapSide(inIf, false); err != nil {
@@ -201,16 +211,16 @@ func kernelStamp(oob []byte) (time.Time, error) {
 // turns receive time stamps on for the whole stack lazily (a static key
 // flipped from a work queue), and a SYN that arrives before that is
 // stamped only when the tap reads it, possibly after it has left. See
-// also keepStamping.
+// also KeepStamping.
 const tapSettle = 20 * time.Millisecond
 
-// keepStamping holds a socket that asks for receive time stamps, so that
+// KeepStamping holds a socket that asks for receive time stamps, so that
 // the kernel keeps stamping every packet from now until the returned
 // function is called: taps opened and closed round after round would
 // otherwise switch stamping off and on, and on a loaded machine the
 // deferred switch-on lags the next tap by tens of milliseconds (up to a
 // tenth of a round's SYNs came out stamped late).
-func keepStamping() (func(), error) {
+func KeepStamping() (func(), error) {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("time stamp socket: %w", err)
@@ -223,11 +233,11 @@ func keepStamping() (func(), error) {
 	return func() { unix.Close(fd) }, nil
 }
 
-// close stops the tap and returns, per SYN seen on both links, how long
+// Close stops the tap and returns, per SYN seen on both links, how long
 // the node held it, how many SYNs were seen on one link only (dropped by
 // the node, or missed by the tap), and how many were dropped from the
 // figures for leaving before they arrived (see matchSYNs).
-func (t *synTap) close() (held []time.Duration, unmatched, inverted int, err error) {
+func (t *Tap) Close() (held []time.Duration, unmatched, inverted int, err error) {
 	t.stop.Store(true)
 	t.wg.Wait()
 	if err := errors.Join(t.in.err, t.out.err); err != nil {
