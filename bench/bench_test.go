@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"runtime"
 	"slices"
 	"strings"
@@ -325,5 +326,58 @@ func BenchmarkCompileChange(b *testing.B) {
 				}
 			})
 		}
+	}
+}
+
+// BenchmarkDecideAfterChurn decides the same flows with a Ruleset a
+// Compiler maintained through 3,000 changes (100 batches of 30) and with
+// a whole compile of the same state: the incremental one's pod slots are
+// no longer in namespace order, which must not slow decisions.
+func BenchmarkDecideAfterChurn(b *testing.B) {
+	base := Generate(100, 10000, 2000, 0, 1).Cluster
+	base.ClusterPolicies = ClusterPolicies(20, 20, 100, 1)
+	rnd := rand.New(rand.NewPCG(3, 4))
+	comp := filter.NewCompiler()
+	cur, seq := base, 0
+	if _, err := comp.Compile(cur); err != nil {
+		b.Fatal(err)
+	}
+	var inc *filter.Ruleset
+	for range 100 {
+		cur = churned(cur, rnd, 30, &seq)
+		var err error
+		if inc, err = comp.Compile(cur); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if full, _ := comp.Counts(); full != 1 {
+		b.Fatalf("%d whole compiles, want only the first", full)
+	}
+	whole, err := filter.Compile(cur)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var addrs []netip.Addr
+	for _, p := range cur.Pods {
+		addrs = append(addrs, cluster.PodAddrs(p)...)
+	}
+	flows := make([]filter.Flow, 10000)
+	for i := range flows {
+		flows[i] = filter.Flow{Src: addrs[rnd.IntN(len(addrs))], Dst: addrs[rnd.IntN(len(addrs))],
+			SrcPort: 40000, DstPort: []uint16{8080, 9090, 443, 5432}[rnd.IntN(4)], Proto: filter.ProtoTCP}
+	}
+	for _, rs := range []struct {
+		name string
+		rs   *filter.Ruleset
+	}{{"whole", whole}, {"incremental", inc}} {
+		b.Run(rs.name, func(b *testing.B) {
+			e := filter.NewEngine(rs.rs, 0)
+			b.ReportAllocs()
+			t := startCPU(b)
+			for i := 0; i < b.N; i++ {
+				e.Decide(flows[i%len(flows)])
+			}
+			t.stop()
+		})
 	}
 }

@@ -92,6 +92,11 @@ type InformerSource struct {
 	// version last seen. Only the rebuild goroutine touches it.
 	validated map[string]policyCheck
 
+	// The last lists of pods and policies in order, so that a rebuild
+	// sorts only what changed. Only the rebuild goroutine touches them.
+	podOrder    sortedList[*corev1.Pod]
+	policyOrder sortedList[*networkingv1.NetworkPolicy]
+
 	// cnp follows ClusterNetworkPolicies; nil without a dynamic client.
 	cnp *cnpWatch
 	// cnpChecked is validated for ClusterNetworkPolicies, by name.
@@ -301,9 +306,9 @@ func (s *InformerSource) rebuild() {
 	c := &cluster.Cluster{
 		Namespaces: listAs[*corev1.Namespace](s.namespaces),
 		Nodes:      listAs[*corev1.Node](s.nodes),
-		Pods:       listAs[*corev1.Pod](s.pods),
+		Pods:       s.podOrder.list(s.pods),
 	}
-	all := listAs[*networkingv1.NetworkPolicy](s.policies)
+	all := s.policyOrder.list(s.policies)
 	c.Policies = make([]*networkingv1.NetworkPolicy, 0, len(all))
 	seen := make(map[string]bool, len(all))
 	for _, p := range all {
@@ -369,6 +374,76 @@ func listAs[T metav1.Object](inf cache.SharedIndexInformer) []T {
 	for i := range ks {
 		out[i] = ks[i].obj
 	}
+	return out
+}
+
+// sortedList lists an informer's objects sorted by namespace and name as
+// listAs does, from the previous list: objects it held keep their order
+// (one map lookup each), only new ones are sorted and merged in. At
+// 10,000 pods the full sort was 15% of the agent's CPU under churn
+// (bench/scale).
+type sortedList[T interface {
+	metav1.Object
+	comparable
+}] struct {
+	prev []T
+	pos  map[T]int
+}
+
+func (l *sortedList[T]) list(inf cache.SharedIndexInformer) []T {
+	return l.from(inf.GetStore().List())
+}
+
+// from is list for a store's items.
+func (l *sortedList[T]) from(items []any) []T {
+	kept := make([]bool, len(l.prev))
+	type keyed struct {
+		ns, name string
+		obj      T
+	}
+	var fresh []keyed
+	for _, it := range items {
+		o, ok := it.(T)
+		if !ok {
+			continue
+		}
+		if i, ok := l.pos[o]; ok {
+			kept[i] = true
+			continue
+		}
+		fresh = append(fresh, keyed{o.GetNamespace(), o.GetName(), o})
+	}
+	slices.SortFunc(fresh, func(a, b keyed) int {
+		return cmp.Or(strings.Compare(a.ns, b.ns), strings.Compare(a.name, b.name))
+	})
+	kept2 := make([]T, 0, len(items))
+	for i, o := range l.prev {
+		if kept[i] {
+			kept2 = append(kept2, o)
+		}
+	}
+	// Each fresh object goes where a binary search of the kept ones puts
+	// it (a store holds one object per key, so keys never tie): only
+	// log n kept objects are read per fresh one.
+	out := make([]T, 0, len(items))
+	at := 0
+	for _, f := range fresh {
+		i, _ := slices.BinarySearchFunc(kept2[at:], f, func(o T, f keyed) int {
+			return cmp.Or(strings.Compare(o.GetNamespace(), f.ns), strings.Compare(o.GetName(), f.name))
+		})
+		out = append(out, kept2[at:at+i]...)
+		out = append(out, f.obj)
+		at += i
+	}
+	out = append(out, kept2[at:]...)
+	if l.pos == nil {
+		l.pos = make(map[T]int, len(out))
+	}
+	clear(l.pos)
+	for i, o := range out {
+		l.pos[o] = i
+	}
+	l.prev = out
 	return out
 }
 
