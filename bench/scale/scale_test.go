@@ -145,6 +145,7 @@ func TestScaleLadder(t *testing.T) {
 	}
 	probeCtx, stopProbes := context.WithCancel(ctx)
 	defer stopProbes()
+	pr.watched = startWatchLog(probeCtx, client)
 	pr.start(probeCtx)
 	if err := pr.checkStart(ctx); err != nil {
 		t.Fatal(err)
@@ -211,6 +212,7 @@ type probes struct {
 	newPods []*prober // new pod j -> the new-pod server
 	newIPs  []string
 	node    *nodeNS
+	watched *watchLog
 }
 
 func setupProbes(ctx context.Context, t *testing.T, c kubernetes.Interface, node *nodeNS) (*probes, error) {
@@ -342,6 +344,7 @@ type samples struct {
 	mu       sync.Mutex
 	d        []time.Duration
 	api      []time.Duration
+	watch    []time.Duration // the API server's delivery to a watcher, of the changes in d
 	timeouts int
 	errs     []string
 }
@@ -358,6 +361,16 @@ func (s *samples) add(d, api time.Duration, err error) {
 	}
 	s.d = append(s.d, d)
 	s.api = append(s.api, api)
+}
+
+// addWatch records when the change behind the last sample reached a
+// watcher, from the API server's answer at.
+func (s *samples) addWatch(l *watchLog, key string, sent, at time.Time) {
+	if got, ok := l.after(key, sent); ok {
+		s.mu.Lock()
+		s.watch = append(s.watch, max(got.Sub(at), 0))
+		s.mu.Unlock()
+	}
 }
 
 func (s *samples) n() int {
@@ -393,6 +406,7 @@ func (pr *probes) flipLoop(ctx context.Context, i int, s *samples, rnd *rand.Ran
 		} else {
 			s.add(d, at.Sub(sent), nil)
 		}
+		s.addWatch(pr.watched, fmt.Sprintf("np/gate-%d", i), sent, at)
 		pause(ctx, rnd)
 	}
 }
@@ -433,6 +447,7 @@ func (pr *probes) newPodLoop(ctx context.Context, j int, s *samples, rnd *rand.R
 			d = enforceTimeout
 		}
 		s.add(d, at.Sub(sent), nil)
+		s.addWatch(pr.watched, "pod/"+name, sent, at)
 		gone, err := deletePod(ctx, pr.client, probeNS, name)
 		if err == nil {
 			_, _ = pr.newPods[j].waitFor(ctx, denied, gone, time.Minute)
@@ -495,6 +510,8 @@ type window struct {
 	lastAPIErr   string
 	enforce      Percentiles
 	enforceAPI   Percentiles
+	enforceWatch Percentiles
+	podWatch     Percentiles
 	enforceOut   int
 	enforceErrs  []string
 	pod          Percentiles
@@ -627,6 +644,7 @@ func runWindow(ctx context.Context, t *testing.T, w *world, pr *probes, agents [
 	}
 	r.enforce = Summarize(pol.d)
 	r.enforceAPI = Summarize(pol.api)
+	r.enforceWatch, r.podWatch = Summarize(pol.watch), Summarize(pod.watch)
 	r.enforceOut, r.enforceErrs = pol.timeouts, pol.errs
 	r.pod = Summarize(pod.d)
 	r.podOut = pod.timeouts
@@ -648,6 +666,8 @@ func (r *window) print(t *testing.T) {
 		r.enforce.N, r.enforceOut, r.pod.N, ms(r.pod.P50), ms(r.pod.Max), r.podOut, ms(r.enforceAPI.P99))
 	fmt.Printf("  churn: %.1f/s achieved over %v (%d ticks skipped, %d API errors) %v; cluster now %d pods, %d policies, %d ClusterNetworkPolicies\n",
 		r.achieved, r.wall.Round(time.Second), r.skipped, r.apiErrors, r.kinds, r.pods, r.pols, r.cnps)
+	fmt.Printf("  API server to a watcher (of the same changes): policies p50=%sms p99=%sms max=%sms, new pods p50=%sms p99=%sms max=%sms (%d, %d seen)\n",
+		ms(r.enforceWatch.P50), ms(r.enforceWatch.P99), ms(r.enforceWatch.Max), ms(r.podWatch.P50), ms(r.podWatch.P99), ms(r.podWatch.Max), r.enforceWatch.N, r.podWatch.N)
 	if r.lastAPIErr != "" {
 		fmt.Printf("  last API error: %s\n", r.lastAPIErr)
 	}
