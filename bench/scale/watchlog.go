@@ -48,7 +48,10 @@ func (l *watchLog) follow(ctx context.Context, open func(context.Context) (watch
 	for ctx.Err() == nil {
 		w, err := open(ctx)
 		if err != nil {
-			sleep(ctx, time.Second)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
 			continue
 		}
 		for ev := range w.ResultChan() {
