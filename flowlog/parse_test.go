@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"reflect"
+	"slices"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -229,4 +232,46 @@ func FuzzParse(f *testing.F) {
 		// Again with the same Parser: nothing of the first parse leaks.
 		agrees(t, &p, line)
 	})
+}
+
+// TestParseKnowsEveryEntryKey: the Parser's key lists are Entry's,
+// SideEntry's and PassEntry's json names, and for each key every kind of
+// JSON value gets the verdict encoding/json gives. A field added to Entry
+// and not to the Parser would let it take lines encoding/json refuses.
+func TestParseKnowsEveryEntryKey(t *testing.T) {
+	tags := func(v any) []string {
+		var out []string
+		rt := reflect.TypeOf(v)
+		for i := range rt.NumField() {
+			name, _, _ := strings.Cut(rt.Field(i).Tag.Get("json"), ",")
+			out = append(out, name)
+		}
+		sort.Strings(out)
+		return out
+	}
+	sorted := func(s []string) []string {
+		s = slices.Clone(s)
+		sort.Strings(s)
+		return s
+	}
+	for _, c := range []struct {
+		name string
+		keys []string
+		v    any
+		wrap string // the line around {KEY: VALUE}
+	}{
+		{"Entry", entryKeys, Entry{}, "%s"},
+		{"SideEntry", sideKeys, SideEntry{}, `{"egress":%s}`},
+		{"PassEntry", passKeys, PassEntry{}, `{"ingress":{"pass":%s}}`},
+	} {
+		if got, want := sorted(c.keys), tags(c.v); !slices.Equal(got, want) {
+			t.Errorf("the Parser's %s keys %q, want %q", c.name, got, want)
+		}
+		var p Parser
+		for _, k := range c.keys {
+			for _, v := range []string{`null`, `"s"`, `"2026-01-01T00:00:00Z"`, `""`, `0`, `-1`, `1.5`, `70000`, `true`, `false`, `[]`, `["a"]`, `[1]`, `{}`, `{"a":"b"}`, `{"a":1}`} {
+				agrees(t, &p, []byte(fmt.Sprintf(c.wrap, fmt.Sprintf(`{%q:%s}`, k, v))))
+			}
+		}
+	}
 }
