@@ -345,7 +345,7 @@ func TestReportPrevious(t *testing.T) {
 func TestRunStateFile(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "s")
-	s, prev, err := openRunState(path, "a")
+	s, prev, err := openRunState(path)
 	if err != nil || prev != nil {
 		t.Fatalf("new state file: %+v, %v", prev, err)
 	}
@@ -353,7 +353,7 @@ func TestRunStateFile(t *testing.T) {
 	s.u64(offIssued).Add(5)
 	s.writing(1, 42, 3, 1)
 	s.written(true)
-	_, prev, err = openRunState(path, "b")
+	_, prev, err = openRunState(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -363,10 +363,10 @@ func TestRunStateFile(t *testing.T) {
 	if err := os.WriteFile(path, []byte("garbage"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, prev, err := openRunState(path, "c"); err != nil || prev != nil {
+	if _, prev, err := openRunState(path); err != nil || prev != nil {
 		t.Errorf("garbage state file: %+v, %v; want none", prev, err)
 	}
-	if _, _, err := openRunState(dir, "d"); err == nil {
+	if _, _, err := openRunState(dir); err == nil {
 		t.Error("a directory accepted as state file")
 	}
 	if StatePath("/var/log/flows.jsonl") != "/var/log/.flows.jsonl.state" {

@@ -213,14 +213,19 @@ func New(o Options) (*Logger, error) {
 	l.seq, l.limited = &l.own[0], &l.own[1]
 	var prevState *PreviousRun
 	if o.StatePath != "" {
-		if o.Renderer.Run == "" {
-			return nil, errors.New("flowlog: a run state file needs a run id")
+		if o.Renderer.Run == "" || len(o.Renderer.Run) > maxRunLen {
+			return nil, fmt.Errorf("flowlog: a run state file needs a run id of 1 to %d bytes", maxRunLen)
 		}
-		st, prev, err := openRunState(o.StatePath, o.Renderer.Run)
-		if err != nil {
+		st, prev, err := openRunState(o.StatePath)
+		switch {
+		case errors.Is(err, errUnsafeFS):
+			// Runs without: a later run reports this one's kill as
+			// lost_unknown.
+		case err != nil:
 			return nil, err
+		default:
+			l.state, prevState = st, prev
 		}
-		l.state, prevState = st, prev
 	}
 	if o.RatePerSec > 0 {
 		burst := o.Burst

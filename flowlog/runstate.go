@@ -1,7 +1,9 @@
 package flowlog
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -111,12 +113,22 @@ func (p *PreviousRun) Lost() (lost, limited uint64) {
 	return lost, limited
 }
 
+// safeFS are the filesystems on which a store into a mapped page whose
+// blocks are written never needs new space: tmpfs, ext4 (and ext2/3),
+// xfs, and overlayfs (whose mapping is its upper layer's file, in practice
+// one of those). On a copy-on-write filesystem (btrfs, zfs, bcachefs) a
+// store after writeback may need a new block, and on a full disk that is
+// a SIGBUS on the verdict path, not an error: no state file there.
+var safeFS = map[int64]string{0x01021994: "tmpfs", 0xEF53: "ext4", 0x58465342: "xfs", 0x794c7630: "overlayfs"}
+
+// errUnsafeFS says the state file's filesystem is not one where mapping
+// it is safe; the Logger then runs without one.
+var errUnsafeFS = errors.New("not on tmpfs, ext4, xfs or overlayfs")
+
 // openRunState maps the state file at path, returns what it held (nil if
-// it did not exist or is not a state file) and starts it over for run.
-func openRunState(path, run string) (*runState, *PreviousRun, error) {
-	if len(run) > maxRunLen {
-		return nil, nil, fmt.Errorf("flowlog: run id of %d bytes", len(run))
-	}
+// it did not exist or is not a state file) without changing it yet (begin
+// starts it over).
+func openRunState(path string) (*runState, *PreviousRun, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o640)
 	if err != nil {
 		return nil, nil, fmt.Errorf("flowlog: run state: %w", err)
@@ -129,18 +141,41 @@ func openRunState(path, run string) (*runState, *PreviousRun, error) {
 	if !st.Mode().IsRegular() {
 		return nil, nil, fmt.Errorf("flowlog: run state %s is not a regular file", path)
 	}
-	if st.Size() != stateSize {
-		if err := f.Truncate(stateSize); err != nil {
+	var fs unix.Statfs_t
+	if err := unix.Fstatfs(int(f.Fd()), &fs); err != nil {
+		return nil, nil, fmt.Errorf("flowlog: run state: %w", err)
+	}
+	if _, ok := safeFS[int64(fs.Type)]; !ok {
+		return nil, nil, fmt.Errorf("flowlog: run state %s (filesystem %#x): %w", path, fs.Type, errUnsafeFS)
+	}
+	// Read what the previous run left, then write the page back whole and
+	// sync it: its blocks are then allocated and written, so that no
+	// store into the mapping ever needs space (a full disk fails here,
+	// with an error, instead).
+	page := make([]byte, stateSize)
+	n, err := f.ReadAt(page, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, nil, fmt.Errorf("flowlog: run state: %w", err)
+	}
+	sized := n == stateSize && st.Size() == stateSize
+	if !sized {
+		clear(page)
+		if err := f.Truncate(0); err != nil {
 			return nil, nil, fmt.Errorf("flowlog: run state: %w", err)
 		}
+	}
+	if _, err := f.WriteAt(page, 0); err != nil {
+		return nil, nil, fmt.Errorf("flowlog: run state: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		return nil, nil, fmt.Errorf("flowlog: run state: %w", err)
 	}
 	mem, err := unix.Mmap(int(f.Fd()), 0, stateSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return nil, nil, fmt.Errorf("flowlog: map run state: %w", err)
 	}
 	s := &runState{mem: mem}
-	prev := s.read(st.Size() == stateSize)
-	return s, prev, nil
+	return s, s.read(sized), nil
 }
 
 func (s *runState) u64(off int) *atomic.Uint64 {
