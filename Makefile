@@ -111,13 +111,16 @@ faults: deps build apiserver
 # leaves its input in the package's testdata/fuzz, which `make test` then
 # replays as a regression seed.
 FUZZTIME ?= 30s
+# Minimizing one new input may otherwise take 60 s, the whole budget of a
+# slow target (scenario: 7 inputs run in 30 s).
+FUZZMINIMIZE ?= 5s
 FUZZ_TARGETS := filter:FuzzDecode cluster:FuzzDecode scenario:FuzzParse \
 	cmd/nfqpolicy:FuzzAuditReport debugapi:FuzzRequest dataplane/iptables:FuzzParseSave \
 	conntrack:FuzzParseEntry capture:FuzzScanFile capture:FuzzParseMatch flowlog:FuzzParse
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
 	  echo "--- fuzz ./$$pkg $$fn ($(FUZZTIME))"; \
-	  $(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) ./$$pkg; done
+	  $(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./$$pkg; done
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./bench | tee bench/last-bench.txt
