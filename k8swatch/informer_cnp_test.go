@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"k8s.io/client-go/discovery"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 )
 
@@ -239,6 +241,53 @@ func TestInformerClusterPoliciesFollowCRD(t *testing.T) {
 	waitFor(t, src, 5*time.Second, func(c *cluster.Cluster) bool { return len(c.ClusterPolicies) == 0 })
 	if v := src.ClusterPolicyVersion(); v != "" {
 		t.Errorf("ClusterPolicyVersion() = %q after the CRD was removed", v)
+	}
+}
+
+// TestInformerClusterPoliciesCRDWatchForbidden: without RBAC to watch
+// CRDs the agent says so once and still finds the CRD by its periodic
+// discovery check.
+func TestInformerClusterPoliciesCRDWatchForbidden(t *testing.T) {
+	client := fake.NewClientset(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns"}})
+	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
+		cnpGVR("v1beta1"): "ClusterNetworkPolicyList", crdGVR: "CustomResourceDefinitionList",
+	})
+	var crdLists atomic.Int32
+	dyn.PrependReactor("list", "customresourcedefinitions", func(k8stesting.Action) (bool, runtime.Object, error) {
+		crdLists.Add(1)
+		return true, nil, apierrors.NewForbidden(schema.GroupResource{Group: "apiextensions.k8s.io", Resource: "customresourcedefinitions"}, "", fmt.Errorf("RBAC"))
+	})
+	var logs informerLogBuffer
+	src, err := NewInformerSourceForClient(client, dyn, InformerOptions{Quiet: 10 * time.Millisecond, CRDCheck: 300 * time.Millisecond}, zerolog.New(&logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	disco := &servedVersions{}
+	src.cnp.disco = disco
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	waitFor(t, src, 5*time.Second, func(c *cluster.Cluster) bool { return len(c.Namespaces) == 1 })
+	if _, err := dyn.Resource(cnpGVR("v1beta1")).Create(ctx, cnpObject("v1beta1", "guard", 5), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	disco.set("v1beta1")
+	waitFor(t, src, 5*time.Second, func(c *cluster.Cluster) bool { return len(c.ClusterPolicies) == 1 })
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(logs.String(), "cannot watch the ClusterNetworkPolicy CRD") && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(2 * time.Second) // client-go would have retried the list by now (backoff starts at 800ms)
+	if n := strings.Count(logs.String(), "cannot watch the ClusterNetworkPolicy CRD"); n != 1 {
+		t.Errorf("forbidden CRD watch logged %d times, want once:\n%s", n, logs.String())
+	}
+	if n := crdLists.Load(); n != 1 {
+		t.Errorf("CRDs listed %d times, want once (no retries once forbidden)", n)
 	}
 }
 
