@@ -41,6 +41,12 @@ func TestRealClusterCNPConformance(t *testing.T) {
 	if out, err := c.Kubectl(ctx, "apply", "--server-side", "-f", crd); err != nil {
 		t.Fatalf("installing CRD %s: %v: %s", crd, err, out)
 	}
+	t.Cleanup(func() {
+		// Later tests share the cluster: leave it without the CRD, as found.
+		if out, err := c.Kubectl(context.Background(), "delete", "--wait=true", "--timeout=60s", "-f", crd); err != nil {
+			t.Errorf("removing CRD %s: %v: %s", crd, err, out)
+		}
+	})
 	if out, err := c.Kubectl(ctx, "wait", "--for=condition=Established", "--timeout=60s", "crd/clusternetworkpolicies.policy.networking.k8s.io"); err != nil {
 		t.Fatalf("CRD not established: %v: %s", err, out)
 	}
@@ -61,9 +67,10 @@ func TestRealClusterCNPConformance(t *testing.T) {
 	// The nodes share this kernel: without SCTP sockets, the SCTP probes
 	// of the tests that mix protocols are not run (and reported so);
 	// their TCP and UDP probes are.
-	var skipSCTP string
+	var skipSCTP, noSCTP string
 	if err := cnpsuite.SCTPSockets(); err != nil {
-		skipSCTP = fmt.Sprintf("%s (%v)", cnpsuite.SCTPReason, err)
+		noSCTP = err.Error()
+		skipSCTP = fmt.Sprintf("%s (%s)", cnpsuite.SCTPReason, noSCTP)
 	}
 	var lines strings.Builder
 	start := time.Now()
@@ -86,7 +93,7 @@ func TestRealClusterCNPConformance(t *testing.T) {
 	wall := time.Since(start).Round(time.Second)
 	t.Logf("%s in %v", res.Summary(), wall)
 	if os.Getenv("NFQPOLICY_CNP_DOCS") == "1" {
-		if err := writeCNPDocs(root, res, lines.String(), wall, watched, skipSCTP); err != nil {
+		if err := writeCNPDocs(root, res, lines.String(), time.Now(), wall, watched, noSCTP); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -159,7 +166,9 @@ type writerFunc func([]byte)
 
 func (f writerFunc) Write(p []byte) (int, error) { f(p); return len(p), nil }
 
-func writeCNPDocs(root string, res *cnpsuite.Result, lines string, wall, watched time.Duration, skipSCTP string) error {
+// writeCNPDocs writes docs/conformance-cnp.md from a run; noSCTP is why
+// this kernel makes no SCTP sockets ("" when it does).
+func writeCNPDocs(root string, res *cnpsuite.Result, lines string, at time.Time, wall, watched time.Duration, noSCTP string) error {
 	report, err := os.ReadFile(res.Report)
 	if err != nil {
 		return fmt.Errorf("the suite wrote no report: %w", err)
@@ -169,16 +178,17 @@ func writeCNPDocs(root string, res *cnpsuite.Result, lines string, wall, watched
 	}
 	sctp := "SCTP probes: all run (this kernel has SCTP sockets)."
 	var notRun strings.Builder
-	if skipSCTP != "" {
+	if noSCTP != "" {
 		sctp = fmt.Sprintf(`SCTP probes not run: the suite's SCTP probes inside tests that mix
-protocols are not run, because this kernel has no SCTP sockets (%s). The suite is built
+protocols are not run, because this kernel has no SCTP sockets
+(%s). The suite is built
 with tools/cnpconformance/sctpprobes.sh, which makes upstream's PokeServer
 (the one function every probe of the suite goes through) log such a probe
 as not run instead of running it when internal/cnpsuite asks (it does so
 only after socket(AF_INET, SOCK_STREAM, IPPROTO_SCTP) fails). Every TCP and
 UDP probe of those tests runs: a PASS marked "[N SCTP probes not run]" is a
 pass of its TCP and UDP probes only, never of its SCTP ones. The probes not
-run, by test, are listed after the results.`, skipSCTP)
+run, by test, are listed after the results.`, noSCTP)
 		for _, tc := range res.Tests {
 			if len(tc.SCTPNotRun) == 0 {
 				continue
@@ -210,9 +220,16 @@ started; the suite starts once every agent reports
 nfqpolicy_cluster_network_policies_watched 1 (here %v after the CRD was
 established: the agents watch the CRD object and ask discovery when it
 changes). Supported features: the standard ClusterNetworkPolicy profile
-plus %s. The suite's base manifests are upstream's with the changes in
+plus %s.
+The suite's base manifests are upstream's with the changes in
 tools/cnpconformance/patch.sh (agnhost 2.66.1 instead of 2.45, no
 /bin/bash wrapper, SCTP servers replaced by "agnhost pause").
+
+Upstream's PokeServer retries a probe for up to 10 s until it sees what
+the test expects, since a policy change takes a moment to be enforced; %d
+probe attempts were retried in this run (the "FAILED Command was" lines
+of the suite's log, each followed by a passing attempt when its test
+passed).
 
 Skipped tests: %s (%s).
 
@@ -223,8 +240,8 @@ test using them.
 
 ## Result: %s
 
-%s%s`, time.Now().UTC().Format("2006-01-02 15:04 MST"), wall, watched.Round(time.Millisecond), strings.Join(cnpsuite.Features, " and "),
-		strings.Join(cnpsuite.SCTPTests, ", "), cnpsuite.SCTPReason, sctp, res.Summary(), indent(lines), notRun.String())
+%s%s`, at.UTC().Format("2006-01-02 15:04 MST"), wall, watched.Round(time.Millisecond), strings.Join(cnpsuite.Features, " and "),
+		res.Retried(), strings.Join(cnpsuite.SCTPTests, ", "), cnpsuite.SCTPReason, sctp, res.Summary(), indent(lines), notRun.String())
 	return os.WriteFile(filepath.Join(root, "docs", "conformance-cnp.md"), []byte(md), 0o644)
 }
 

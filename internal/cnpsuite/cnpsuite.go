@@ -131,6 +131,11 @@ type Test struct {
 	// "NS/POD -> HOST:PORT (expected to connect: BOOL)". A test that
 	// passed with some is a pass of its TCP and UDP probes only.
 	SCTPNotRun []string
+	// Retried counts the probe attempts that did not see what the test
+	// expected and were retried (upstream's PokeServer retries a probe
+	// for 10 s, since a policy change takes effect after a while): in a
+	// passed test, each is an attempt made before the change was enforced.
+	Retried int
 }
 
 // Result of a run.
@@ -153,6 +158,15 @@ func (r *Result) Counts() (passed, failed, skipped int) {
 		}
 	}
 	return
+}
+
+// Retried is the number of probe attempts retried over all tests.
+func (r *Result) Retried() int {
+	n := 0
+	for _, t := range r.Tests {
+		n += t.Retried
+	}
+	return n
 }
 
 // Summary is "N passed, M failed, K skipped", followed by how many SCTP
@@ -251,6 +265,7 @@ func parse(r io.Reader, skip []string, skipReason string, out io.Writer) []Test 
 	failedSubs := map[string][]string{}
 	lastMsg := map[string]string{}  // top-level test -> first error-looking message
 	notRun := map[string][]string{} // top-level test -> SCTP probes not run
+	retried := map[string]int{}     // top-level test -> failed probe attempts
 	var current string
 	var pending *Test
 	// flush completes the last top-level result (now that its subtests'
@@ -261,7 +276,7 @@ func parse(r io.Reader, skip []string, skipReason string, out io.Writer) []Test 
 		}
 		t := *pending
 		pending = nil
-		t.SCTPNotRun = notRun[t.Name]
+		t.SCTPNotRun, t.Retried = notRun[t.Name], retried[t.Name]
 		switch {
 		case skipped[t.Name]:
 			t.Status, t.Reason = Skipped, skipReason
@@ -281,7 +296,11 @@ func parse(r io.Reader, skip []string, skipReason string, out io.Writer) []Test 
 		if t.Reason != "" {
 			line += ": " + t.Reason
 		}
-		if n := len(t.SCTPNotRun); n > 0 {
+		switch n := len(t.SCTPNotRun); n {
+		case 0:
+		case 1:
+			line += " [1 SCTP probe not run]"
+		default:
 			line += fmt.Sprintf(" [%d SCTP probes not run]", n)
 		}
 		fmt.Fprintln(out, line)
@@ -313,6 +332,9 @@ func parse(r io.Reader, skip []string, skipReason string, out io.Writer) []Test 
 			probe, _, _ := strings.Cut(strings.TrimPrefix(m[1], sctpNotRun), "): ")
 			notRun[current] = append(notRun[current], probe+")")
 			continue
+		}
+		if m := msgRE.FindStringSubmatch(line); current != "" && m != nil && strings.HasPrefix(m[1], "FAILED Command was ") {
+			retried[current]++
 		}
 		if current != "" && lastMsg[current] == "" {
 			if m := msgRE.FindStringSubmatch(line); m != nil && isProblem(m[1]) {

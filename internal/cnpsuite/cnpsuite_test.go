@@ -15,6 +15,7 @@ const transcript = `=== RUN   TestConformance
 === RUN   TestConformance/CNPAdminTierGress
 === RUN   TestConformance/CNPAdminTierGress/Should_support_an_'allow-gress'_policy_across_different_protocols
     helper.go:96: FAILED to execute command [/agnhost connect 10.244.1.5:9003 --timeout=1s --protocol=sctp] on pod x/y: command terminated with exit code 1
+    helper.go:100: FAILED Command was [/agnhost connect --timeout=3s --protocol=tcp 10.244.1.5:80]
     admin-network-policy-standard-gress-rules.go:55: expected connection to succeed
 === RUN   TestConformance/CNPAdminTierGress/Should_support_a_'deny-gress'_policy_across_different_protocols
     helper.go:72: SCTP probe not run: ns-a/harry-potter-0 -> 10.244.1.3:9003 (expected to connect: false): needs SCTP sockets, which this kernel lacks (socket: protocol not supported)
@@ -44,7 +45,7 @@ func TestParse(t *testing.T) {
 		{Name: "CNPAdminTierEgressSCTP", Status: Skipped, Reason: SCTPReason},
 		{Name: "CNPAdminTierGress", Status: Failed, Duration: 12500 * time.Millisecond,
 			Reason:     "Should support an 'allow-gress' policy across different protocols: FAILED to execute command [/agnhost connect 10.244.1.5:9003 --timeout=1s --protocol=sctp] on pod x/y: command terminated with exit code 1",
-			SCTPNotRun: []string{"ns-a/harry-potter-0 -> 10.244.1.3:9003 (expected to connect: false)"}},
+			SCTPNotRun: []string{"ns-a/harry-potter-0 -> 10.244.1.3:9003 (expected to connect: false)"}, Retried: 1},
 		{Name: "CNPAdminTierPortRange", Status: Passed, Duration: 20 * time.Second, SCTPNotRun: []string{
 			"ns-a/harry-potter-1 -> 10.244.1.2:9003 (expected to connect: true)",
 			"ns-a/harry-potter-1 -> 10.244.1.2:9005 (expected to connect: false)"}},
