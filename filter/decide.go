@@ -64,22 +64,26 @@ func (rs *Ruleset) podCIDRIndex(a netip.Addr) int32 {
 // Decide returns the verdict for a flow: Allow from enforced policies,
 // Audit with staged policies enforced too (computed a second time only
 // when some policy is staged). It does not allocate.
-func (rs *Ruleset) Decide(f Flow) Verdict {
-	v := rs.decide(f, false)
+//
+// The verdict is built in place (named result, decide through a pointer):
+// it is 80 bytes, and copying it between frames was a tenth of a decision.
+func (rs *Ruleset) Decide(f Flow) (v Verdict) {
+	rs.decide(&v, f, false)
 	if !rs.hasStaged {
-		v.Audit = AuditVerdict{Allow: v.Allow, Egress: v.Egress, Ingress: v.Ingress}
+		v.Audit.Allow, v.Audit.Egress, v.Audit.Ingress = v.Allow, v.Egress, v.Ingress
 		return v
 	}
-	a := rs.decide(f, true)
-	v.Audit = AuditVerdict{Allow: a.Allow, Egress: a.Egress, Ingress: a.Ingress}
+	var a Verdict
+	rs.decide(&a, f, true)
+	v.Audit.Allow, v.Audit.Egress, v.Audit.Ingress = a.Allow, a.Egress, a.Ingress
 	return v
 }
 
 // DecideAudit returns the verdict as it would be if every staged (audit
 // mode) policy were enforced: the audit verdict in the enforced fields.
-func (rs *Ruleset) DecideAudit(f Flow) Verdict {
-	v := rs.decide(f, true)
-	v.Audit = AuditVerdict{Allow: v.Allow, Egress: v.Egress, Ingress: v.Ingress}
+func (rs *Ruleset) DecideAudit(f Flow) (v Verdict) {
+	rs.decide(&v, f, true)
+	v.Audit.Allow, v.Audit.Egress, v.Audit.Ingress = v.Allow, v.Egress, v.Ingress
 	return v
 }
 
@@ -87,14 +91,15 @@ func (rs *Ruleset) DecideAudit(f Flow) Verdict {
 // DecideAudit can differ from Decide.
 func (rs *Ruleset) HasStaged() bool { return rs.hasStaged }
 
-func (rs *Ruleset) decide(f Flow, audit bool) Verdict {
+// decide fills v's enforced fields (or, with audit, the verdict with staged
+// policies enforced too).
+func (rs *Ruleset) decide(v *Verdict, f Flow, audit bool) {
 	src := rs.endpointOf(f.Src)
 	dst := rs.endpointOf(f.Dst)
-	v := Verdict{Ruleset: rs}
+	v.Ruleset = rs
 	v.Egress = rs.side(egress, src, dst, f.Src, f.Dst, dst.pod, f, audit)
 	v.Ingress = rs.side(ingress, dst, src, f.Dst, f.Src, dst.pod, f, audit)
 	v.Allow = v.Egress.Decision.Allowed() && v.Ingress.Decision.Allowed()
-	return v
 }
 
 // side decides one direction for the pod at self: its egress towards peer
