@@ -38,21 +38,27 @@ type cnpSet struct {
 }
 
 // cnpTier is one tier's rules of a cnpSet, with bitmaps that pick, for a
-// peer, the few rules whose peers can match it: instead of testing every
-// rule, the walk visits only the set bits of its peer class's row (rules
-// with a namespaces or pods peer holding the class) or'ed with other
-// (rules matching by address, or every peer). Rule i is bit i%64 of word
-// i/64.
+// flow, the few rules that can match it: instead of testing every rule,
+// the walk visits only the set bits of its peer class's row (rules with a
+// namespaces or pods peer holding the class) or'ed with any (rules
+// matching every peer) and other (rules matching by address), and'ed with
+// its port class's row of portOK (rules whose numeric ports, or lack of
+// ports, admit the flow) or'ed with named (rules naming a port, which
+// only the destination pod resolves). Rule i is bit i%64 of word i/64.
 type cnpTier struct {
 	rules []cnpRule
 	other []uint64 // len nw
+	any   []uint64 // len nw
+	named []uint64 // len nw
 	// live marks the rules the walk can reach: a rule matching exactly
 	// what an earlier rule of the tier matches never decides (the earlier
-	// one decides first) and is left out of other and byClass.
+	// one decides first) and is left out of the bitmaps.
 	live []uint64
-	// byClass holds nw words per peer class (Ruleset.peerClass); nil when
-	// classes are off, and then every rule is tested.
+	// byClass holds nw words per peer class (Ruleset.peerClass), portOK
+	// nw words per port class (Ruleset.portBounds); both nil when classes
+	// are off, and then every rule is tested.
 	byClass []uint64
+	portOK  []uint64
 }
 
 // cnpRule is a rule as the tier walk reads it: copied into each set that
@@ -532,19 +538,21 @@ func (b *builder) cnpSets() {
 		}
 	}
 	// Class bitmaps, within a memory budget.
+	bounds := b.portBounds()
 	words := 0
 	for i := range rs.cnpSets {
 		for _, t := range [2]*cnpTier{&rs.cnpSets[i].admin, &rs.cnpSets[i].baseline} {
-			words += len(t.other) * len(reps)
+			words += len(t.other) * (len(reps) + len(bounds) + 1)
 		}
 	}
 	if reps == nil || words > maxClassWords {
 		if reps != nil {
-			b.warn("ClusterNetworkPolicies: %d peer classes over %d rule sets exceed the bitmap budget; decisions test every rule", len(reps), len(rs.cnpSets))
+			b.warn("ClusterNetworkPolicies: %d peer classes and %d port classes over %d rule sets exceed the bitmap budget; decisions test every rule", len(reps), len(bounds)+1, len(rs.cnpSets))
 		}
 		rs.peerClass = nil
 		return
 	}
+	rs.portBounds = bounds
 	for i := range rs.cnpSets {
 		for _, t := range [2]*cnpTier{&rs.cnpSets[i].admin, &rs.cnpSets[i].baseline} {
 			nw := len(t.other)
@@ -559,8 +567,54 @@ func (b *builder) cnpSets() {
 					}
 				}
 			}
+			t.portOK = make([]uint64, nw*(len(bounds)+1))
+			for c := 0; c <= len(bounds); c++ {
+				var k uint32 // class 0 starts at key 0
+				if c > 0 {
+					k = bounds[c-1]
+				}
+				for ri := range t.rules {
+					if t.live[ri/64]&(1<<(ri%64)) != 0 && numericPortsAdmit(t.rules[ri].ports, k) {
+						t.portOK[c*nw+ri/64] |= 1 << (ri % 64)
+					}
+				}
+			}
 		}
 	}
+}
+
+// portBounds returns the sorted keys (protocol<<16 | port) where a
+// ClusterNetworkPolicy rule's numeric port range starts or ends (one past
+// its last port): between two bounds every rule's numeric ranges admit
+// all ports or none, so a port class stands for its ports.
+func (b *builder) portBounds() []uint32 {
+	var bounds []uint32
+	for _, c := range b.cnpFast {
+		for _, pr := range c.ports {
+			if pr.name >= 0 || pr.lo > pr.hi {
+				continue
+			}
+			k := uint32(pr.proto)<<16 | uint32(pr.lo)
+			bounds = append(bounds, k, k+uint32(pr.hi-pr.lo)+1)
+		}
+	}
+	slices.Sort(bounds)
+	return slices.Compact(bounds)
+}
+
+// numericPortsAdmit reports whether ports (nil: every port) admit the key
+// protocol<<16 | port by a numeric range.
+func numericPortsAdmit(ports []portRange, k uint32) bool {
+	if ports == nil {
+		return true
+	}
+	proto, port := uint8(k>>16), uint16(k)
+	for _, pr := range ports {
+		if pr.name < 0 && pr.proto == proto && port >= pr.lo && port <= pr.hi {
+			return true
+		}
+	}
+	return false
 }
 
 // peerClasses numbers pods by which ClusterNetworkPolicy pod peers hold
@@ -638,17 +692,26 @@ func (b *builder) cnpSetOf(intern map[string]int32, key *[]byte, pols []int32, d
 		}
 	}
 	for _, t := range [2]*cnpTier{&s.admin, &s.baseline} {
-		t.other = make([]uint64, (len(t.rules)+63)/64)
-		t.live = make([]uint64, len(t.other))
+		nw := (len(t.rules) + 63) / 64
+		t.other = make([]uint64, nw)
+		t.any = make([]uint64, nw)
+		t.named = make([]uint64, nw)
+		t.live = make([]uint64, nw)
 		seen := map[string]bool{}
 		for i, c := range t.rules {
 			if seen[c.key] {
 				continue // shadowed: an earlier rule matches all it matches
 			}
 			seen[c.key] = true
-			t.live[i/64] |= 1 << (i % 64)
-			if c.other || c.anyPeer {
-				t.other[i/64] |= 1 << (i % 64)
+			bit := uint64(1) << (i % 64)
+			t.live[i/64] |= bit
+			if c.anyPeer {
+				t.any[i/64] |= bit
+			} else if c.other {
+				t.other[i/64] |= bit
+			}
+			if slices.ContainsFunc(c.ports, func(pr portRange) bool { return pr.name >= 0 }) {
+				t.named[i/64] |= bit
 			}
 		}
 	}

@@ -61,6 +61,10 @@ type Ruleset struct {
 	// peerClass numbers each pod by the ClusterNetworkPolicy pod peers
 	// that hold it (see peerClasses); nil when the class bitmaps are off.
 	peerClass []uint16
+	// portBounds splits protocol<<16 | port into the port classes the
+	// ClusterNetworkPolicy walk picks rules by (builder.portBounds); set
+	// with peerClass.
+	portBounds []uint32
 	// passRules lists every Pass rule (rules index); Side.Pass is 1 + an
 	// index here.
 	passRules []int32

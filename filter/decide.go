@@ -91,26 +91,37 @@ func (rs *Ruleset) DecideAudit(f Flow) (v Verdict) {
 // DecideAudit can differ from Decide.
 func (rs *Ruleset) HasStaged() bool { return rs.hasStaged }
 
+// query is what both sides of one decision match ports with: the flow's
+// protocol, destination port and pod (named ports always name the
+// destination's container ports), and, once a tier walk needs it, its
+// port class.
+type query struct {
+	dstPod    int32
+	portClass int32 // -1 until walk computes it
+	port      uint16
+	proto     uint8
+}
+
 // decide fills v's enforced fields (or, with audit, the verdict with staged
 // policies enforced too).
 func (rs *Ruleset) decide(v *Verdict, f Flow, audit bool) {
 	src := rs.endpointOf(f.Src)
 	dst := rs.endpointOf(f.Dst)
+	q := query{dstPod: dst.pod, portClass: -1, port: f.DstPort, proto: f.Proto}
 	v.Ruleset = rs
-	v.Egress = rs.side(egress, src, dst, f.Src, f.Dst, dst.pod, f, audit)
-	v.Ingress = rs.side(ingress, dst, src, f.Dst, f.Src, dst.pod, f, audit)
+	v.Egress = rs.side(egress, src, dst, f.Src, f.Dst, &q, audit)
+	v.Ingress = rs.side(ingress, dst, src, f.Dst, f.Src, &q, audit)
 	v.Allow = v.Egress.Decision.Allowed() && v.Ingress.Decision.Allowed()
 }
 
 // side decides one direction for the pod at self: its egress towards peer
-// or its ingress from peer. dstPod resolves named ports, which always name
-// the destination's container ports.
+// or its ingress from peer.
 //
 // The tiers go in the API's order: Admin ClusterNetworkPolicy rules (Accept
 // and Deny final, Pass skips the rest of the tier), then NetworkPolicy
 // (final for a pod it isolates in this direction), then Baseline rules,
 // then the default, allow.
-func (rs *Ruleset) side(dir uint8, self, peer endpoint, selfAddr, peerAddr netip.Addr, dstPod int32, f Flow, audit bool) Side {
+func (rs *Ruleset) side(dir uint8, self, peer endpoint, selfAddr, peerAddr netip.Addr, q *query, audit bool) Side {
 	s := Side{Decision: NotPoliced, Pod: self.pod, Policy: -1, Rule: -1, Peer: -1}
 	if self.pod < 0 {
 		if ci := rs.unknownPod(self, selfAddr); ci >= 0 {
@@ -141,7 +152,7 @@ func (rs *Ruleset) side(dir uint8, self, peer endpoint, selfAddr, peerAddr netip
 	var set *cnpSet
 	if cs != 0 {
 		set = &rs.cnpSets[cs]
-		if i := rs.walk(&set.admin, peer, peerAddr, dstPod, f); i >= 0 {
+		if i := rs.walk(&set.admin, q, peer, peerAddr); i >= 0 {
 			c := &set.admin.rules[i]
 			if c.action != actPass {
 				r := &rs.rules[c.rule]
@@ -157,7 +168,7 @@ func (rs *Ruleset) side(dir uint8, self, peer endpoint, selfAddr, peerAddr netip
 	if isolated {
 		for _, ri := range rules {
 			r := &rs.rules[ri]
-			if !r.anyPort && !rs.portsMatch(r.ports, f.Proto, f.DstPort, dstPod) {
+			if !r.anyPort && !rs.portsMatch(r.ports, q.proto, q.port, q.dstPod) {
 				continue
 			}
 			if r.anyPeer {
@@ -173,7 +184,7 @@ func (rs *Ruleset) side(dir uint8, self, peer endpoint, selfAddr, peerAddr netip
 		return s
 	}
 	if set != nil {
-		if i := rs.walk(&set.baseline, peer, peerAddr, dstPod, f); i >= 0 {
+		if i := rs.walk(&set.baseline, q, peer, peerAddr); i >= 0 {
 			c := &set.baseline.rules[i]
 			r := &rs.rules[c.rule]
 			s.Decision, s.Policy, s.Rule, s.Peer = BaselineDenied, r.policy, r.index, rs.peerIndex(r, peer, peerAddr)
@@ -191,31 +202,41 @@ func (rs *Ruleset) side(dir uint8, self, peer endpoint, selfAddr, peerAddr netip
 }
 
 // walk returns the index of the first rule of tier t that matches the
-// flow, or -1. With class bitmaps it visits only the rules whose peers can
-// match: those holding the peer's class, and those matching by address.
-func (rs *Ruleset) walk(t *cnpTier, peer endpoint, peerAddr netip.Addr, dstPod int32, f Flow) int {
+// flow, or -1. With class bitmaps it visits only the rules that can
+// match: of those whose ports admit the flow's port class (or name a
+// port, resolved per pod), the rules holding the peer's class, matching
+// every peer, or matching by address.
+func (rs *Ruleset) walk(t *cnpTier, q *query, peer endpoint, peerAddr netip.Addr) int {
 	if t.byClass == nil {
 		for i := range t.rules {
-			if t.live[i/64]&(1<<(i%64)) != 0 && rs.cnpMatch(&t.rules[i], peer, peerAddr, dstPod, f) {
+			if t.live[i/64]&(1<<(i%64)) != 0 && rs.cnpMatch(&t.rules[i], q, peer, peerAddr) {
 				return i
 			}
 		}
 		return -1
 	}
 	nw := len(t.other)
+	if nw == 0 {
+		return -1
+	}
+	if q.portClass < 0 {
+		q.portClass = rs.portClassOf(q.proto, q.port)
+	}
+	ok := t.portOK[int(q.portClass)*nw : int(q.portClass)*nw+nw]
 	if nw == 1 {
-		// Up to 64 rules, the usual case: one word, no row slice.
-		var pm uint64
+		// Up to 64 rules, the usual case: one word, no row slices.
+		pm := t.any[0]
 		if peer.pod >= 0 {
-			pm = t.byClass[rs.peerClass[peer.pod]] // class 0's row is empty
+			pm |= t.byClass[rs.peerClass[peer.pod]] // class 0's row is empty
 		}
-		for m := pm | t.other[0]; m != 0; m &= m - 1 {
+		okw := ok[0]
+		for m := (pm | t.other[0]) & (okw | t.named[0]); m != 0; m &= m - 1 {
 			i := bits.TrailingZeros64(m)
-			c := &t.rules[i]
-			if c.ports != nil && !rs.portsMatch(c.ports, f.Proto, f.DstPort, dstPod) {
+			bit := uint64(1) << i
+			if okw&bit == 0 && !rs.portsMatch(t.rules[i].ports, q.proto, q.port, q.dstPod) {
 				continue
 			}
-			if pm&(1<<i) != 0 || c.anyPeer || rs.addrPeerMatch(c, peer, peerAddr) {
+			if pm&bit != 0 || rs.addrPeerMatch(&t.rules[i], peer, peerAddr) {
 				return i
 			}
 		}
@@ -228,18 +249,19 @@ func (rs *Ruleset) walk(t *cnpTier, peer endpoint, peerAddr netip.Addr, dstPod i
 		}
 	}
 	for w, om := range t.other {
-		var pm uint64
+		pm := t.any[w]
 		if row != nil {
-			pm = row[w]
+			pm |= row[w]
 		}
-		for m := pm | om; m != 0; m &= m - 1 {
-			i := w*64 + bits.TrailingZeros64(m)
-			c := &t.rules[i]
-			// Ports first: a cheaper test than an address peer's.
-			if c.ports != nil && !rs.portsMatch(c.ports, f.Proto, f.DstPort, dstPod) {
+		okw := ok[w]
+		for m := (pm | om) & (okw | t.named[w]); m != 0; m &= m - 1 {
+			b := bits.TrailingZeros64(m)
+			i := w*64 + b
+			bit := uint64(1) << b
+			if okw&bit == 0 && !rs.portsMatch(t.rules[i].ports, q.proto, q.port, q.dstPod) {
 				continue
 			}
-			if pm&(1<<(i%64)) != 0 || c.anyPeer || rs.addrPeerMatch(c, peer, peerAddr) {
+			if pm&bit != 0 || rs.addrPeerMatch(&t.rules[i], peer, peerAddr) {
 				return i
 			}
 		}
@@ -247,9 +269,26 @@ func (rs *Ruleset) walk(t *cnpTier, peer endpoint, peerAddr netip.Addr, dstPod i
 	return -1
 }
 
+// portClassOf returns the class of a protocol and destination port among
+// the ClusterNetworkPolicy numeric port ranges (Ruleset.portBounds): the
+// number of bounds at or below it.
+func (rs *Ruleset) portClassOf(proto uint8, port uint16) int32 {
+	k := uint32(proto)<<16 | uint32(port)
+	lo, hi := 0, len(rs.portBounds)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if rs.portBounds[m] <= k {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	return int32(lo)
+}
+
 // cnpMatch reports whether ClusterNetworkPolicy rule c matches the flow.
-func (rs *Ruleset) cnpMatch(c *cnpRule, peer endpoint, peerAddr netip.Addr, dstPod int32, f Flow) bool {
-	if c.ports != nil && !rs.portsMatch(c.ports, f.Proto, f.DstPort, dstPod) {
+func (rs *Ruleset) cnpMatch(c *cnpRule, q *query, peer endpoint, peerAddr netip.Addr) bool {
+	if c.ports != nil && !rs.portsMatch(c.ports, q.proto, q.port, q.dstPod) {
 		return false
 	}
 	return c.anyPeer || peer.pod >= 0 && c.pods.has(peer.pod) || rs.addrPeerMatch(c, peer, peerAddr)
