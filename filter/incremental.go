@@ -47,7 +47,12 @@ type Compiler struct {
 	// Pod slots.
 	podPols  [][]int32 // NetworkPolicies selecting the pod, by name
 	podGroup []int32   // index in b.nsGroups[ns]; -1: none (hostNetwork, free)
-	freePods []int32
+	// Free pod slots by the namespace of the pod that left them: a new
+	// pod takes one of its own namespace's first, which keeps a
+	// namespace's pods near each other and so the pod peer sets' windows
+	// (and what decisions read of them) small.
+	freePods map[string][]int32
+	nFree    int
 	groupIdx map[string]int32 // ns + "\x00" + labels -> b.nsGroups[ns] index
 
 	// NetworkPolicies by "ns/name".
@@ -456,7 +461,11 @@ func (c *Compiler) removePod(p *corev1.Pod, dirty map[int32]bool) bool {
 	c.podGroup[s] = -1
 	rs.pods[s] = pod{node: -1}
 	rs.hot[s] = podHot{node: -1}
-	c.freePods = append(c.freePods, s)
+	if c.freePods == nil {
+		c.freePods = map[string][]int32{}
+	}
+	c.freePods[p.Namespace] = append(c.freePods[p.Namespace], s)
+	c.nFree++
 	delete(dirty, s)
 	return true
 }
@@ -473,11 +482,8 @@ func (c *Compiler) addPod(p *corev1.Pod, dirty map[int32]bool) bool {
 	if _, dup := rs.podByName[key]; dup {
 		return false
 	}
-	var s int32
-	if n := len(c.freePods); n > 0 {
-		s = c.freePods[n-1]
-		c.freePods = c.freePods[:n-1]
-	} else {
+	s, ok := c.freeSlot(ns)
+	if !ok {
 		s = int32(len(rs.pods))
 		rs.pods = append(rs.pods, pod{})
 		rs.hot = append(rs.hot, podHot{})
@@ -535,6 +541,31 @@ func (c *Compiler) addPod(p *corev1.Pod, dirty map[int32]bool) bool {
 	rs.pods[s] = pd
 	dirty[s] = true
 	return true
+}
+
+// freeSlot takes a free pod slot, one namespace ns left if there is one.
+func (c *Compiler) freeSlot(ns string) (int32, bool) {
+	if c.nFree == 0 {
+		return 0, false
+	}
+	from := ns
+	if len(c.freePods[ns]) == 0 {
+		for k, l := range c.freePods {
+			if len(l) > 0 {
+				from = k
+				break
+			}
+		}
+	}
+	l := c.freePods[from]
+	s := l[len(l)-1]
+	if len(l) == 1 {
+		delete(c.freePods, from)
+	} else {
+		c.freePods[from] = l[:len(l)-1]
+	}
+	c.nFree--
+	return s, true
 }
 
 // insertPolicy adds policy slot pi to a pod's list, kept in name order
