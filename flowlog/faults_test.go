@@ -304,6 +304,7 @@ func TestReportPrevious(t *testing.T) {
 		{"no state, killed", rec("a", 7), nil, "a 7 unknown"},
 		{"no state, no run ids", rec("", 7), nil, ""},
 		{"state closed", &Entry{Run: "a", Message: ClosedMessage}, closed(state("a", 9, 9, 0, 0)), ""},
+		{"killed after the closing line", &Entry{Run: "a", Message: ClosedMessage, LastSeq: 9, Time: at}, pending(state("a", 9, 9, 0, 0), 0, 9), ""},
 		{"killed", rec("a", 7), state("a", 10, 7, 2, 1), "a 7 3 1"},
 		{"killed, nothing lost", rec("a", 7), state("a", 7, 7, 0, 0), "a 7 0 0"},
 		{"killed after writing the pending line", rec("a", 8), pending(state("a", 10, 7, 0, 0), 8, 8), "a 8 2 0"},

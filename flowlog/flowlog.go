@@ -257,7 +257,9 @@ func (l *Logger) reportPrevious(last *Entry, prev *PreviousRun) {
 	}
 	prev.settle(last)
 	switch {
-	case prev.Closed:
+	case prev.Closed, last != nil && last.Run == prev.Run && last.Message == ClosedMessage:
+		// Closed; the second: killed between its closing line and the
+		// closed mark.
 	case last != nil && last.UncleanRun == prev.Run && last.Run != prev.Run:
 		// The state's run was reported by last's run, which died before
 		// it began numbering anything: it lost nothing.
