@@ -638,7 +638,7 @@ func testFaultQueueOverflow(t *testing.T, bin string) {
 	r := startFaultRig(t, bin, "qo", func(string) []string { return []string{"--queue-len", "4", "--rules-check", "200ms"} })
 	est := r.openEstablished(faultEstablished)
 	const q = `{queue="100"}`
-	before := r.metrics()
+	before := r.settledMetrics()
 	stopRecv := r.countSynAcks()
 	sent := r.sendRawSYNs(burst, func(i int) (netip.Addr, uint16, []byte) {
 		dst := r.allow.addr
@@ -692,6 +692,28 @@ func testFaultQueueOverflow(t *testing.T, bin string) {
 	if res.cut != 0 {
 		t.Errorf("%d established connections cut", res.cut)
 	}
+}
+
+// settledMetrics reads /metrics once the verdict counters stopped moving:
+// the agent counts a verdict after sending it, so a connection it let
+// through may be up before its verdict is counted, and a count taken then
+// would put that verdict into the next window.
+func (r *faultRig) settledMetrics() map[string]float64 {
+	r.t.Helper()
+	verdicts := func(m map[string]float64) float64 {
+		return m[`nfqpolicy_verdicts_total{mode="enforce",verdict="allow"}`] + m[`nfqpolicy_verdicts_total{mode="enforce",verdict="deny"}`]
+	}
+	m := r.metrics()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+		time.Sleep(200 * time.Millisecond)
+		next := r.metrics()
+		if verdicts(next) == verdicts(m) {
+			return next
+		}
+		m = next
+	}
+	r.t.Fatalf("verdict counters still moving after 10s")
+	return nil
 }
 
 func readFileString(path string) string {
