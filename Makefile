@@ -12,7 +12,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 IMAGE     ?= ghcr.io/nfqpolicy/nfqpolicy:dev
 IMAGE_TAR ?= bin/nfqpolicy-image.tar
 
-.PHONY: install all build deps test e2e e2e-run test-unit test-integration bench bench-dataplane bench-scale lint demo apiserver kubernetes image clean cluster cluster-down
+.PHONY: install all build deps test e2e e2e-run test-unit test-integration bench bench-dataplane bench-realnode bench-scale lint demo apiserver kubernetes image clean cluster cluster-down
 
 all: build
 
@@ -130,6 +130,13 @@ bench: build
 
 bench-dataplane: deps build
 	$(GO) run ./bench/dataplane -nfqpolicy $(BIN)
+
+# Issue 11 item 5: how long a real node (realcluster/) holds a SYN with
+# kube-proxy's rules for 1,000 Services, nfqpolicy enforcing against the
+# accept-all reader and no queue (TestRealClusterSynHold; docs/performance.md).
+bench-realnode: deps build kubernetes image
+	NFQPOLICY_CACHE=$(APISERVER_CACHE) NFQPOLICY_REQUIRE_CLUSTER=1 NFQPOLICY_SYNHOLD=1 \
+	  $(GO) test -count=1 -timeout 30m -run 'TestRealClusterSynHold$$' -v ./realcluster/
 
 # The scale harness (bench/scale, docs/scale.md): a real kube-apiserver,
 # agents in network namespaces, the 1k/100, 5k/500 and 10k/2,000
