@@ -357,3 +357,68 @@ func throughput(ctx context.Context, ns *netNS, src netip.Addr, dst netip.AddrPo
 	}
 	return res, nil
 }
+
+// clientSocket is a client socket made ahead in a lane's client
+// namespace (a socket belongs to the namespace it was created in, whatever
+// thread uses it later), bound to its source port, for a connection to
+// dst.
+type clientSocket struct {
+	fd   int
+	dst  unix.SockaddrInet4
+	port int
+}
+
+// openClientSockets makes n client sockets in ns for the next n pairs of
+// tg. The SYN hold rounds use them to interleave the lanes connection by
+// connection from one thread: no hand-off to a thread in each namespace
+// between connections.
+func openClientSockets(ns *netNS, n int, tg *targets, ports *portCursor) ([]clientSocket, error) {
+	out := make([]clientSocket, 0, n)
+	err := ns.Do(func() error {
+		for range n {
+			c := tg.next()
+			local := &unix.SockaddrInet4{Addr: c.src.As4(), Port: ports.next()}
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return fmt.Errorf("socket: %w", err)
+			}
+			if err := prepare(fd, local); err != nil {
+				unix.Close(fd)
+				return err
+			}
+			out = append(out, clientSocket{fd: fd, dst: unix.SockaddrInet4{Addr: c.dst.Addr().As4(), Port: int(c.dst.Port())}, port: local.Port})
+		}
+		return nil
+	})
+	if err != nil {
+		closeClientSockets(out)
+		return nil, fmt.Errorf("client sockets in %s: %w", ns.Name, err)
+	}
+	return out, nil
+}
+
+// closeClientSockets closes sockets not used.
+func closeClientSockets(cs []clientSocket) {
+	for _, c := range cs {
+		unix.Close(c.fd)
+	}
+}
+
+// ping connects c, sends a byte, reads the answer and resets the
+// connection (closing the socket); took is connect()'s time.
+func (c clientSocket) ping() (took time.Duration, err error) {
+	defer unix.Close(c.fd) // SO_LINGER 0: a reset, no TIME_WAIT
+	t0 := time.Now()
+	if err := unix.Connect(c.fd, &c.dst); err != nil {
+		return 0, fmt.Errorf("connect from port %d: %w", c.port, err)
+	}
+	took = time.Since(t0)
+	b := [1]byte{modePing}
+	if _, err := unix.Write(c.fd, b[:]); err != nil {
+		return 0, fmt.Errorf("write: %w", err)
+	}
+	if n, err := unix.Read(c.fd, b[:]); err != nil || n != 1 {
+		return 0, fmt.Errorf("read answer: n=%d: %w", n, err)
+	}
+	return took, nil
+}

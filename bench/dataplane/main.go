@@ -659,9 +659,9 @@ type holdFigures struct {
 	before                      agentStatus // the lane's agent's counters before the rounds
 }
 
-// holdRounds times, in alternating rounds, how long each node holds a
-// SYN: one connection at a time, kernel time stamps on the node's two
-// links. The lanes: no rules, the accept-all reader, the agent with its
+// holdRounds times, in rounds, how long each node holds a SYN: one
+// connection at a time, the lanes interleaved connection by connection,
+// kernel time stamps on the node's two links. The lanes: no rules, the accept-all reader, the agent with its
 // cache (every SYN of the flow after the first is a hit) and the agent
 // without (every SYN takes the miss path).
 func (b *bench) holdRounds(ctx context.Context, r *result) error {
@@ -695,28 +695,61 @@ func (b *bench) holdRounds(ctx context.Context, r *result) error {
 			figs[i].before = st
 		}
 	}
+	taps := make([]*syntap.Tap, len(lanes))
+	socks := make([][]clientSocket, len(lanes))
+	defer func() {
+		for _, cs := range socks {
+			closeClientSockets(cs)
+		}
+	}()
+	ps0 := make([]procStat, len(lanes))
 	for k := range rounds {
-		for _, i := range shuffled(len(lanes), k) {
-			l := lanes[i]
-			f := &figs[i]
-			tap, err := syntap.Open(l.topo.node, "vc", "vs", b.dst)
-			if err != nil {
+		// All lanes at once, one connection at a time, the lane of each
+		// drawn in turn: a stall of the machine (milliseconds, on two
+		// loaded cores) then lands on consecutive SYNs of different
+		// lanes alike instead of on one lane's round, which is what made
+		// the p99 ratios swing between runs.
+		for i, l := range lanes {
+			if socks[i], err = openClientSockets(l.topo.client, per, b.one, &b.ports); err != nil {
 				return fmt.Errorf("SYN hold (%s): %w", l.name, err)
 			}
-			var ps0 procStat
+			if taps[i], err = syntap.Open(l.topo.node, "vc", "vs", b.dst); err != nil {
+				return fmt.Errorf("SYN hold (%s): %w", l.name, err)
+			}
 			if l.pid != 0 {
-				if ps0, err = readProcStat(l.pid); err != nil {
+				if ps0[i], err = readProcStat(l.pid); err != nil {
 					return fmt.Errorf("SYN hold (%s): %w", l.name, err)
 				}
 			}
-			rr, err := connRate(ctx, l.topo.client, b.one, &b.ports, 1, 10*time.Second, per)
-			if l.pid != 0 {
-				ps1, perr := readProcStat(l.pid)
-				err = errors.Join(err, perr)
-				f.cost = f.cost.add(ps1.sub(ps0))
+		}
+		res := make([]connResult, len(lanes))
+		for j := range per {
+			for _, i := range shuffled(len(lanes), k*per+j) {
+				took, err := socks[i][j].ping()
+				socks[i][j].fd = -1
+				if err != nil {
+					res[i].failed++
+					if res[i].firstErr == nil {
+						res[i].firstErr = err
+					}
+					continue
+				}
+				res[i].ok++
+				res[i].connect = append(res[i].connect, took)
 			}
-			held, unmatched, inverted, terr := tap.Close()
-			if err = errors.Join(err, terr); err != nil {
+		}
+		for i, l := range lanes {
+			f, rr := &figs[i], res[i]
+			if l.pid != 0 {
+				ps1, err := readProcStat(l.pid)
+				if err != nil {
+					return fmt.Errorf("SYN hold (%s): %w", l.name, err)
+				}
+				f.cost = f.cost.add(ps1.sub(ps0[i]))
+			}
+			socks[i] = nil
+			held, unmatched, inverted, err := taps[i].Close()
+			if err != nil {
 				return fmt.Errorf("SYN hold (%s): %w", l.name, err)
 			}
 			s, err := summarize(held)
@@ -800,9 +833,9 @@ func (b *bench) holdRounds(ctx context.Context, r *result) error {
 	b.printf("acceptall reader: queued_and_answered=%d (whole run) enobufs=%d verdict_errors=%d; during the SYN hold rounds %.1f allocations per packet (go-nfqueue's receive loop and SetVerdict) and %d garbage collections\n",
 		c.accepted, c.noBufs, c.errors, float64(c.mallocs)/float64(max(c.latency.n, 1)), c.gcs)
 	b.printf("ratio per round syn_hold_p50_enforced_vs_acceptall: %s\n", formatFloats(r.holdP50, "%.2f"))
-	b.printf("ratio per block of %d rounds syn_hold_p99_enforced_vs_acceptall: %s\n", holdBlock, formatFloats(r.holdP99Blocks, "%.2f"))
+	b.printf("ratio per block of %d rounds syn_hold_p99_enforced_vs_acceptall: %s (all rounds: %.2f)\n", holdBlock, formatFloats(r.holdP99Blocks, "%.2f"), r.holdP99)
 	b.printf("ratio per round syn_hold_p50_nocache_vs_acceptall: %s\n", formatFloats(r.holdP50NoCache, "%.2f"))
-	b.printf("ratio per block of %d rounds syn_hold_p99_nocache_vs_acceptall: %s\n", holdBlock, formatFloats(r.holdP99NoCacheBlocks, "%.2f"))
+	b.printf("ratio per block of %d rounds syn_hold_p99_nocache_vs_acceptall: %s (all rounds: %.2f)\n", holdBlock, formatFloats(r.holdP99NoCacheBlocks, "%.2f"), r.holdP99NoCache)
 	return nil
 }
 
