@@ -362,8 +362,17 @@ func (c *Compiler) step(cl *cluster.Cluster) (*Ruleset, bool) {
 		}
 	}
 	rs.Warnings = slices.Clone(c.baseWarn)
-	for _, e := range c.npByKey {
-		rs.Warnings = append(rs.Warnings, e.warn...)
+	var warned []string // policies with warnings, in Compile's order
+	for k, e := range c.npByKey {
+		if len(e.warn) > 0 {
+			warned = append(warned, k)
+		}
+	}
+	slices.SortFunc(warned, func(x, y string) int {
+		return cmp.Compare(c.npByKey[x].obj.Namespace+"\x00"+c.npByKey[x].obj.Name, c.npByKey[y].obj.Namespace+"\x00"+c.npByKey[y].obj.Name)
+	})
+	for _, k := range warned {
+		rs.Warnings = append(rs.Warnings, c.npByKey[k].warn...)
 	}
 	rs.Warnings = append(rs.Warnings, c.cnpWarn...)
 	return &rs, true
