@@ -187,6 +187,9 @@ func TestIntegrationRBAC(t *testing.T) {
 		"/pods": {"get", "list", "watch"}, "/namespaces": {"get", "list", "watch"}, "/nodes": {"get", "list", "watch"},
 		"networking.k8s.io/networkpolicies":               {"get", "list", "watch"},
 		"policy.networking.k8s.io/clusternetworkpolicies": {"get", "list", "watch"},
+		// Only the ClusterNetworkPolicy CRD object (resourceNames, checked
+		// below): the agent watches it to follow the CRD within a second.
+		"apiextensions.k8s.io/customresourcedefinitions": {"get", "list", "watch"},
 	}
 	if len(granted) != len(want) {
 		t.Fatalf("ClusterRole grants %v, want exactly %v", granted, want)
@@ -199,6 +202,9 @@ func TestIntegrationRBAC(t *testing.T) {
 	for _, r := range role.Rules {
 		if slices.Contains(r.Verbs, rbacv1.VerbAll) || slices.Contains(r.Resources, rbacv1.ResourceAll) {
 			t.Fatalf("ClusterRole has a wildcard rule: %+v", r)
+		}
+		if slices.Contains(r.Resources, "customresourcedefinitions") && !slices.Equal(r.ResourceNames, []string{"clusternetworkpolicies.policy.networking.k8s.io"}) {
+			t.Fatalf("ClusterRole grants CRDs beyond the ClusterNetworkPolicy one: %+v", r)
 		}
 	}
 
