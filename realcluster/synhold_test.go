@@ -32,7 +32,7 @@ import (
 // The two nodes are the lanes, measured in alternating rounds: node-1
 // keeps its agent (the DaemonSet as deployed, enforcing a policy that
 // isolates the server pod and allows the client); node-2's agent is moved
-// off the node (a node affinity on the DaemonSet), its rules removed with
+// off the node (NFQPOLICY_SYNHOLD_SWAP=1 swaps the two nodes' roles) (a node affinity on the DaemonSet), its rules removed with
 // `nfqpolicy cleanup`, and the accept-all reader answers one `-m conntrack
 // --ctstate NEW -j NFQUEUE` rule at the top of FORWARD there, in the
 // backend kube-proxy uses; rounds without that rule are the no-queue
@@ -68,7 +68,13 @@ func TestRealClusterSynHold(t *testing.T) {
 	}
 
 	ns := testNamespace(t, c)
+	// n1 keeps its agent, n2 gets the accept-all reader;
+	// NFQPOLICY_SYNHOLD_SWAP=1 swaps the nodes' roles, to tell the
+	// nodes' own difference from the readers'.
 	n1, n2 := c.Nodes[0], c.Nodes[1]
+	if os.Getenv("NFQPOLICY_SYNHOLD_SWAP") == "1" {
+		n1, n2 = n2, n1
+	}
 	if err := c.Apply(ctx, agnhostPod(ns, "server-1", n1.Name, map[string]string{"app": "server"}, "netexec", "--http-port=8080")+"\n---\n"+
 		agnhostPod(ns, "server-2", n2.Name, map[string]string{"app": "server"}, "netexec", "--http-port=8080")); err != nil {
 		t.Fatal(err)
@@ -83,8 +89,8 @@ func TestRealClusterSynHold(t *testing.T) {
 	if err := applyServices(ctx, c, ns, services); err != nil {
 		t.Fatal(err)
 	}
-	backend := make([]string, len(c.Nodes))
-	for i, n := range c.Nodes {
+	backend := make([]string, 2)
+	for i, n := range []*Node{n1, n2} {
 		if backend[i], err = waitKubeProxyServices(ctx, c, n, services); err != nil {
 			t.Fatal(err)
 		}
