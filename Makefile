@@ -72,19 +72,21 @@ test: deps build apiserver kubernetes image
 	@$(MAKE) --no-print-directory e2e-run E2E_NETPOL=representative
 
 # The whole real-cluster suite: every upstream Netpol spec (SCTP
-# connectivity skipped: no SCTP sockets here), our corpus on real pods and
-# the real-node checks; ends with one "e2e: N passed, M failed" line
-# counting upstream specs and our tests.
+# connectivity skipped: no SCTP sockets here), network-policy-api's
+# ClusterNetworkPolicy conformance (SCTP probes not run here), our corpus
+# on real pods and the real-node checks; ends with one "e2e: N passed,
+# M failed" line counting upstream specs and tests and our tests.
 e2e: deps build kubernetes image
-	@$(MAKE) --no-print-directory e2e-run E2E_NETPOL=all
+	@$(MAKE) --no-print-directory e2e-run E2E_NETPOL=all E2E_CNP=1
 
 E2E_NETPOL ?= all
+E2E_CNP ?= 0
 e2e-run:
-	@mkdir -p bin; rc=0; NFQPOLICY_CACHE=$(APISERVER_CACHE) NFQPOLICY_REQUIRE_CLUSTER=1 NFQPOLICY_NETPOL=$(E2E_NETPOL) \
-	  $(GO) test -count=1 -timeout 80m -v ./realcluster/ >bin/e2e.log 2>&1 || rc=$$?; \
-	grep -E '^(PASS|FAIL|SKIP) \[sig-network\]|^(fault |--- (PASS|FAIL|SKIP)|FAIL|ok )|SKIPPED' bin/e2e.log; \
-	awk '/^PASS \[sig-network\]/ || /^--- PASS: / {p++} /^FAIL \[sig-network\]/ || /^--- FAIL: / {f++} /^SKIP \[sig-network\]/ || /^--- SKIP: / {s++} \
-	  END {printf "e2e: %d passed, %d failed, %d skipped (upstream Netpol specs and realcluster tests; log bin/e2e.log)\n", p, f, s}' bin/e2e.log; \
+	@mkdir -p bin; rc=0; NFQPOLICY_CACHE=$(APISERVER_CACHE) NFQPOLICY_REQUIRE_CLUSTER=1 NFQPOLICY_NETPOL=$(E2E_NETPOL) NFQPOLICY_CNP_CONFORMANCE=$(E2E_CNP) \
+	  $(GO) test -count=1 -timeout 100m -v ./realcluster/ >bin/e2e.log 2>&1 || rc=$$?; \
+	grep -E '^(PASS|FAIL|SKIP) (\[sig-network\]|CNP)|^[0-9]+ passed, .*SCTP|^(fault |--- (PASS|FAIL|SKIP)|FAIL|ok )|SKIPPED' bin/e2e.log; \
+	awk '/^PASS (\[sig-network\]|CNP)/ || /^--- PASS: / {p++} /^FAIL (\[sig-network\]|CNP)/ || /^--- FAIL: / {f++} /^SKIP (\[sig-network\]|CNP)/ || /^--- SKIP: / {s++} \
+	  END {printf "e2e: %d passed, %d failed, %d skipped (upstream Netpol specs, network-policy-api conformance tests and realcluster tests; log bin/e2e.log)\n", p, f, s}' bin/e2e.log; \
 	exit $$rc
 
 test-unit:
